@@ -1,0 +1,131 @@
+"""Reading and verifying an exchange directory.
+
+`ExchangeDir` is the `TensorSource` the aggregator streams from: `get(name)`
+reads one tensor through `safe_open` (memory-mapped), never the whole model.
+`verify` is the gate every update passes before it counts; each failure is an
+`UpdateRejected` with a short reason code the ledger records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from fedhpc.errors import UpdateRejected
+from fedhpc.exchange.manifest import Manifest, read_manifest
+from fedhpc.exchange.safetensors_stream import TORCH_NAME_BY_SAFETENSORS, TensorLayout, dtype_from_name, sha256_of_file
+
+FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+class ExchangeDir:
+    """A published global model or update, opened lazily."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.manifest: Manifest = read_manifest(self.path)
+        self._handles: dict[str, Any] = {}
+
+    def names(self) -> list[str]:
+        return list(self.manifest.tensors)
+
+    def layout(self, dtype: torch.dtype | None = None) -> list[TensorLayout]:
+        """The tensors in file order; with `dtype`, as they would be after a cast."""
+        return [
+            TensorLayout(name, dtype or dtype_from_name(entry.dtype), tuple(entry.shape))
+            for name, entry in self.manifest.tensors.items()
+        ]
+
+    def get(self, name: str) -> torch.Tensor:
+        entry = self.manifest.tensors.get(name)
+        if entry is None:
+            raise UpdateRejected("missing_tensor", f"{self.path}: no tensor {name!r}")
+        return self._handle(entry.file).get_tensor(name)
+
+    def _handle(self, file_name: str) -> Any:
+        if file_name not in self._handles:
+            self._handles[file_name] = safe_open(str(self.path / file_name), framework="pt")
+        return self._handles[file_name]
+
+    def close(self) -> None:
+        self._handles.clear()
+
+    def verify(
+        self,
+        expected_shapes: Mapping[str, Sequence[int]] | None = None,
+        fingerprint: str | None = None,
+        check_finite: bool = True,
+    ) -> None:
+        """Raise `UpdateRejected` unless the directory is exactly what its manifest claims.
+
+        With `expected_shapes` (the current global's), the tensor names and shapes
+        must match it; with `fingerprint`, the base model must be the same one.
+        """
+        self._verify_files()
+        self._verify_headers()
+        if fingerprint is not None and self.manifest.base_fingerprint != fingerprint:
+            raise UpdateRejected(
+                "fingerprint",
+                f"{self.path}: trained on base model {self.manifest.base_fingerprint[:19]}…, but this run's base "
+                f"is {fingerprint[:19]}…; the facility must load the same model.source",
+            )
+        if expected_shapes is not None:
+            self._verify_against(expected_shapes)
+        if check_finite:
+            for name in self.names():
+                if not torch.isfinite(self.get(name)).all():
+                    raise UpdateRejected("non_finite", f"{self.path}: tensor {name!r} holds NaN or Inf values")
+
+    def _verify_files(self) -> None:
+        for file_name, entry in self.manifest.files.items():
+            path = self.path / file_name
+            if not path.is_file():
+                raise UpdateRejected("checksum", f"{path} is missing")
+            size = path.stat().st_size
+            if size != entry.bytes:
+                raise UpdateRejected("checksum", f"{path} has {size} bytes, manifest says {entry.bytes}")
+            if sha256_of_file(path) != entry.sha256:
+                raise UpdateRejected("checksum", f"{path} does not match its sha256 (corrupted in transit?)")
+
+    def _verify_headers(self) -> None:
+        for name, entry in self.manifest.tensors.items():
+            if entry.file not in self.manifest.files:
+                raise UpdateRejected("bad_manifest", f"{self.path}: tensor {name!r} names unknown file {entry.file}")
+            if entry.dtype not in FLOAT_DTYPES:
+                raise UpdateRejected("dtype", f"{self.path}: tensor {name!r} has dtype {entry.dtype}, not a float type")
+        for file_name in self.manifest.files:
+            handle = self._handle(file_name)
+            for name in handle.keys():
+                entry = self.manifest.tensors.get(name)
+                if entry is None or entry.file != file_name:
+                    raise UpdateRejected("unexpected_tensor", f"{self.path}/{file_name}: {name!r} is not in the manifest")
+                sliced = handle.get_slice(name)
+                actual_dtype = TORCH_NAME_BY_SAFETENSORS.get(sliced.get_dtype(), sliced.get_dtype())
+                if list(sliced.get_shape()) != entry.shape or actual_dtype != entry.dtype:
+                    raise UpdateRejected(
+                        "shape" if list(sliced.get_shape()) != entry.shape else "dtype",
+                        f"{self.path}: {name!r} is {actual_dtype}{sliced.get_shape()} in the file "
+                        f"but {entry.dtype}{entry.shape} in the manifest",
+                    )
+            present = set(handle.keys())
+            for name, entry in self.manifest.tensors.items():
+                if entry.file == file_name and name not in present:
+                    raise UpdateRejected("missing_tensor", f"{self.path}/{file_name}: {name!r} is missing")
+
+    def _verify_against(self, expected_shapes: Mapping[str, Sequence[int]]) -> None:
+        names = set(self.manifest.tensors)
+        missing = [name for name in expected_shapes if name not in names]
+        if missing:
+            raise UpdateRejected("missing_tensor", f"{self.path}: lacks {len(missing)} tensor(s), e.g. {missing[0]!r}")
+        extra = [name for name in self.manifest.tensors if name not in expected_shapes]
+        if extra:
+            raise UpdateRejected("unexpected_tensor", f"{self.path}: has tensor(s) the global lacks, e.g. {extra[0]!r}")
+        for name, shape in expected_shapes.items():
+            if self.manifest.tensors[name].shape != list(shape):
+                raise UpdateRejected(
+                    "shape", f"{self.path}: {name!r} has shape {self.manifest.tensors[name].shape}, expected {list(shape)}"
+                )

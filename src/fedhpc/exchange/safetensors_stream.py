@@ -1,0 +1,139 @@
+"""Write a safetensors file one tensor at a time, hashing the bytes as they go.
+
+The safetensors header holds every tensor's byte offsets, and those follow from
+shapes and dtypes alone, so the header can be written before any data. That
+lets the aggregator hand over each new global tensor as soon as it is reduced
+(memory: one tensor, not one model) and gives the file's sha256 without reading
+it back. The file is readable by the `safetensors` library like any other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+
+from fedhpc.errors import ExchangeError
+
+SAFETENSORS_DTYPES: dict[torch.dtype, str] = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+TORCH_DTYPES_BY_NAME: dict[str, torch.dtype] = {str(d).removeprefix("torch."): d for d in SAFETENSORS_DTYPES}
+TORCH_NAME_BY_SAFETENSORS: dict[str, str] = {v: str(k).removeprefix("torch.") for k, v in SAFETENSORS_DTYPES.items()}
+_HASH_CHUNK = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorLayout:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count * torch.empty((), dtype=self.dtype).element_size()
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    try:
+        return TORCH_DTYPES_BY_NAME[name]
+    except KeyError:
+        raise ExchangeError(f"unsupported dtype {name!r}; expected one of {sorted(TORCH_DTYPES_BY_NAME)}") from None
+
+
+class StreamingShardWriter:
+    """Writes one safetensors file whose tensors arrive in the declared order.
+
+    Use as a context manager; `write` each declared tensor once, in order. On a
+    clean exit the file is fsynced and `sha256` holds its digest; on error the
+    partial file is removed.
+    """
+
+    def __init__(self, path: Path, layout: list[TensorLayout], metadata: dict[str, str] | None = None):
+        self.path = path
+        self.layout = layout
+        self._next = 0
+        self._hash = hashlib.sha256()
+        self._file: BinaryIO | None = None
+        self._header = self._encode_header(layout, metadata or {"format": "pt"})
+        self.nbytes = len(self._header) + sum(item.nbytes for item in layout)
+        self.sha256 = ""
+
+    @staticmethod
+    def _encode_header(layout: list[TensorLayout], metadata: dict[str, str]) -> bytes:
+        entries: dict[str, object] = {"__metadata__": metadata}
+        offset = 0
+        for item in layout:
+            entries[item.name] = {
+                "dtype": SAFETENSORS_DTYPES[item.dtype],
+                "shape": list(item.shape),
+                "data_offsets": [offset, offset + item.nbytes],
+            }
+            offset += item.nbytes
+        body = json.dumps(entries, separators=(",", ":")).encode()
+        body += b" " * (-len(body) % 8)
+        return struct.pack("<Q", len(body)) + body
+
+    def __enter__(self) -> StreamingShardWriter:
+        self._file = open(self.path, "wb")
+        self._emit(self._header)
+        return self
+
+    def _emit(self, data: bytes | memoryview) -> None:
+        assert self._file is not None
+        self._file.write(data)
+        self._hash.update(data)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        if self._next >= len(self.layout):
+            raise ExchangeError(f"{self.path.name}: tensor {name!r} was not declared for this shard")
+        expected = self.layout[self._next]
+        if name != expected.name or tensor.dtype != expected.dtype or tuple(tensor.shape) != expected.shape:
+            raise ExchangeError(
+                f"{self.path.name}: expected tensor {expected.name!r} {expected.dtype} {list(expected.shape)} next, "
+                f"got {name!r} {tensor.dtype} {list(tensor.shape)}"
+            )
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        self._emit(memoryview(flat.view(torch.uint8).numpy()))
+        self._next += 1
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self._file is not None
+        try:
+            if exc_type is None:
+                if self._next != len(self.layout):
+                    missing = [item.name for item in self.layout[self._next :]]
+                    raise ExchangeError(f"{self.path.name}: tensors never written: {missing[:5]}")
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self.sha256 = self._hash.hexdigest()
+        finally:
+            self._file.close()
+            if exc_type is not None or not self.sha256:
+                self.path.unlink(missing_ok=True)
+
+
+def sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

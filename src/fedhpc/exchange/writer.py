@@ -1,0 +1,122 @@
+"""Atomic writing of an exchange directory (a global model or an update).
+
+Shards go into a hidden temporary sibling directory, each fsynced; the manifest
+is written last; then one `rename` publishes the whole directory. A reader
+therefore sees either nothing or a complete directory, even if the writer is
+killed mid-way.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+
+from fedhpc.errors import ExchangeError
+from fedhpc.exchange.manifest import MANIFEST_NAME, ExchangeMeta, FileEntry, Manifest, TensorEntry
+from fedhpc.exchange.safetensors_stream import StreamingShardWriter, TensorLayout
+
+DEFAULT_SHARD_BYTES = 2 * 1024**3
+
+
+def plan_shards(layout: list[TensorLayout], shard_bytes: int) -> list[list[TensorLayout]]:
+    """Group tensors, in order, into shards of at most `shard_bytes` (a larger tensor gets its own)."""
+    shards: list[list[TensorLayout]] = [[]]
+    size = 0
+    for item in layout:
+        if shards[-1] and size + item.nbytes > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(item)
+        size += item.nbytes
+    return shards
+
+
+def shard_file_name(index: int, count: int) -> str:
+    return f"model-{index + 1:05d}-of-{count:05d}.safetensors"
+
+
+def write_exchange(
+    dest: Path,
+    layout: list[TensorLayout],
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    meta: ExchangeMeta,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> Manifest:
+    """Write `tensors` (yielded in `layout` order) to `dest` atomically; return the manifest.
+
+    `tensors` may be a generator: each tensor is written as it arrives and then
+    dropped, so the caller never needs the whole model in memory.
+    """
+    dest = Path(dest)
+    if dest.exists():
+        raise ExchangeError(f"{dest} already exists; exchange directories are written once")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest.parent / f".{dest.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        manifest = _write_shards(staging, layout, iter(tensors), meta, shard_bytes)
+        _write_durably(staging / MANIFEST_NAME, manifest.to_json().encode())
+        _fsync_dir(staging)
+        os.rename(staging, dest)
+        _fsync_dir(dest.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def write_state_dict(
+    dest: Path, state: dict[str, torch.Tensor], meta: ExchangeMeta, shard_bytes: int = DEFAULT_SHARD_BYTES
+) -> Manifest:
+    """Convenience for a caller that already holds every tensor (a worker's trainable state)."""
+    layout = [TensorLayout(name, t.dtype, tuple(t.shape)) for name, t in state.items()]
+    return write_exchange(dest, layout, state.items(), meta, shard_bytes)
+
+
+def _write_shards(
+    directory: Path,
+    layout: list[TensorLayout],
+    tensors: Iterator[tuple[str, torch.Tensor]],
+    meta: ExchangeMeta,
+    shard_bytes: int,
+) -> Manifest:
+    shards = plan_shards(layout, shard_bytes)
+    tensor_entries: dict[str, TensorEntry] = {}
+    file_entries: dict[str, FileEntry] = {}
+    for index, shard in enumerate(shards):
+        file_name = shard_file_name(index, len(shards))
+        with StreamingShardWriter(directory / file_name, shard) as writer:
+            for item in shard:
+                try:
+                    name, tensor = next(tensors)
+                except StopIteration:
+                    raise ExchangeError(f"tensor source ended before {item.name!r} was written") from None
+                writer.write(name, tensor)
+                tensor_entries[item.name] = TensorEntry(
+                    shape=list(item.shape), dtype=str(item.dtype).removeprefix("torch."), file=file_name
+                )
+        file_entries[file_name] = FileEntry(sha256=writer.sha256, bytes=writer.nbytes)
+    leftover = next(tensors, None)
+    if leftover is not None:
+        raise ExchangeError(f"tensor {leftover[0]!r} was produced but not declared in the layout")
+    return Manifest(**meta.model_dump(), tensors=tensor_entries, files=file_entries)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,80 @@
+"""How the server reaches a facility: a `Launcher` runs jobs, a `Mover` copies directories.
+
+Both are small on purpose (Parsl's provider/launcher split): a launcher knows
+nothing of files, a mover nothing of jobs, and they meet only in the
+orchestrator. Job states from any scheduler are translated into `JobState`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class JobState(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    state: JobState
+    returncode: int | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A command to run on every rank of one job.
+
+    `argv` is one rank's program (e.g. ``[python, -m, fedhpc, worker, --task, T]``);
+    the launcher decides how ranks are started around it (torchrun, mpiexec, srun).
+    """
+
+    name: str
+    argv: list[str]
+    log_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    walltime_s: float | None = None
+
+
+@dataclass
+class JobHandle:
+    job_id: str
+    spec: JobSpec
+    submitted_at: float
+    native: Any = field(default=None, repr=False, compare=False)
+
+
+class Launcher(Protocol):
+    def submit(self, job: JobSpec) -> JobHandle: ...
+
+    def poll(self, handle: JobHandle) -> JobStatus: ...
+
+    def cancel(self, handle: JobHandle) -> None: ...
+
+
+class Mover(Protocol):
+    def facility_path(self, relative: str) -> str:
+        """Where `relative` (inside the staging area) is, as the facility's jobs see it."""
+        ...
+
+    def push(self, local_dir: Path, relative: str) -> None:
+        """Publish `local_dir` at `relative` in the staging area, complete or not at all."""
+        ...
+
+    def pull(self, relative: str, local_dir: Path) -> None:
+        """Copy `relative` from the staging area to `local_dir` (which must not exist)."""
+        ...
+
+    def exists(self, relative: str) -> bool: ...
