@@ -1,7 +1,7 @@
 """Reading and verifying an exchange directory.
 
 `ExchangeDir` is the `TensorSource` the aggregator streams from: `get(name)`
-reads one tensor through `safe_open` (memory-mapped), never the whole model.
+reads one tensor (see `ShardReader`), never the whole model.
 `verify` is the gate every update passes before it counts; each failure is an
 `UpdateRejected` with a short reason code the ledger records.
 """
@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
 import torch
-from safetensors import safe_open
 
 from fedhpc.errors import UpdateRejected
 from fedhpc.exchange.manifest import Manifest, read_manifest
-from fedhpc.exchange.safetensors_stream import TORCH_NAME_BY_SAFETENSORS, TensorLayout, dtype_from_name, sha256_of_file
+from fedhpc.errors import ExchangeError
+from fedhpc.exchange.safetensors_stream import ShardReader, TensorLayout, dtype_from_name, sha256_of_file
 
 FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
 
@@ -28,7 +26,7 @@ class ExchangeDir:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.manifest: Manifest = read_manifest(self.path)
-        self._handles: dict[str, Any] = {}
+        self._handles: dict[str, ShardReader] = {}
 
     def names(self) -> list[str]:
         return list(self.manifest.tensors)
@@ -44,14 +42,19 @@ class ExchangeDir:
         entry = self.manifest.tensors.get(name)
         if entry is None:
             raise UpdateRejected("missing_tensor", f"{self.path}: no tensor {name!r}")
-        return self._handle(entry.file).get_tensor(name)
+        return self._handle(entry.file).read(name)
 
-    def _handle(self, file_name: str) -> Any:
+    def _handle(self, file_name: str) -> ShardReader:
         if file_name not in self._handles:
-            self._handles[file_name] = safe_open(str(self.path / file_name), framework="pt")
+            try:
+                self._handles[file_name] = ShardReader(self.path / file_name)
+            except (OSError, ExchangeError) as e:
+                raise UpdateRejected("checksum", f"{self.path / file_name}: unreadable: {e}") from e
         return self._handles[file_name]
 
     def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
         self._handles.clear()
 
     def verify(
@@ -103,12 +106,11 @@ class ExchangeDir:
                 entry = self.manifest.tensors.get(name)
                 if entry is None or entry.file != file_name:
                     raise UpdateRejected("unexpected_tensor", f"{self.path}/{file_name}: {name!r} is not in the manifest")
-                sliced = handle.get_slice(name)
-                actual_dtype = TORCH_NAME_BY_SAFETENSORS.get(sliced.get_dtype(), sliced.get_dtype())
-                if list(sliced.get_shape()) != entry.shape or actual_dtype != entry.dtype:
+                actual_dtype, actual_shape = handle.dtype_name(name), handle.shape(name)
+                if actual_shape != entry.shape or actual_dtype != entry.dtype:
                     raise UpdateRejected(
-                        "shape" if list(sliced.get_shape()) != entry.shape else "dtype",
-                        f"{self.path}: {name!r} is {actual_dtype}{sliced.get_shape()} in the file "
+                        "shape" if actual_shape != entry.shape else "dtype",
+                        f"{self.path}: {name!r} is {actual_dtype}{actual_shape} in the file "
                         f"but {entry.dtype}{entry.shape} in the manifest",
                     )
             present = set(handle.keys())

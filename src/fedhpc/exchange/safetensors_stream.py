@@ -35,7 +35,7 @@ SAFETENSORS_DTYPES: dict[torch.dtype, str] = {
 }
 TORCH_DTYPES_BY_NAME: dict[str, torch.dtype] = {str(d).removeprefix("torch."): d for d in SAFETENSORS_DTYPES}
 TORCH_NAME_BY_SAFETENSORS: dict[str, str] = {v: str(k).removeprefix("torch.") for k, v in SAFETENSORS_DTYPES.items()}
-_HASH_CHUNK = 64 * 1024 * 1024
+_HASH_CHUNK = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,72 @@ class StreamingShardWriter:
             self._file.close()
             if exc_type is not None or not self.sha256:
                 self.path.unlink(missing_ok=True)
+
+
+class ShardReader:
+    """Reads single tensors from a safetensors file with `preadv` into a fresh tensor.
+
+    Unlike a memory map, nothing stays resident after a tensor is dropped, so a
+    server holding many updates open pays memory for one tensor at a time, and
+    the bytes land straight in the tensor's storage (no intermediate copy).
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._fd = os.open(self.path, os.O_RDONLY)
+        try:
+            self.entries, self._data_start = self._read_header()
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def _read_header(self) -> tuple[dict[str, dict], int]:
+        prefix = os.pread(self._fd, 8, 0)
+        if len(prefix) != 8:
+            raise ExchangeError(f"{self.path}: too short to be a safetensors file")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > 100 * 1024 * 1024:
+            raise ExchangeError(f"{self.path}: header claims {length} bytes; not a safetensors file")
+        try:
+            header = json.loads(os.pread(self._fd, length, 8))
+        except ValueError as e:
+            raise ExchangeError(f"{self.path}: header is not JSON: {e}") from e
+        header.pop("__metadata__", None)
+        return header, 8 + length
+
+    def keys(self) -> list[str]:
+        return list(self.entries)
+
+    def dtype_name(self, name: str) -> str:
+        return TORCH_NAME_BY_SAFETENSORS.get(self.entries[name]["dtype"], self.entries[name]["dtype"])
+
+    def shape(self, name: str) -> list[int]:
+        return list(self.entries[name]["shape"])
+
+    def read(self, name: str) -> torch.Tensor:
+        entry = self.entries[name]
+        dtype = dtype_from_name(self.dtype_name(name))
+        begin, end = entry["data_offsets"]
+        tensor = torch.empty(entry["shape"], dtype=dtype)
+        if end - begin != tensor.numel() * tensor.element_size():
+            raise ExchangeError(f"{self.path}: {name!r} has {end - begin} bytes for shape {entry['shape']}")
+        if end > begin:
+            view = memoryview(tensor.view(-1).view(torch.uint8).numpy())
+            got = 0
+            while got < len(view):
+                count = os.preadv(self._fd, [view[got:]], self._data_start + begin + got)
+                if count == 0:
+                    raise ExchangeError(f"{self.path}: file ends inside tensor {name!r}")
+                got += count
+        return tensor
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def sha256_of_file(path: Path) -> str:

@@ -69,12 +69,16 @@ class Mover(Protocol):
         """Where `relative` (inside the staging area) is, as the facility's jobs see it."""
         ...
 
-    def push(self, local_dir: Path, relative: str) -> None:
-        """Publish `local_dir` at `relative` in the staging area, complete or not at all."""
+    def push(self, local_dir: Path, relative: str) -> int:
+        """Publish `local_dir` at `relative` in the staging area, complete or not at all; return the bytes."""
         ...
 
-    def pull(self, relative: str, local_dir: Path) -> None:
-        """Copy `relative` from the staging area to `local_dir` (which must not exist)."""
+    def pull(self, relative: str, local_dir: Path) -> int:
+        """Copy `relative` from the staging area to `local_dir` (which must not exist); return the bytes."""
         ...
 
     def exists(self, relative: str) -> bool: ...
+
+    def peek(self, relative: str) -> bytes | None:
+        """A small file's bytes (a worker's progress.json), or None when absent or not cheap to read."""
+        ...
