@@ -1,0 +1,112 @@
+"""The run's ledger: every event, and which rounds are complete, in SQLite.
+
+A round is complete when its global directory has been renamed into place and
+its row in `rounds` is committed. Both the `aggregated` event and the `rounds`
+row are written in one transaction, and `rounds.round` is the primary key, so
+a round can never be recorded as aggregated twice, even across crashes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    round INTEGER,
+    facility TEXT,
+    event TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS events_by_round ON events (round, event);
+CREATE TABLE IF NOT EXISTS rounds (
+    round INTEGER PRIMARY KEY,
+    completed_at REAL NOT NULL,
+    global_dir TEXT NOT NULL,
+    num_updates INTEGER NOT NULL,
+    detail TEXT NOT NULL DEFAULT '{}'
+);
+"""
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    ts: float
+    round: int | None
+    facility: str | None
+    event: str
+    detail: dict[str, Any]
+
+
+class Ledger:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def record(self, event: str, round: int | None = None, facility: str | None = None, **detail: Any) -> None:
+        self._db.execute(
+            "INSERT INTO events (ts, round, facility, event, detail) VALUES (?, ?, ?, ?, ?)",
+            (time.time(), round, facility, event, json.dumps(detail)),
+        )
+
+    def complete_round(self, round: int, global_dir: str, num_updates: int, **detail: Any) -> None:
+        """Mark `round` complete; raises `sqlite3.IntegrityError` if it already is."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO rounds (round, completed_at, global_dir, num_updates, detail) VALUES (?, ?, ?, ?, ?)",
+                (round, time.time(), global_dir, num_updates, json.dumps(detail)),
+            )
+            self.record("aggregated", round=round, num_updates=num_updates, **detail)
+
+    def last_complete_round(self) -> int | None:
+        row = self._db.execute("SELECT MAX(round) FROM rounds").fetchone()
+        return row[0]
+
+    def completed_rounds(self) -> list[int]:
+        return [r for (r,) in self._db.execute("SELECT round FROM rounds ORDER BY round")]
+
+    def events(self, event: str | None = None, round: int | None = None) -> list[Event]:
+        query, args = "SELECT id, ts, round, facility, event, detail FROM events WHERE 1=1", []
+        if event is not None:
+            query += " AND event = ?"
+            args.append(event)
+        if round is not None:
+            query += " AND round = ?"
+            args.append(round)
+        rows = self._db.execute(query + " ORDER BY id", args).fetchall()
+        return [Event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection):
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")

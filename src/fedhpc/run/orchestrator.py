@@ -1,0 +1,431 @@
+"""The server's event loop: rounds of stage → launch → pull → verify → aggregate → checkpoint.
+
+State that matters lives on disk, not in this object: the ledger says which
+rounds are complete and which updates were accepted, the run directory holds
+the globals. So a server killed at any point resumes from the last complete
+round, reusing updates of the interrupted round that were already accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from fedhpc.aggregate import Update, make_aggregator
+from fedhpc.config import Experiment, FacilityConfig
+from fedhpc.errors import FedhpcError, QuorumNotMet, TransferError, UpdateRejected
+from fedhpc.exchange import ExchangeDir, ExchangeMeta, TrainSettings, WorkerTask, dtype_from_name, write_exchange
+from fedhpc.facility.base import JobHandle, JobSpec, JobState, Launcher, Mover
+from fedhpc.facility.registry import make_launcher, make_mover
+from fedhpc.report.metrics_log import MetricsLog
+from fedhpc.report.progress import ProgressView
+from fedhpc.run.ledger import Ledger
+from fedhpc.run.rundir import RunDir, check_same_experiment, experiment_document
+from fedhpc.run.scheduling import SyncPolicy
+from fedhpc.run.verification import verify_update
+
+log = logging.getLogger(__name__)
+POLL_SECONDS = 0.5
+
+
+@dataclass
+class Facility:
+    config: FacilityConfig
+    launcher: Launcher
+    mover: Mover
+
+
+@dataclass
+class Attempt:
+    """One facility's job in one round."""
+
+    facility: str
+    round: int
+    handle: JobHandle
+    update_rel: str
+    progress_rel: str
+    started_at: float
+    last_step: int = field(default=-1)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    rounds_completed: list[int]
+    final_global: Path
+    seconds: float
+
+
+class Orchestrator:
+    def __init__(self, experiment: Experiment, progress: ProgressView):
+        self.experiment = experiment
+        self.progress = progress
+        self.run_dir = RunDir(experiment.resolved_run_dir())
+        self.policy = SyncPolicy(experiment.algorithm, [f.name for f in experiment.facilities])
+        self.aggregator = make_aggregator(experiment.algorithm)
+        self.facilities: dict[str, Facility] = {}
+        self.ledger: Ledger | None = None
+        self.metrics: MetricsLog | None = None
+
+    def run(self) -> RunSummary:
+        started = time.time()
+        resumed_from = self._open_run()
+        for f in self.experiment.facilities:
+            mover = make_mover(f.mover, self.run_dir.default_staging(f.name))
+            self.facilities[f.name] = Facility(f, make_launcher(f.launcher), mover)
+        self._event(
+            "run_started",
+            name=self.experiment.name,
+            facilities=list(self.facilities),
+            rounds=self.experiment.algorithm.rounds,
+            resumed_from=resumed_from,
+        )
+        if resumed_from is None:
+            self._initialise_global()
+        try:
+            for round in range(self._ledger.last_complete_round() + 1, self.experiment.algorithm.rounds + 1):
+                self._run_round(round)
+        finally:
+            self._event("run_finished", rounds_completed=self._ledger.last_complete_round(), seconds=time.time() - started)
+        last = self._ledger.last_complete_round()
+        return RunSummary(self._ledger.completed_rounds(), self.run_dir.global_dir(last), time.time() - started)
+
+    def close(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()
+
+    @property
+    def _ledger(self) -> Ledger:
+        assert self.ledger is not None
+        return self.ledger
+
+    # --- run directory ---------------------------------------------------------------------------
+
+    def _open_run(self) -> int | None:
+        """Create or reopen the run directory; return the round resumed from, or None for a new run."""
+        document = json.dumps(experiment_document(self.experiment), sort_keys=True)
+        if self.run_dir.exists():
+            self.ledger = Ledger(self.run_dir.ledger_path)
+            recorded = self.ledger.get_meta("experiment")
+            if recorded is not None:
+                check_same_experiment(recorded, self.experiment, self.run_dir.root)
+            last = self.ledger.last_complete_round()
+            if last is not None:
+                removed = self.run_dir.discard_after(last)
+                self.ledger.set_meta("experiment", document)
+                self.metrics = MetricsLog(self.run_dir.metrics_path)
+                self.progress.message(f"resuming {self.run_dir.root} after round {last}")
+                if removed:
+                    log.info("removed debris of the interrupted round: %s", removed)
+                return last
+        else:
+            self.run_dir.create(self.experiment)
+            self.ledger = Ledger(self.run_dir.ledger_path)
+        self.ledger.set_meta("experiment", document)
+        self.metrics = MetricsLog(self.run_dir.metrics_path)
+        return None
+
+    def _initialise_global(self) -> None:
+        """Round 0: one worker process writes the seeded initial trainable state as the first global."""
+        self.run_dir.discard_after(-1)
+        destination = self.run_dir.global_dir(0)
+        log_dir = self.run_dir.log_dir(0)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        task = WorkerTask(
+            mode="init",
+            round=0,
+            facility="server",
+            update_dir=destination,
+            model=self.experiment.model,
+            data_config=self.experiment.data,
+            shard_bytes=int(self.experiment.exchange.shard_size),
+            device="cpu",
+        )
+        task_path = log_dir / "init-task.json"
+        task.write(task_path)
+        self.progress.message("building the initial global model (round 0)")
+        started = time.time()
+        with open(log_dir / "init.out", "wb") as out, open(log_dir / "init.err", "wb") as err:
+            result = subprocess.run(
+                [sys.executable, "-m", "fedhpc", "worker", "--task", str(task_path)], stdout=out, stderr=err
+            )
+        if result.returncode != 0:
+            tail = (log_dir / "init.err").read_text(errors="replace").splitlines()[-15:]
+            raise FedhpcError(
+                f"building the initial global failed (exit {result.returncode}); see {log_dir / 'init.err'}:\n"
+                + "\n".join(tail)
+            )
+        manifest = ExchangeDir(destination).manifest
+        self._ledger.complete_round(0, str(destination), 0, seconds=time.time() - started)
+        self.metrics_emit("aggregated", round=0, num_updates=0, seconds=time.time() - started, start=started, bytes=0)
+        self._ledger.set_meta("base_fingerprint", manifest.base_fingerprint)
+
+    # --- one round -------------------------------------------------------------------------------
+
+    def _run_round(self, round: int) -> None:
+        round_started = time.time()
+        previous = ExchangeDir(self.run_dir.global_dir(round - 1))
+        staged = self._stage_copy(round - 1, previous)
+        accepted: dict[str, Update] = self._reusable_updates(round, previous)
+        attempts: list[Attempt] = []
+        for assignment in self.policy.assignments(round):
+            if assignment.facility in accepted:
+                self.progress.facility_state(assignment.facility, "reused", round)
+                continue
+            try:
+                attempts.append(self._launch(round, assignment.facility, assignment.local_steps, staged))
+            except FedhpcError as e:
+                self._event("job_finished", round, assignment.facility, state="failed", reason=str(e), seconds=0.0)
+                self.progress.facility_state(assignment.facility, "failed", round)
+        deadline = self.policy.deadline(round_started)
+        for attempt in self._wait(attempts, deadline):
+            update = self._collect(attempt, previous)
+            if update is not None:
+                accepted[attempt.facility] = update
+        if not self.policy.quorum_met(len(accepted)):
+            raise QuorumNotMet(
+                f"round {round}: {len(accepted)} update(s) accepted, algorithm.min_facilities is "
+                f"{self.experiment.algorithm.min_facilities}; see the ledger and {self.run_dir.log_dir(round)}. "
+                "Fix the failing facilities and run the same command again to resume."
+            )
+        self._aggregate(round, previous, list(accepted.values()), round_started)
+
+    def _stage_copy(self, round: int, global_: ExchangeDir) -> Path:
+        """The global as facilities receive it: the fp32 master, or a copy cast to the training dtype."""
+        wanted = self.experiment.exchange.stage_dtype
+        if wanted == "auto":
+            wanted = self.experiment.model.dtype
+        if wanted == "float32":
+            return global_.path
+        destination = self.run_dir.stage_dir(round)
+        if not destination.exists():
+            dtype = dtype_from_name(wanted)
+            meta = ExchangeMeta(**global_.manifest.model_dump(include=set(ExchangeMeta.model_fields)))
+            write_exchange(
+                destination,
+                global_.layout(dtype),
+                ((name, global_.get(name).to(dtype)) for name in global_.names()),
+                meta,
+                int(self.experiment.exchange.shard_size),
+            )
+        return destination
+
+    def _reusable_updates(self, round: int, global_: ExchangeDir) -> dict[str, Update]:
+        """Updates of this round already accepted before a crash still count: no facility redoes work."""
+        reusable = {}
+        for event in self._ledger.events("accepted", round=round):
+            path = self.run_dir.update_dir(round, event.facility or "")
+            try:
+                reusable[event.facility] = self._verified(path, event.facility, round, global_)
+            except UpdateRejected:
+                continue
+            self._event("reused", round, event.facility)
+        return reusable
+
+    def _launch(self, round: int, facility_name: str, local_steps: int, staged: Path) -> Attempt:
+        facility = self.facilities[facility_name]
+        mover, config = facility.mover, facility.config
+        global_rel = f"global/r{round - 1:04d}"
+        started = time.time()
+        if not mover.exists(global_rel):
+            moved = mover.push(staged, global_rel)
+            self._event("staged", round, facility_name, bytes=moved, seconds=time.time() - started, start=started)
+        attempt_id = f"r{round:04d}-{uuid.uuid4().hex[:8]}"
+        task = WorkerTask(
+            round=round,
+            facility=facility_name,
+            global_dir=Path(mover.facility_path(global_rel)),
+            update_dir=Path(mover.facility_path(f"updates/{attempt_id}")),
+            progress_file=Path(mover.facility_path(f"progress/{attempt_id}.json")),
+            data=config.data,
+            model=self.experiment.model,
+            data_config=self.experiment.data,
+            train=TrainSettings(
+                local_steps=local_steps,
+                lr=self.experiment.algorithm.lr,
+                weight_decay=self.experiment.algorithm.weight_decay,
+                batch_size=self.experiment.algorithm.batch_size,
+                seed=self.experiment.algorithm.seed,
+            ),
+            update_dtype=self.experiment.exchange.update_dtype,
+            shard_bytes=int(self.experiment.exchange.shard_size),
+            device=config.launcher.device,
+        )
+        task_dir = self.run_dir.log_dir(round) / f"{facility_name}-task"
+        shutil.rmtree(task_dir, ignore_errors=True)
+        task.write(task_dir / "task.json")
+        mover.push(task_dir, f"tasks/{attempt_id}")
+        spec = JobSpec(
+            name=f"{facility_name}-{attempt_id}",
+            argv=[sys.executable, "-m", "fedhpc", "worker", "--task", mover.facility_path(f"tasks/{attempt_id}/task.json")],
+            log_dir=self.run_dir.log_dir(round),
+            walltime_s=self.experiment.algorithm.round_timeout,
+        )
+        handle = facility.launcher.submit(spec)
+        self._event("submitted", round, facility_name, job_id=handle.job_id, start=handle.submitted_at)
+        self.progress.facility_state(facility_name, "submitted", round)
+        return Attempt(facility_name, round, handle, f"updates/{attempt_id}", f"progress/{attempt_id}.json", time.time())
+
+    def _wait(self, attempts: list[Attempt], deadline: float):
+        """Yield each attempt whose job ended DONE; record every other ending."""
+        pending = list(attempts)
+        while pending:
+            for attempt in list(pending):
+                facility = self.facilities[attempt.facility]
+                status = facility.launcher.poll(attempt.handle)
+                self._show_progress(attempt)
+                if status.state.finished:
+                    pending.remove(attempt)
+                    self._event(
+                        "job_finished",
+                        attempt.round,
+                        attempt.facility,
+                        state=status.state.value,
+                        returncode=status.returncode,
+                        reason=status.reason[-2000:],
+                        seconds=time.time() - attempt.handle.submitted_at,
+                        start=attempt.handle.submitted_at,
+                    )
+                    if status.state is JobState.DONE:
+                        yield attempt
+                    else:
+                        self.progress.facility_state(attempt.facility, status.state.value, attempt.round)
+                elif status.state is JobState.RUNNING and attempt.last_step < 0:
+                    self.progress.facility_state(attempt.facility, "running", attempt.round)
+                    attempt.last_step = 0
+            if pending and time.time() > deadline:
+                for attempt in pending:
+                    self.facilities[attempt.facility].launcher.cancel(attempt.handle)
+                    self._event(
+                        "job_finished",
+                        attempt.round,
+                        attempt.facility,
+                        state="timeout",
+                        reason=f"algorithm.round_timeout ({self.experiment.algorithm.round_timeout:g} s) passed",
+                        seconds=time.time() - attempt.handle.submitted_at,
+                        start=attempt.handle.submitted_at,
+                    )
+                    self.progress.facility_state(attempt.facility, "timeout", attempt.round)
+                return
+            if pending:
+                time.sleep(POLL_SECONDS)
+
+    def _show_progress(self, attempt: Attempt) -> None:
+        raw = self.facilities[attempt.facility].mover.peek(attempt.progress_rel)
+        if raw is None:
+            return
+        try:
+            progress = json.loads(raw)
+        except ValueError:
+            return
+        if progress.get("step", -1) > attempt.last_step:
+            attempt.last_step = progress["step"]
+            self.progress.facility_progress(
+                attempt.facility, progress["step"], progress.get("local_steps", 0), progress.get("loss")
+            )
+
+    def _collect(self, attempt: Attempt, global_: ExchangeDir) -> Update | None:
+        """Pull and verify one finished job's update; a bad one is recorded, not raised."""
+        destination = self.run_dir.update_dir(attempt.round, attempt.facility)
+        shutil.rmtree(destination, ignore_errors=True)
+        started = time.time()
+        try:
+            moved = self.facilities[attempt.facility].mover.pull(attempt.update_rel, destination)
+            self._event("pulled", attempt.round, attempt.facility, bytes=moved, seconds=time.time() - started, start=started)
+            update = self._verified(destination, attempt.facility, attempt.round, global_)
+        except (UpdateRejected, TransferError) as e:
+            reason = e.reason if isinstance(e, UpdateRejected) else "transfer"
+            self._event("rejected", attempt.round, attempt.facility, reason=reason, message=str(e))
+            self.progress.facility_state(attempt.facility, f"rejected ({reason})", attempt.round)
+            return None
+        metrics = ExchangeDir(destination).manifest.metrics
+        self._event(
+            "accepted",
+            attempt.round,
+            attempt.facility,
+            num_samples=update.num_samples,
+            local_steps=update.local_steps,
+            loss=metrics.get("loss", []),
+            tokens=metrics.get("tokens"),
+            train_seconds=metrics.get("train_seconds"),
+            load_seconds=metrics.get("load_seconds"),
+        )
+        self.progress.facility_state(attempt.facility, "accepted", attempt.round)
+        return update
+
+    def _verified(self, path: Path, facility: str | None, round: int, global_: ExchangeDir) -> Update:
+        update_dir = ExchangeDir(path)
+        verify_update(
+            update_dir,
+            global_,
+            expected_round=round,
+            fingerprint=self._ledger.get_meta("base_fingerprint"),
+            max_norm=self.experiment.algorithm.max_update_norm,
+        )
+        manifest = update_dir.manifest
+        return Update(
+            facility=facility or manifest.facility or "",
+            source=update_dir,
+            num_samples=manifest.num_samples,
+            local_steps=manifest.local_steps,
+            based_on_round=manifest.based_on_round if manifest.based_on_round is not None else round - 1,
+        )
+
+    def _aggregate(self, round: int, global_: ExchangeDir, updates: list[Update], round_started: float) -> None:
+        started = time.time()
+        destination = self.run_dir.global_dir(round)
+        meta = ExchangeMeta(kind="global", round=round, base_fingerprint=global_.manifest.base_fingerprint)
+        state: dict[str, torch.Tensor] = {}
+        manifest = write_exchange(
+            destination,
+            global_.layout(torch.float32),
+            self.aggregator.aggregate(global_, sorted(updates, key=lambda u: u.facility), state),
+            meta,
+            int(self.experiment.exchange.shard_size),
+        )
+        losses = [loss for u in updates if (loss := self._mean_loss(round, u.facility)) is not None]
+        detail = dict(
+            seconds=time.time() - started,
+            start=started,
+            bytes=sum(f.bytes for f in manifest.files.values()),
+            facilities=sorted(u.facility for u in updates),
+        )
+        self._ledger.complete_round(round, str(destination), len(updates), **detail)
+        self.metrics_emit("aggregated", round=round, num_updates=len(updates), **detail)
+        mean_loss = sum(losses) / len(losses) if losses else None
+        self._event("round_complete", round, seconds=time.time() - round_started, mean_loss=mean_loss, start=round_started)
+        self.progress.round_done(round, time.time() - round_started, mean_loss)
+        self.run_dir.prune(round, self.experiment.checkpoint.keep_last)
+
+    def _mean_loss(self, round: int, facility: str) -> float | None:
+        """The facility's mean training loss over its local steps this round, from the ledger."""
+        for event in reversed(self._ledger.events("accepted", round=round)):
+            if event.facility == facility and event.detail.get("loss"):
+                return sum(event.detail["loss"]) / len(event.detail["loss"])
+        return None
+
+    # --- events ----------------------------------------------------------------------------------
+
+    def _event(self, event: str, round: int | None = None, facility: str | None = None, **fields) -> None:
+        self._ledger.record(event, round, facility, **fields)
+        self.metrics_emit(event, round=round, facility=facility, **fields)
+
+    def metrics_emit(self, event: str, **fields) -> None:
+        assert self.metrics is not None
+        self.metrics.emit(event, **{k: v for k, v in fields.items() if v is not None})
+
+
+def run_experiment(experiment: Experiment, progress: ProgressView) -> RunSummary:
+    orchestrator = Orchestrator(experiment, progress)
+    try:
+        return orchestrator.run()
+    finally:
+        orchestrator.close()

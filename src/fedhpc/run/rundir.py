@@ -1,0 +1,105 @@
+"""The run directory: where everything a run owns lives, and what survives a crash.
+
+Layout (see docs/architecture.md):
+``experiment.yaml ledger.sqlite metrics.jsonl global/rNNNN/ stage/rNNNN/
+updates/rNNNN/<facility>/ staging/<facility>/ logs/rNNNN/ report.html``.
+Only `global/` directories recorded in the ledger count; anything newer is
+the debris of a killed server and is removed before resuming.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedhpc.config import Experiment
+from fedhpc.errors import RunMismatch
+
+# Keys a user may change between a run and its resume: extending a run is normal.
+RESUMABLE_CHANGES = ("algorithm.rounds",)
+
+
+class RunDir:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    experiment_file = property(lambda self: self.root / "experiment.yaml")
+    ledger_path = property(lambda self: self.root / "ledger.sqlite")
+    metrics_path = property(lambda self: self.root / "metrics.jsonl")
+    report_path = property(lambda self: self.root / "report.html")
+
+    def global_dir(self, round: int) -> Path:
+        return self.root / "global" / f"r{round:04d}"
+
+    def stage_dir(self, round: int) -> Path:
+        return self.root / "stage" / f"r{round:04d}"
+
+    def update_dir(self, round: int, facility: str) -> Path:
+        return self.root / "updates" / f"r{round:04d}" / facility
+
+    def log_dir(self, round: int) -> Path:
+        return self.root / "logs" / f"r{round:04d}"
+
+    def default_staging(self, facility: str) -> Path:
+        return self.root / "staging" / facility
+
+    def exists(self) -> bool:
+        return self.ledger_path.exists()
+
+    def create(self, experiment: Experiment) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.experiment_file.write_text(yaml.safe_dump(experiment_document(experiment), sort_keys=False))
+
+    def discard_after(self, last_complete: int) -> list[Path]:
+        """Remove globals and stage copies newer than `last_complete`, and half-written directories."""
+        removed = []
+        for parent in (self.root / "global", self.root / "stage"):
+            for path in sorted(parent.glob("r*")) if parent.exists() else []:
+                if int(path.name[1:]) > last_complete:
+                    shutil.rmtree(path)
+                    removed.append(path)
+        for partial in self.root.glob("**/.*.partial-*"):
+            shutil.rmtree(partial, ignore_errors=True)
+            removed.append(partial)
+        return removed
+
+    def prune(self, latest: int, keep_last: int) -> None:
+        """Keep round 0, the latest `keep_last` globals; drop older globals and all stale stage copies."""
+        for parent, keep in ((self.root / "global", keep_last), (self.root / "stage", 1)):
+            if not parent.exists():
+                continue
+            for path in parent.glob("r*"):
+                round = int(path.name[1:])
+                if round != 0 and round <= latest - keep:
+                    shutil.rmtree(path, ignore_errors=True)
+
+
+def experiment_document(experiment: Experiment) -> dict[str, Any]:
+    return experiment.model_dump(mode="json")
+
+
+def check_same_experiment(recorded_json: str, experiment: Experiment, run_root: Path) -> None:
+    """Raise `RunMismatch` listing the keys that differ, unless only resumable keys changed."""
+    differences = [
+        key
+        for key in _differing_keys(json.loads(recorded_json), experiment_document(experiment))
+        if key not in RESUMABLE_CHANGES
+    ]
+    if differences:
+        raise RunMismatch(
+            f"{run_root} holds a run of a different experiment (differs at: {', '.join(differences[:8])}). "
+            "Use the original experiment file to resume, or set a new run_dir / name to start a new run."
+        )
+
+
+def _differing_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = list(dict.fromkeys([*old, *new]))
+        return [k for key in keys for k in _differing_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [k for i, (a, b) in enumerate(zip(old, new)) for k in _differing_keys(a, b, f"{prefix}{i}.")]
+    return [] if old == new else [prefix.rstrip(".")]
