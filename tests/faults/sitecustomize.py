@@ -1,0 +1,50 @@
+"""Test-only fault injection for real worker processes.
+
+Tests put this directory on a facility's PYTHONPATH (via `launcher.env`) and
+name a fault in FEDHPC_TEST_FAULT; Python imports this module at start-up in
+every rank, and it wraps the exchange writer so the worker publishes a broken
+update, or makes the worker crash. Nothing in src/ knows about it.
+"""
+
+import os
+
+FAULT = os.environ.get("FEDHPC_TEST_FAULT", "")
+
+if FAULT == "crash":
+    import fedhpc.worker.main as _main
+
+    def _crash(task_path):
+        raise SystemExit(3)
+
+    _main.run_task = _crash
+
+elif FAULT:
+    import torch
+
+    import fedhpc.exchange as _exchange
+    import fedhpc.exchange.writer as _writer
+
+    _original = _writer.write_state_dict
+
+    def _faulty_write(dest, state, meta, shard_bytes=_writer.DEFAULT_SHARD_BYTES):
+        state = dict(state)
+        first = next(iter(state))
+        if meta.kind == "update" and FAULT == "missing_tensor":
+            del state[first]
+        elif meta.kind == "update" and FAULT == "shape":
+            state[first] = torch.zeros(3, 3, dtype=state[first].dtype)
+        elif meta.kind == "update" and FAULT == "non_finite":
+            state[first] = state[first].clone()
+            state[first].view(-1)[0] = float("nan")
+        manifest = _original(dest, state, meta, shard_bytes)
+        if meta.kind == "update" and FAULT == "checksum":
+            shard = os.path.join(dest, next(iter(manifest.files)))
+            with open(shard, "r+b") as handle:
+                handle.seek(-1, os.SEEK_END)
+                last = handle.read(1)
+                handle.seek(-1, os.SEEK_END)
+                handle.write(bytes([last[0] ^ 0xFF]))
+        return manifest
+
+    _writer.write_state_dict = _faulty_write
+    _exchange.write_state_dict = _faulty_write

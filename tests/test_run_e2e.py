@@ -1,0 +1,132 @@
+"""`fedhpc run` end to end: real server, real torchrun workers, real files, on 2 CPU cores."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FAULTS_DIR, QUICKSTART, fedhpc_command, kill_processes_mentioning, run_fedhpc
+from fedhpc.exchange import ExchangeDir
+from fedhpc.run.ledger import Ledger
+
+
+def _globals_differ(a: Path, b: Path) -> bool:
+    first, second = ExchangeDir(a), ExchangeDir(b)
+    return any(not torch.equal(first.get(name), second.get(name)) for name in first.names())
+
+
+def _events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_quickstart_trains_three_rounds_and_loss_falls(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_fedhpc("run", str(QUICKSTART), "--set", f"run_dir={run_dir}")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    ledger = Ledger(run_dir / "ledger.sqlite")
+    assert ledger.completed_rounds() == [0, 1, 2, 3]
+    for round in (1, 2, 3):
+        accepted = {e.facility for e in ledger.events("accepted", round=round)}
+        assert accepted == {"alpha", "beta"}
+    assert _globals_differ(run_dir / "global" / "r0001", run_dir / "global" / "r0002")
+    assert _globals_differ(run_dir / "global" / "r0002", run_dir / "global" / "r0003")
+    losses = {e["round"]: e["mean_loss"] for e in _events(run_dir) if e["event"] == "round_complete"}
+    assert losses[3] < losses[1], losses
+    beta_update = ExchangeDir(run_dir / "updates" / "r0003" / "beta")
+    assert beta_update.manifest.metrics["world_size"] == 2
+
+
+def test_broken_updates_are_rejected_with_reasons_and_the_round_completes(tmp_path: Path) -> None:
+    """One good facility and one facility per fault; each fault is named in the ledger."""
+    run_dir = tmp_path / "run"
+    faults = ["checksum", "missing_tensor", "shape", "non_finite", "crash"]
+    overrides = ["--set", f"run_dir={run_dir}", "--set", "algorithm.rounds=1", "--set", "algorithm.local_steps=2"]
+    facilities = [{"name": "good", "data": str(QUICKSTART.parent / "data" / "alpha.jsonl")}]
+    for fault in faults:
+        facilities.append(
+            {
+                "name": f"bad-{fault.replace('_', '-')}",
+                "data": str(QUICKSTART.parent / "data" / "beta.jsonl"),
+                "launcher": {"kind": "local", "env": {"PYTHONPATH": str(FAULTS_DIR), "FEDHPC_TEST_FAULT": fault}},
+            }
+        )
+    overrides += ["--set", f"facilities={json.dumps(facilities)}"]
+    result = run_fedhpc("run", str(QUICKSTART), *overrides)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    ledger = Ledger(run_dir / "ledger.sqlite")
+    assert ledger.completed_rounds() == [0, 1]
+    rejected = {e.facility: e.detail["reason"] for e in ledger.events("rejected", round=1)}
+    assert rejected == {
+        "bad-checksum": "checksum",
+        "bad-missing-tensor": "missing_tensor",
+        "bad-shape": "shape",
+        "bad-non-finite": "non_finite",
+    }
+    failed = [e for e in ledger.events("job_finished", round=1) if e.facility == "bad-crash"]
+    assert failed[0].detail["state"] == "failed" and failed[0].detail["returncode"] != 0
+    (aggregated,) = ledger.events("aggregated", round=1)
+    assert aggregated.detail["facilities"] == ["good"]
+
+
+def test_quorum_not_met_stops_with_a_clear_message(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    crash = json.dumps({"kind": "local", "env": {"PYTHONPATH": str(FAULTS_DIR), "FEDHPC_TEST_FAULT": "crash"}})
+    result = run_fedhpc(
+        "run",
+        str(QUICKSTART),
+        "--set", f"run_dir={run_dir}",
+        "--set", "algorithm.rounds=1",
+        "--set", "algorithm.min_facilities=2",
+        "--set", f"facilities.1.launcher={crash}",
+    )
+    assert result.returncode == 1
+    assert "min_facilities" in result.stderr
+    assert Ledger(run_dir / "ledger.sqlite").completed_rounds() == [0]
+
+
+def test_server_killed_mid_round_resumes_without_losing_or_repeating_rounds(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    args = ["run", str(QUICKSTART), "--set", f"run_dir={run_dir}", "--set", "algorithm.rounds=3"]
+    server = subprocess.Popen(fedhpc_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            events = _events(run_dir) if (run_dir / "metrics.jsonl").exists() else []
+            if any(e["event"] == "submitted" and e.get("round") == 2 for e in events):
+                break
+            assert server.poll() is None, server.stderr.read().decode()
+            time.sleep(0.2)
+        else:
+            pytest.fail("round 2 never started")
+        server.send_signal(signal.SIGKILL)
+        server.wait()
+    finally:
+        kill_processes_mentioning(str(run_dir))
+
+    result = run_fedhpc(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    ledger = Ledger(run_dir / "ledger.sqlite")
+    assert ledger.completed_rounds() == [0, 1, 2, 3]
+    aggregated_rounds = [e.round for e in ledger.events("aggregated")]
+    assert sorted(aggregated_rounds) == [0, 1, 2, 3], "a round was aggregated twice or never"
+    starts = ledger.events("run_started")
+    assert [e.detail["resumed_from"] for e in starts] == [None, 1]
+
+
+def test_resuming_with_a_different_experiment_is_refused(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    first = run_fedhpc("run", str(QUICKSTART), "--set", f"run_dir={run_dir}", "--set", "algorithm.rounds=1",
+                       "--set", "algorithm.local_steps=1")
+    assert first.returncode == 0, first.stderr
+    second = run_fedhpc("run", str(QUICKSTART), "--set", f"run_dir={run_dir}", "--set", "algorithm.rounds=1",
+                        "--set", "algorithm.local_steps=1", "--set", "algorithm.lr=0.1")
+    assert second.returncode == 1
+    assert "algorithm.lr" in second.stderr
