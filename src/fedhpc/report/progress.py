@@ -1,0 +1,256 @@
+"""What the user watches while a run goes: the only place fedhpc writes to stdout.
+
+On a terminal, a live table (rich) with one row per facility under a header
+with the run name and round; elsewhere (a batch job's log, a pipe, CI), plain
+timestamped lines: one per state change, finished round and message, and at most
+one training-progress line per facility every `progress_interval` seconds, so a
+log stays readable over a multi-day run.
+
+The orchestrator reports facility states as free words; those in `STATE_STYLES`
+get a colour, any other word is shown as is. A facility's "last round" time runs
+from the first state it reports for a round to the first of `FINISHED_STATES`.
+
+    with ProgressView("chem-demo", rounds=3, facilities=["polaris", "aurora"]) as view:
+        view.facility_state("polaris", "queued", round=1)
+        view.facility_progress("polaris", step=4, local_steps=10, loss=1.93)
+        view.round_done(1, seconds=412.0, mean_loss=1.87)
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+STATE_STYLES = {
+    "idle": "dim",
+    "waiting": "dim",
+    "staging": "cyan",
+    "submitted": "blue",
+    "queued": "yellow",
+    "loading": "magenta",
+    "running": "green",
+    "training": "green",
+    "saving": "green",
+    "pulling": "cyan",
+    "verifying": "cyan",
+    "done": "bold green",
+    "accepted": "bold green",
+    "rejected": "bold red",
+    "failed": "bold red",
+    "timeout": "bold red",
+    "cancelled": "red",
+}
+FINISHED_STATES = frozenset({"done", "accepted", "rejected", "failed", "timeout", "cancelled"})
+
+
+@dataclass
+class _Facility:
+    state: str = "waiting"
+    round: int | None = None
+    step: int | None = None
+    local_steps: int | None = None
+    loss: float | None = None
+    round_started: float | None = None
+    last_round_seconds: float | None = None
+    last_progress_line: float = -math.inf
+
+
+def _fmt_loss(loss: float | None) -> str:
+    return "-" if loss is None else f"{loss:.4f}"
+
+
+def _fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+class ProgressView:
+    """Live table on a terminal, plain log lines otherwise; call `close` (or use `with`).
+
+    `console` defaults to one on stdout; whether it is a terminal picks the mode
+    (``Console(force_terminal=True)`` forces the live table). `facilities` fixes
+    the row order; a facility first named later gets a row then. Methods are safe
+    to call from several threads.
+    """
+
+    def __init__(
+        self,
+        run_name: str,
+        rounds: int,
+        facilities: Iterable[str] = (),
+        *,
+        console: Console | None = None,
+        progress_interval: float = 10.0,
+        refresh_per_second: float = 4.0,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.run_name = run_name
+        self.rounds = rounds
+        self.console = console or Console()
+        self.progress_interval = progress_interval
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._facilities: dict[str, _Facility] = {name: _Facility() for name in facilities}
+        self._round = 0
+        self._rounds_done = 0
+        self._last_round: tuple[int, float, float | None] | None = None
+        self._started = clock()
+        self._closed = False
+        self.live_mode = self.console.is_terminal
+        self._live: Live | None = None
+        if self.live_mode:
+            self._live = Live(
+                get_renderable=self._render,
+                console=self.console,
+                refresh_per_second=refresh_per_second,
+                transient=False,
+            )
+            self._live.start()
+        else:
+            names = ", ".join(self._facilities) or "none yet"
+            self._line(f"run {run_name}: {rounds} rounds, facilities {names}")
+
+    # -- what the orchestrator calls -------------------------------------------------
+
+    def facility_state(self, facility: str, state: str, round: int | None = None) -> None:
+        """`facility` is now in `state` (for `round`, when given)."""
+        with self._lock:
+            row = self._row(facility)
+            now = self._clock()
+            if round is not None and round != row.round:
+                row.round, row.step, row.local_steps, row.loss = round, None, None, None
+                row.round_started = now
+                self._round = max(self._round, round)
+            elif row.round_started is None:
+                row.round_started = now
+            changed = state != row.state
+            row.state = state
+            if state in FINISHED_STATES and row.round_started is not None:
+                row.last_round_seconds = now - row.round_started
+                row.round_started = None
+            if changed and not self.live_mode:
+                where = f" round {row.round}" if row.round is not None else ""
+                self._line(f"{facility}{where}: {state}")
+
+    def facility_progress(self, facility: str, step: int, local_steps: int, loss: float | None) -> None:
+        """`facility` has trained `step` of `local_steps` steps; `loss` is that step's loss (None: unknown)."""
+        with self._lock:
+            row = self._row(facility)
+            row.step, row.local_steps = step, local_steps
+            row.loss = loss
+            now = self._clock()
+            if not self.live_mode and now - row.last_progress_line >= self.progress_interval:
+                row.last_progress_line = now
+                where = f" round {row.round}" if row.round is not None else ""
+                self._line(f"{facility}{where}: step {step}/{local_steps} loss {_fmt_loss(loss)}")
+
+    def round_done(self, round: int, seconds: float, mean_loss: float | None) -> None:
+        """Round `round` was aggregated after `seconds`; `mean_loss` over the accepted updates."""
+        with self._lock:
+            self._rounds_done = max(self._rounds_done, round)
+            self._round = max(self._round, round)
+            self._last_round = (round, seconds, mean_loss)
+            text = f"round {round}/{self.rounds} done in {_fmt_seconds(seconds)}, mean loss {_fmt_loss(mean_loss)}"
+            self._say(text)
+
+    def message(self, text: str) -> None:
+        """A line the user should read (a rejected update, a resumed run, where the report is)."""
+        with self._lock:
+            self._say(text)
+
+    def close(self) -> None:
+        """Stop the live display, leaving its last frame on screen; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._live is not None:
+                self._live.stop()
+
+    def __enter__(self) -> ProgressView:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- output ----------------------------------------------------------------------
+
+    def _row(self, facility: str) -> _Facility:
+        return self._facilities.setdefault(facility, _Facility())
+
+    def _line(self, text: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._clock()))
+        self.console.print(f"{stamp}  {text}", markup=False, highlight=False, soft_wrap=True)
+
+    def _say(self, text: str) -> None:
+        if self._live is not None and not self._closed:
+            # Printed above the live table, which keeps its place at the bottom.
+            stamp = time.strftime("%H:%M:%S", time.localtime(self._clock()))
+            self._live.console.print(Text(f"{stamp}  {text}"), highlight=False)
+        else:
+            self._line(text)
+
+    def _render(self) -> Group:
+        with self._lock:
+            header = Text.assemble(
+                ("fedhpc ", "bold"),
+                (self.run_name, "bold cyan"),
+                f"   round {self._round}/{self.rounds}",
+                f"   ({self._rounds_done} done)   elapsed {_fmt_seconds(self._clock() - self._started)}",
+            )
+            if self._last_round is not None:
+                r, seconds, loss = self._last_round
+                header.append(f"   last round {r}: {_fmt_seconds(seconds)}, loss {_fmt_loss(loss)}", "dim")
+            table = Table(expand=False, header_style="bold")
+            for column, justify in (
+                ("facility", "left"),
+                ("state", "left"),
+                ("round", "right"),
+                ("step", "left"),
+                ("loss", "right"),
+                ("last round", "right"),
+            ):
+                table.add_column(column, justify=justify)  # type: ignore[arg-type]
+            for name, row in self._facilities.items():
+                if row.step is not None and row.local_steps:
+                    step: Table | Text = Table.grid(padding=(0, 1))
+                    step.add_row(
+                        ProgressBar(
+                            total=row.local_steps,
+                            completed=row.step,
+                            width=16,
+                            complete_style="green",
+                            finished_style="bold green",
+                        ),
+                        Text(f"{row.step}/{row.local_steps}"),
+                    )
+                else:
+                    step = Text("-")
+                table.add_row(
+                    name,
+                    Text(row.state, STATE_STYLES.get(row.state, "")),
+                    "-" if row.round is None else str(row.round),
+                    step,
+                    _fmt_loss(row.loss),
+                    _fmt_seconds(row.last_round_seconds),
+                )
+            return Group(header, table)

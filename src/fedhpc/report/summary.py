@@ -1,0 +1,243 @@
+"""Fold a run's `metrics.jsonl` events into what the report shows.
+
+Tolerant by design: the log may come from a run that is still going, was killed,
+was resumed (events of a round repeated), or from an older fedhpc that wrote
+fewer fields. A missing field is a gap in a table, never an exception. Where a
+round/facility has several outcomes (a retried job), the last one counts; bytes
+and timeline spans count every time they happened.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Span:
+    """Something that took time: `lane` is a facility or ``"server"``."""
+
+    lane: str
+    kind: str  # stage | queue | load | train | job | pull | aggregate | eval
+    start: float
+    seconds: float
+    round: int | None
+    note: str = ""
+    failed: bool = False
+
+
+@dataclass
+class Problem:
+    """A rejected update or a job that ended without one."""
+
+    round: int | None
+    facility: str
+    kind: str  # "rejected" | "job <state>"
+    reason: str
+    message: str
+
+
+@dataclass
+class RunSummary:
+    name: str = "unnamed run"
+    rounds_planned: int | None = None
+    rounds_completed: set[int] = field(default_factory=set)
+    facilities: list[str] = field(default_factory=list)
+    first_ts: float | None = None
+    last_ts: float | None = None
+    finished: bool = False
+    sessions: int = 0
+    bytes_staged: dict[int, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
+    bytes_pulled: dict[int, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
+    global_bytes: dict[int, int] = field(default_factory=dict)
+    losses: dict[str, dict[int, list[float | None]]] = field(default_factory=lambda: defaultdict(dict))
+    round_seconds: dict[int, float] = field(default_factory=dict)
+    round_end_ts: dict[int, float] = field(default_factory=dict)
+    outcomes: dict[str, dict[int, str]] = field(default_factory=lambda: defaultdict(dict))
+    problems: list[Problem] = field(default_factory=list)
+    evals: dict[int, dict[str, dict[str, float | None]]] = field(default_factory=dict)
+    spans: list[Span] = field(default_factory=list)
+    samples: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    tokens: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    @property
+    def wall_seconds(self) -> float | None:
+        if self.first_ts is None or self.last_ts is None:
+            return None
+        return self.last_ts - self.first_ts
+
+    @property
+    def rounds(self) -> list[int]:
+        """Every round any event names, ascending (round 0 only when something happened in it)."""
+        seen = set(self.rounds_completed) | set(self.round_seconds)
+        for per_round in (self.bytes_staged, self.bytes_pulled, self.global_bytes, self.evals):
+            seen |= set(per_round)
+        for by_round in list(self.losses.values()) + list(self.outcomes.values()):
+            seen |= set(by_round)
+        return sorted(seen)
+
+    def total_staged(self) -> int:
+        return sum(sum(v.values()) for v in self.bytes_staged.values())
+
+    def total_pulled(self) -> int:
+        return sum(sum(v.values()) for v in self.bytes_pulled.values())
+
+
+def number(value: Any) -> float | None:
+    """`value` as a finite float, or None (missing, null, a string, NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def integer(value: Any) -> int | None:
+    n = number(value)
+    return int(n) if n is not None else None
+
+
+def mean(values: list[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
+
+
+def summarize(events: list[dict[str, Any]]) -> RunSummary:
+    run = RunSummary()
+    submitted: dict[tuple[int | None, str], float] = {}
+    accepted_times: dict[tuple[int | None, str], tuple[float | None, float | None]] = {}
+    jobs: list[Span] = []
+
+    def facility_of(event: dict[str, Any]) -> str:
+        name = str(event.get("facility", "?"))
+        if name not in run.facilities:
+            run.facilities.append(name)
+        return name
+
+    def span(lane: str, kind: str, event: dict[str, Any], **extra: Any) -> Span | None:
+        seconds = number(event.get("seconds"))
+        start = number(event.get("start"))
+        if seconds is None:
+            return None
+        if start is None:
+            ts = number(event.get("ts"))
+            if ts is None:
+                return None
+            start = ts - seconds  # an event written at the end of what it times
+        result = Span(lane, kind, start, max(seconds, 0.0), integer(event.get("round")), **extra)
+        run.spans.append(result)
+        return result
+
+    for event in events:
+        kind = event.get("event")
+        ts = number(event.get("ts"))
+        for t in (ts, number(event.get("start"))):
+            if t is not None:
+                run.first_ts = t if run.first_ts is None else min(run.first_ts, t)
+                run.last_ts = t if run.last_ts is None else max(run.last_ts, t)
+        r = integer(event.get("round"))
+
+        if kind == "run_started":
+            run.sessions += 1
+            run.finished = False
+            if event.get("name"):
+                run.name = str(event["name"])
+            run.rounds_planned = integer(event.get("rounds")) or run.rounds_planned
+            for name in event.get("facilities") or []:
+                if str(name) not in run.facilities:
+                    run.facilities.append(str(name))
+        elif kind == "staged":
+            f = facility_of(event)
+            if r is not None:
+                run.bytes_staged[r][f] = run.bytes_staged[r].get(f, 0) + (integer(event.get("bytes")) or 0)
+            span(f, "stage", event)
+        elif kind == "submitted":
+            f = facility_of(event)
+            if ts is not None:
+                submitted[(r, f)] = ts
+        elif kind == "job_finished":
+            f = facility_of(event)
+            state = str(event.get("state", "done"))
+            failed = state != "done"
+            if number(event.get("start")) is None and (r, f) in submitted and number(event.get("seconds")):
+                event = {**event, "start": submitted[(r, f)]}
+            job = span(f, "job", event, note=f"job {state}", failed=failed)
+            if job is not None:
+                run.spans.remove(job)  # split into queue/load/train later, once `accepted` is known
+                jobs.append(job)
+            if failed:
+                reason = str(event.get("reason") or f"returncode {event.get('returncode')}")
+                run.outcomes[f][r] = f"failed: {state}"  # type: ignore[index]
+                run.problems.append(Problem(r, f, f"job {state}", reason, str(event.get("reason") or "")))
+        elif kind == "pulled":
+            f = facility_of(event)
+            if r is not None:
+                run.bytes_pulled[r][f] = run.bytes_pulled[r].get(f, 0) + (integer(event.get("bytes")) or 0)
+            span(f, "pull", event)
+        elif kind == "accepted":
+            f = facility_of(event)
+            loss = event.get("loss")
+            if r is not None:
+                run.losses[f][r] = [number(v) for v in loss] if isinstance(loss, list) else []
+                run.outcomes[f][r] = "accepted"
+            run.samples[f] += integer(event.get("num_samples")) or 0
+            run.tokens[f] += integer(event.get("tokens")) or 0
+            accepted_times[(r, f)] = (number(event.get("load_seconds")), number(event.get("train_seconds")))
+        elif kind == "rejected":
+            f = facility_of(event)
+            if r is not None:
+                run.outcomes[f][r] = "rejected"
+            run.problems.append(
+                Problem(r, f, "rejected", str(event.get("reason", "?")), str(event.get("message", "")))
+            )
+        elif kind == "aggregated":
+            if r is not None and integer(event.get("bytes")) is not None:
+                run.global_bytes[r] = integer(event.get("bytes"))  # type: ignore[assignment]
+            span("server", "aggregate", event, note=f"{event.get('num_updates', '?')} updates")
+        elif kind == "round_complete":
+            if r is not None:
+                run.rounds_completed.add(r)
+                seconds = number(event.get("seconds"))
+                if seconds is not None:
+                    run.round_seconds[r] = seconds
+                if ts is not None:
+                    run.round_end_ts[r] = ts
+        elif kind == "eval":
+            scores = event.get("scores")
+            if r is not None and isinstance(scores, dict):
+                into = run.evals.setdefault(r, {})
+                for task, metrics in scores.items():
+                    if isinstance(metrics, dict):
+                        into.setdefault(str(task), {}).update({str(m): number(v) for m, v in metrics.items()})
+                    else:  # a bare {task: value}
+                        into.setdefault(str(task), {})["score"] = number(metrics)
+            span("server", "eval", event)
+        elif kind == "run_finished":
+            run.finished = True
+            done = integer(event.get("rounds_completed"))
+            if done:
+                run.rounds_completed |= set(range(1, done + 1)) - {0}
+
+    for job in jobs:
+        run.spans.extend(_split_job(job, *accepted_times.get((job.round, job.lane), (None, None))))
+    run.spans.sort(key=lambda s: s.start)
+    return run
+
+
+def _split_job(job: Span, load: float | None, train: float | None) -> list[Span]:
+    """A finished job as queue → load → train, from the worker's own timings.
+
+    The queue part is what the worker did not account for: scheduler queue wait
+    plus process start-up. A failed job, or one without timings, stays one span.
+    """
+    if job.failed or load is None or train is None:
+        return [job]
+    train = min(train, job.seconds)
+    load = min(load, job.seconds - train)
+    queue = job.seconds - load - train
+    parts = [
+        Span(job.lane, "queue", job.start, queue, job.round),
+        Span(job.lane, "load", job.start + queue, load, job.round),
+        Span(job.lane, "train", job.start + queue + load, train, job.round),
+    ]
+    return [p for p in parts if p.seconds > 0] or [job]

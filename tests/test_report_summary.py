@@ -1,0 +1,82 @@
+"""Folding events into the report's figures, and the SVG helpers' edge cases."""
+
+from __future__ import annotations
+
+import math
+
+from fedhpc.report.plots import Bar, BarGroup, Series, bar_chart, gantt, line_chart, nice_ticks
+from fedhpc.report.summary import summarize
+
+
+def test_job_is_split_into_queue_load_train_from_the_workers_timings() -> None:
+    run = summarize([
+        {"ts": 130, "event": "job_finished", "round": 1, "facility": "a", "state": "done", "start": 100, "seconds": 30},
+        {"ts": 131, "event": "accepted", "round": 1, "facility": "a", "loss": [2.0, 1.0],
+         "load_seconds": 5, "train_seconds": 20},
+    ])
+    assert [(s.kind, s.start, s.seconds) for s in run.spans] == [
+        ("queue", 100, 5), ("load", 105, 5), ("train", 110, 20)
+    ]
+    assert run.outcomes["a"][1] == "accepted" and run.losses["a"][1] == [2.0, 1.0]
+
+
+def test_missing_start_falls_back_to_submission_or_ts_minus_seconds() -> None:
+    run = summarize([
+        {"ts": 10, "event": "submitted", "round": 1, "facility": "a", "job_id": "7"},
+        {"ts": 40, "event": "job_finished", "round": 1, "facility": "a", "state": "failed", "seconds": 30,
+         "returncode": 1},
+        {"ts": 50, "event": "pulled", "round": 1, "facility": "b", "seconds": 4, "bytes": 9},
+    ])
+    job, pull = run.spans
+    assert (job.kind, job.start, job.failed) == ("job", 10, True)
+    assert (pull.kind, pull.start) == ("pull", 46)
+    assert run.problems[0].reason == "returncode 1" and run.outcomes["a"][1] == "failed: failed"
+
+
+def test_resumed_run_counts_bytes_twice_but_keeps_the_last_outcome() -> None:
+    events = [
+        {"ts": 1, "event": "run_started", "name": "x", "facilities": ["a"], "rounds": 2},
+        {"ts": 2, "event": "staged", "round": 1, "facility": "a", "bytes": 100},
+        {"ts": 3, "event": "rejected", "round": 1, "facility": "a", "reason": "stale", "message": ""},
+        {"ts": 9, "event": "run_started", "name": "x", "facilities": ["a"], "rounds": 2, "resumed_from": 0},
+        {"ts": 10, "event": "staged", "round": 1, "facility": "a", "bytes": 100},
+        {"ts": 11, "event": "accepted", "round": 1, "facility": "a", "loss": [1.0, None]},
+        {"ts": 12, "event": "round_complete", "round": 1, "seconds": 3},
+    ]
+    run = summarize(events)
+    assert run.sessions == 2 and not run.finished and run.wall_seconds == 11
+    assert run.total_staged() == 200 and run.outcomes["a"][1] == "accepted"
+    assert run.rounds_completed == {1} and len(run.problems) == 1
+
+
+def test_odd_values_are_gaps_not_errors() -> None:
+    run = summarize([
+        {"ts": "yesterday", "event": "staged", "round": "one", "facility": "a", "bytes": "lots"},
+        {"event": "eval", "round": 0, "scores": {"t": {"m": "n/a"}, "bare": 0.5}},
+        {"ts": 1, "event": "unknown_future_event", "round": 3},
+        {"ts": 2, "event": "accepted", "round": 2, "facility": "a", "loss": "not a list"},
+    ])
+    assert run.evals == {0: {"t": {"m": None}, "bare": {"score": 0.5}}}
+    assert run.losses["a"][2] == [] and run.facilities == ["a"]
+
+
+def test_nice_ticks_cover_the_range_with_round_steps() -> None:
+    assert nice_ticks(0, 1) == (0.0, 1.0, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    lo, hi, ticks = nice_ticks(1.23, 2.71)
+    assert lo <= 1.23 and hi >= 2.71 and ticks[0] == lo and ticks[-1] == hi
+    lo, hi, ticks = nice_ticks(5, 5)  # one value: padded, not a zero-width axis
+    assert lo < 5 < hi
+    assert nice_ticks(math.nan, 3)[0] == 0.0
+
+
+def test_charts_draw_empty_single_and_broken_series() -> None:
+    assert "no data" in line_chart([], x_ticks=[])
+    one = line_chart([Series("a", "#000", [(1.0, 2.0)])], x_ticks=[(1.0, "1")])
+    assert "<circle" in one and "nan" not in one.lower()
+    broken = line_chart([Series("a", "#000", [(0, 1.0), (1, None), (2, 2.0), (3, math.nan)], markers=False)],
+                        x_ticks=[(0.0, "0")])
+    assert "<polyline" not in broken and broken.count("<circle") == 0
+    assert "no data" in bar_chart(["1"], [BarGroup("g", "#000", [0.0])], y_format=str)
+    assert "no timed events" in gantt(["a"], [], x_format=str)
+    svg = gantt(["a"], [Bar("a", 0, 0, "#000", "<t>")], x_format=str)
+    assert "&lt;t&gt;" in svg  # hover text is escaped
