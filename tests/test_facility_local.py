@@ -1,0 +1,281 @@
+"""The local launcher: pure command/environment builders, and real torchrun jobs on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from fedhpc.config import LocalLauncherConfig
+from fedhpc.errors import SubmitError
+from fedhpc.facility.base import JobHandle, JobSpec, JobState, JobStatus
+from fedhpc.facility.launchers.local import (
+    LocalLauncher,
+    failure_reason,
+    job_environment,
+    pick_free_port,
+    torchrun_command,
+)
+
+PY = sys.executable
+
+
+def wait_finished(launcher: LocalLauncher, handle: JobHandle, timeout: float = 30.0) -> JobStatus:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = launcher.poll(handle)
+        if status.state.finished:
+            return status
+        time.sleep(0.05)
+    launcher.cancel(handle)
+    raise AssertionError(f"{handle.job_id} still running after {timeout} s")
+
+
+def wait_for_files(paths: list[Path], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(p.exists() and p.read_text().strip() for p in paths):
+        assert time.monotonic() < deadline, f"ranks never started: {paths}"
+        time.sleep(0.05)
+
+
+def running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (an orphan's zombie may wait for a slow init)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+
+
+def group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+# A rank that records its pid, then waits to be stopped.
+SLEEPER = textwrap.dedent(
+    """
+    import os, pathlib, signal, sys, time
+    if sys.argv[1] == "ignore-term":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    pathlib.Path(sys.argv[2], "rank%s.pid" % os.environ["RANK"]).write_text(str(os.getpid()))
+    time.sleep(120)
+    """
+)
+
+
+# ---- pure pieces ---------------------------------------------------------------------------------
+
+
+def test_torchrun_command_wraps_one_rank_program():
+    command = torchrun_command(["prog", "--task", "t.json"], nprocs=2, master_port=29517, python="/py")
+    assert command == [
+        "/py", "-m", "torch.distributed.run", "--no-python",
+        "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", "29517",
+        "prog", "--task", "t.json",
+    ]  # fmt: skip
+
+
+def test_job_environment_layers_server_defaults_config_and_job():
+    server = {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "1,3", "FEDHPC_DEVICE": "stale"}
+    config = LocalLauncherConfig(device="cpu", threads_per_rank=3, env={"A": "config", "B": "config"})
+    env = job_environment(server, config, {"B": "job"})
+    assert env == {
+        "PATH": "/bin",
+        "CUDA_VISIBLE_DEVICES": "1,3",
+        "GLOO_SOCKET_IFNAME": "lo",
+        "OMP_NUM_THREADS": "3",
+        "FEDHPC_DEVICE": "cpu",
+        "A": "config",
+        "B": "job",
+    }
+    assert server == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "1,3", "FEDHPC_DEVICE": "stale"}
+
+
+def test_job_environment_keeps_the_servers_interface_and_threads():
+    env = job_environment({"GLOO_SOCKET_IFNAME": "ib0", "OMP_NUM_THREADS": "8"}, LocalLauncherConfig(), {})
+    assert env["GLOO_SOCKET_IFNAME"] == "ib0"
+    assert env["OMP_NUM_THREADS"] == "8"
+    assert env["FEDHPC_DEVICE"] == "auto"
+    assert "CUDA_VISIBLE_DEVICES" not in env
+
+
+# What torch 2.x's torchrun writes to stderr when a rank exits with code 3 (abridged traceback).
+TORCHRUN_STDERR = """\
+
+*****************************************
+Setting OMP_NUM_THREADS environment variable for each process to be 1 in default, to avoid your system being overloaded, please further tune the variable for optimal performance in your application as needed.
+*****************************************
+Traceback (most recent call last):
+  File "worker.py", line 3, in <module>
+ValueError: data file is empty
+W1124 23:28:02.800000 6434 torch/distributed/elastic/multiprocessing/api.py:900] Sending process 6468 closing signal SIGTERM
+E1124 23:28:02.810000 6434 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: 3) local_rank: 0 (pid: 6467) of binary: /usr/bin/python
+Traceback (most recent call last):
+  File "/venv/lib/python3.11/site-packages/torch/distributed/launcher/api.py", line 383, in launch_agent
+    raise ChildFailedError(
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+worker.py FAILED
+------------------------------------------------------------
+Failures:
+  <NO_OTHER_FAILURES>
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-11-24_23:28:02
+  host      : localhost
+  rank      : 0 (local_rank: 0)
+  exitcode  : 3 (pid: 6467)
+  error_file: <N/A>
+  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html
+============================================================
+"""
+
+
+def test_failure_reason_names_the_rank_and_keeps_the_programs_stderr():
+    assert failure_reason(TORCHRUN_STDERR, 1) == (
+        "rank 0 exited with code 3 (first failure); stderr tail:\n"
+        "Traceback (most recent call last):\n"
+        '  File "worker.py", line 3, in <module>\n'
+        "ValueError: data file is empty"
+    )
+
+
+def test_failure_reason_without_a_torchrun_report_keeps_the_last_lines():
+    stderr = "".join(f"line {i}\n" for i in range(30)) + "torch.distributed.DistNetworkError: address in use\n"
+    reason = failure_reason(stderr, 1, max_lines=3)
+    assert reason == (
+        "exited with code 1; stderr tail:\nline 28\nline 29\ntorch.distributed.DistNetworkError: address in use"
+    )
+    assert failure_reason("", -9) == "exited with code -9; nothing on stderr"
+    killed = TORCHRUN_STDERR.replace("exitcode  : 3", "exitcode  : -9")
+    assert failure_reason(killed, 1).startswith("rank 0 was killed by signal 9 (first failure)")
+
+
+def test_free_ports_are_not_handed_out_twice():
+    ports = [pick_free_port() for _ in range(40)]
+    assert len(set(ports)) == len(ports)
+
+
+# ---- real jobs -----------------------------------------------------------------------------------
+
+
+def test_two_rank_job_runs_to_done_and_logs_both_ranks(tmp_path):
+    program = (
+        "import os; e = os.environ; "
+        "print(e['RANK'], e['WORLD_SIZE'], e['FEDHPC_DEVICE'], e['GLOO_SOCKET_IFNAME'], e['OMP_NUM_THREADS'], e['X'])"
+    )
+    launcher = LocalLauncher(LocalLauncherConfig(nprocs=2, device="cpu", threads_per_rank=1, env={"X": "config"}))
+    handle = launcher.submit(JobSpec("alpha-r0001", [PY, "-c", program], tmp_path / "logs", env={"X": "job"}))
+    assert handle.job_id == f"local-{handle.native.process.pid}"
+    assert launcher.poll(handle).state in (JobState.RUNNING, JobState.DONE)
+    assert wait_finished(launcher, handle) == JobStatus(JobState.DONE, 0)
+    out = (tmp_path / "logs" / "alpha-r0001.out").read_text().splitlines()
+    assert sorted(out) == ["0 2 cpu lo 1 job", "1 2 cpu lo 1 job"]
+    assert (tmp_path / "logs" / "alpha-r0001.err").exists()
+    assert launcher.poll(handle) == JobStatus(JobState.DONE, 0)
+
+
+def test_failing_job_reports_returncode_and_stderr_tail(tmp_path):
+    program = "import sys; print('reading shard 7', file=sys.stderr); sys.exit('bad shard: /data/7.jsonl')"
+    launcher = LocalLauncher(LocalLauncherConfig(nprocs=1))
+    handle = launcher.submit(JobSpec("beta", [PY, "-c", program], tmp_path))
+    status = wait_finished(launcher, handle)
+    assert status.state is JobState.FAILED
+    assert status.returncode not in (None, 0)
+    assert status.reason.startswith("rank 0 exited with code 1 (first failure); stderr tail:\n")
+    assert status.reason.endswith("reading shard 7\nbad shard: /data/7.jsonl")
+
+
+def test_cancel_stops_torchrun_and_every_rank(tmp_path):
+    launcher = LocalLauncher(LocalLauncherConfig(nprocs=2))
+    handle = launcher.submit(JobSpec("gamma", [PY, "-c", SLEEPER, "term", str(tmp_path)], tmp_path))
+    pid_files = [tmp_path / "rank0.pid", tmp_path / "rank1.pid"]
+    wait_for_files(pid_files)
+    ranks = [int(p.read_text()) for p in pid_files]
+    pgid = handle.native.process.pid
+    assert launcher.poll(handle).state is JobState.RUNNING
+
+    started = time.monotonic()
+    launcher.cancel(handle)
+    assert time.monotonic() - started < 10
+    assert launcher.poll(handle).state is JobState.CANCELLED
+    assert group_gone(pgid)
+    assert not any(running(pid) for pid in ranks)
+    launcher.cancel(handle)  # idempotent
+    assert launcher.poll(handle).state is JobState.CANCELLED
+
+
+def test_cancel_kills_ranks_that_ignore_sigterm(tmp_path):
+    # torchrun starts each rank in its own session, so only signalling their groups reaches them.
+    launcher = LocalLauncher(LocalLauncherConfig(nprocs=2), kill_grace_s=1.0)
+    handle = launcher.submit(JobSpec("delta", [PY, "-c", SLEEPER, "ignore-term", str(tmp_path)], tmp_path))
+    pid_files = [tmp_path / "rank0.pid", tmp_path / "rank1.pid"]
+    wait_for_files(pid_files)
+    ranks = [int(p.read_text()) for p in pid_files]
+    assert all(os.getpgid(pid) != handle.native.process.pid for pid in ranks)
+
+    launcher.cancel(handle)
+    assert launcher.poll(handle).state is JobState.CANCELLED
+    assert group_gone(handle.native.process.pid)
+    deadline = time.monotonic() + 5  # SIGKILLed orphans are reaped by init
+    while any(running(pid) for pid in ranks) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(running(pid) for pid in ranks)
+
+
+def test_walltime_exceeded_stops_the_job_and_fails_it(tmp_path):
+    launcher = LocalLauncher(LocalLauncherConfig(nprocs=1))
+    spec = JobSpec("eps", [PY, "-c", SLEEPER, "term", str(tmp_path)], tmp_path, walltime_s=1.5)
+    handle = launcher.submit(spec)
+    status = wait_finished(launcher, handle)
+    assert status.state is JobState.FAILED
+    assert status.reason == "walltime exceeded (1.5 s)"
+    assert group_gone(handle.native.process.pid)
+    launcher.cancel(handle)  # already over: keeps its outcome
+    assert launcher.poll(handle) == status
+
+
+def test_back_to_back_submits_get_different_ports_and_both_finish(tmp_path):
+    program = "import os; print(os.environ['MASTER_PORT'])"
+    alpha = LocalLauncher(LocalLauncherConfig(nprocs=1))
+    beta = LocalLauncher(LocalLauncherConfig(nprocs=1))
+    first = alpha.submit(JobSpec("alpha", [PY, "-c", program], tmp_path))
+    second = beta.submit(JobSpec("beta", [PY, "-c", program], tmp_path))
+    assert first.native.port != second.native.port
+    assert wait_finished(alpha, first).state is JobState.DONE
+    assert wait_finished(beta, second).state is JobState.DONE
+    assert (tmp_path / "alpha.out").read_text().strip() == str(first.native.port)
+    assert (tmp_path / "beta.out").read_text().strip() == str(second.native.port)
+
+
+def test_a_resubmitted_job_appends_its_logs_and_reasons_from_its_own_attempt(tmp_path):
+    launcher = LocalLauncher(LocalLauncherConfig(nprocs=1))
+    failing = "import sys; sys.exit('first attempt broke')"
+    first = launcher.submit(JobSpec("zeta", [PY, "-c", failing], tmp_path))
+    assert wait_finished(launcher, first).state is JobState.FAILED
+    status = wait_finished(launcher, launcher.submit(JobSpec("zeta", [PY, "-c", "import sys; sys.exit(4)"], tmp_path)))
+    assert status.state is JobState.FAILED
+    assert "first attempt broke" not in status.reason
+    assert "first attempt broke" in (tmp_path / "zeta.err").read_text()
+
+
+def test_submit_errors_and_foreign_handles(tmp_path):
+    launcher = LocalLauncher(LocalLauncherConfig())
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SubmitError, match="could not start job 'x'"):
+        launcher.submit(JobSpec("x", [PY, "-c", "pass"], tmp_path / "file" / "logs"))
+    with pytest.raises(SubmitError, match="plain file name"):
+        launcher.submit(JobSpec("a/b", [PY, "-c", "pass"], tmp_path))
+    foreign = JobHandle("local-1", JobSpec("x", [], tmp_path), submitted_at=0.0)
+    assert launcher.poll(foreign).state is JobState.UNKNOWN
+    launcher.cancel(foreign)  # nothing to do, and nothing signalled

@@ -1,0 +1,34 @@
+"""Backends by `kind`: a dict lookup from the validated config."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedhpc.config import FacilityConfig, FilesystemMoverConfig, LocalLauncherConfig
+from fedhpc.errors import ConfigError
+from fedhpc.facility.launchers.local import LocalLauncher
+from fedhpc.facility.movers.filesystem import FilesystemMover
+from fedhpc.facility.registry import LAUNCHERS, MOVERS, make_launcher, make_mover
+
+
+def test_tables_name_every_kind_the_config_accepts():
+    assert LAUNCHERS == {"local": LocalLauncher}
+    assert MOVERS == {"filesystem": FilesystemMover}
+
+
+def test_make_builds_each_backend_from_its_own_sub_config(tmp_path):
+    facility = FacilityConfig(name="alpha", data=tmp_path, launcher={"nprocs": 2}, mover={"hardlink": False})
+    launcher = make_launcher(facility.launcher)
+    assert isinstance(launcher, LocalLauncher) and launcher.config.nprocs == 2
+    mover = make_mover(facility.mover, tmp_path / "staging" / "alpha")
+    assert isinstance(mover, FilesystemMover)
+    assert mover.staging_dir == tmp_path / "staging" / "alpha" and not mover.config.hardlink
+    explicit = make_mover(FilesystemMoverConfig(staging_dir=tmp_path / "shared"), tmp_path / "unused")
+    assert explicit.facility_path("global/r0000") == str(tmp_path / "shared" / "global" / "r0000")
+
+
+def test_an_unknown_kind_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown launcher kind 'slurm'; known kinds: local"):
+        make_launcher(LocalLauncherConfig.model_construct(kind="slurm"))
+    with pytest.raises(ConfigError, match="unknown mover kind 's3'; known kinds: filesystem"):
+        make_mover(FilesystemMoverConfig.model_construct(kind="s3"), "/tmp/x")
