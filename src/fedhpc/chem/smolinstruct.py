@@ -1,0 +1,271 @@
+"""Read and write instruction records in SMolInstruct's layouts.
+
+Three layouts are read, tried in this order:
+
+1. **The SMolInstruct release** (osunlp/SMolInstruct on Hugging Face, `data.zip`
+   extracted; point at the folder holding `raw/`, or at its parent if that holds
+   `data/`). Its loading script assembles records from
+   `raw/<split>/<task>.jsonl` (one molecule-level item per line: `input`,
+   `output` (a string, or a dict keyed by `target`), `task`, `split`),
+   `core_tag/<task>.json` (`{"input": [left, right], "output": [left, right]}`),
+   `template/<name>/<task>.json` (a list of `{"input": "..<INPUT>..", "output": "..<OUTPUT>.."}`)
+   and `sample/instruction_tuning/<split>/<task>.json` (`template_name` and
+   `samples`: `idx` into the raw file, `template_id`, and `target` for dict
+   outputs). We assemble exactly as that script does (core tags inserted). With
+   `raw/` but no `sample/` and `template/`, records get no question wording: the
+   input and output are the tagged raw strings.
+2. **Ours**, which mirrors the release's raw tree but holds finished records:
+   `<split>/<task>.jsonl`, splits `train`, `dev`, `test`, every line one record
+   with the fields in `tasks.RECORD_FIELDS`. Per-facility directories are the same
+   with `train/` only.
+3. **Plain JSONL**: a `.jsonl` file, or a folder of them, whose lines carry at least
+   `input` and `output`. A file named after a split (`test.jsonl`, or
+   `<task>/test.jsonl`) holds that split; otherwise a line's `split` field decides,
+   and a line without one counts as `train`.
+
+Split names follow the release (`train`, `dev`, `test`, `test_subset`);
+`validation` and `valid` are accepted for `dev`, as the Hugging Face builder names it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fedhpc.chem.metrics import extract_core
+from fedhpc.chem.tasks import RECORD_FIELDS, TASKS
+from fedhpc.errors import DataError
+
+SPLITS = ("train", "dev", "test")
+SPLIT_ALIASES = {"validation": "dev", "valid": "dev", "val": "dev"}
+KNOWN_SPLITS = (*SPLITS, "test_subset")
+SAMPLE_GROUP = "instruction_tuning"
+
+EXPECTED_LAYOUTS = (
+    "expected one of: <split>/<task>.jsonl (fedhpc layout, splits train/dev/test); "
+    "the SMolInstruct release extracted from data.zip (raw/<split>/<task>.jsonl with core_tag/, "
+    "template/ and sample/); or .jsonl files whose lines hold 'input' and 'output'"
+)
+
+
+def canonical_split(split: str) -> str:
+    """`validation`/`valid`/`val` -> `dev`; other known names unchanged; unknown names are an error."""
+    name = SPLIT_ALIASES.get(split, split)
+    if name not in KNOWN_SPLITS:
+        raise DataError(f"unknown split {split!r}; use one of {', '.join(KNOWN_SPLITS)} (or 'validation')")
+    return name
+
+
+def load_records(path: Path | str, split: str = "train", tasks: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Every record of `split` under `path`, in a deterministic order (task name, then file order).
+
+    `tasks=None` means all tasks found. Each record has all of `RECORD_FIELDS`
+    (`sample_id` and unknown core tags may be None). Raises `DataError` naming
+    the path and the layouts expected when the path is missing or nothing matches.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise DataError(f"{root}: no such file or directory; {EXPECTED_LAYOUTS}")
+    split = canonical_split(split)
+    wanted = None if tasks is None else set(tasks)
+    release_root = _release_root(root)
+    if release_root is not None:
+        records = list(_read_release(release_root, split, wanted))
+    elif (root / split).is_dir() and any((root / split).glob("*.jsonl")):
+        files = sorted((root / split).glob("*.jsonl"))
+        records = [record for file in files for record in _read_jsonl(file, split, file.stem)]
+    else:
+        records = list(_read_plain(root, split))
+    if wanted is not None:
+        records = [rec for rec in records if rec["task"] in wanted]
+    if not records:
+        which = "" if wanted is None else f" for tasks {sorted(wanted)}"
+        raise DataError(f"{root}: no records of split {split!r}{which}; {EXPECTED_LAYOUTS}")
+    return records
+
+
+def write_split(root: Path, split: str, records: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """Write `records` as `root/<split>/<task>.jsonl`, one file per task; returns counts per task.
+
+    One JSON object per line, keys in `RECORD_FIELDS` order, UTF-8 unescaped, so
+    the same records always give the same bytes.
+    """
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_task.setdefault(record["task"], []).append(record)
+    folder = root / split
+    folder.mkdir(parents=True, exist_ok=True)
+    for task, items in sorted(by_task.items()):
+        lines = (json.dumps({key: rec.get(key) for key in RECORD_FIELDS}, ensure_ascii=False) for rec in items)
+        (folder / f"{task}.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return {task: len(items) for task, items in sorted(by_task.items())}
+
+
+@contextmanager
+def replacing_dir(out: Path, marker: str) -> Iterator[Path]:
+    """Yield an empty folder beside `out` that replaces `out` whole when the block succeeds.
+
+    A crash leaves the old `out` (or none), never half a dataset. An existing
+    `out` is replaced only if it holds `marker` (a file we wrote), so a typo in
+    `--out` cannot wipe someone's folder; a non-empty folder without it is refused.
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / marker).is_file())):
+        raise DataError(f"{out}: exists and was not written by fedhpc (no {marker}); choose an empty or new folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# --- the release ----------------------------------------------------------------------------------
+
+
+def _release_root(root: Path) -> Path | None:
+    for candidate in (root, root / "data"):
+        if (candidate / "raw").is_dir() and ((candidate / "core_tag").is_dir() or (candidate / "sample").is_dir()):
+            return candidate
+    return None
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: unreadable SMolInstruct file: {e}") from e
+
+
+def _read_release(root: Path, split: str, wanted: set[str] | None) -> Iterator[dict[str, Any]]:
+    """Assemble instruction records the way the release's `SMolInstruct.py` does."""
+    raw_split = "test" if split == "test_subset" else split
+    raw_dir = root / "raw" / raw_split
+    for raw_file in sorted(raw_dir.glob("*.jsonl")):
+        task = raw_file.stem
+        if wanted is not None and task not in wanted:
+            continue
+        tags_file = root / "core_tag" / f"{task}.json"
+        tags = _load_json(tags_file) if tags_file.is_file() else {"input": [None, None], "output": [None, None]}
+        items = [item for _, item in _json_lines(raw_file)]
+        sample_file = root / "sample" / SAMPLE_GROUP / split / f"{task}.json"
+        if sample_file.is_file():
+            sample_record = _load_json(sample_file)
+            templates = _load_json(root / "template" / sample_record["template_name"] / f"{task}.json")
+            for sample in sample_record["samples"]:
+                try:
+                    item = items[sample["idx"]]
+                except IndexError as e:
+                    raise DataError(
+                        f"{sample_file}: sample idx {sample['idx']} beyond {raw_file} ({len(items)} lines)"
+                    ) from e
+                yield _assemble(item, task, split, tags, templates[sample["template_id"]], sample.get("target"))
+        elif split != "test_subset":
+            for item in items:
+                output = item["output"]
+                targets = sorted(output) if isinstance(output, dict) else [None]
+                for target in targets:
+                    yield _assemble(item, task, split, tags, {"input": "<INPUT>", "output": "<OUTPUT>"}, target)
+
+
+def _tagged(left: str | None, core: str, right: str | None) -> str:
+    return core if left is None else f"{left} {core} {right}"
+
+
+def _assemble(
+    item: dict[str, Any], task: str, split: str, tags: dict[str, Any], template: dict[str, str], target: str | None
+) -> dict[str, Any]:
+    in_left, in_right = tags["input"]
+    out_left, out_right = tags["output"]
+    output = item["output"]
+    raw_output = output[target] if isinstance(output, dict) else output
+    return {
+        "input": template["input"].replace("<INPUT>", _tagged(in_left, item["input"], in_right)),
+        "output": template["output"].replace("<OUTPUT>", _tagged(out_left, raw_output, out_right)),
+        "raw_input": item["input"],
+        "raw_output": raw_output,
+        "task": task,
+        "split": split,
+        "input_core_tag_left": in_left,
+        "input_core_tag_right": in_right,
+        "output_core_tag_left": out_left,
+        "output_core_tag_right": out_right,
+        "target": target if isinstance(output, dict) else None,
+        "sample_id": item.get("sample_id"),
+    }
+
+
+# --- ours and plain JSONL -------------------------------------------------------------------------
+
+
+def _read_plain(root: Path, split: str) -> Iterator[dict[str, Any]]:
+    files = [root] if root.is_file() else sorted(root.glob("*.jsonl")) + sorted(root.glob("*/*.jsonl"))
+    for file in files:
+        file_split = SPLIT_ALIASES.get(file.stem, file.stem)
+        if file_split in KNOWN_SPLITS:
+            if file_split == split:
+                default_task = file.parent.name if file.parent != root and file != root else None
+                yield from _read_jsonl(file, split, default_task)
+            continue
+        for record in _read_jsonl(file, None, None):
+            if record["split"] == split:
+                yield record
+
+
+def _json_lines(file: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) of each non-blank line; DataError names the file and line."""
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{file}: cannot read: {e}") from e
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{file}:{number}: not a JSON object ({e}); {EXPECTED_LAYOUTS}") from e
+
+
+def _read_jsonl(file: Path, split: str | None, default_task: str | None) -> Iterator[dict[str, Any]]:
+    """Records of one JSONL file, completed to all fields; `split=None` keeps each line's own split."""
+    for number, item in _json_lines(file):
+        if not isinstance(item, dict) or not isinstance(item.get("input"), str) or "output" not in item:
+            raise DataError(f"{file}:{number}: a record needs string fields 'input' and 'output'; {EXPECTED_LAYOUTS}")
+        yield _complete(item, split, default_task, file, number)
+
+
+def _complete(
+    item: dict[str, Any], split: str | None, default_task: str | None, file: Path, number: int
+) -> dict[str, Any]:
+    """All `RECORD_FIELDS` for one line: task from the file name, missing core tags from our task
+    table, and a missing `raw_output` cut out of `output` between its core tags (so it can be scored)."""
+    task = item.get("task") or default_task
+    if task is None:
+        raise DataError(f"{file}:{number}: record has no 'task' field and the file name does not give one")
+    record = {key: item.get(key) for key in RECORD_FIELDS}
+    record.update(task=task, split=split or canonical_split(item.get("split") or "train"))
+    spec = TASKS.get(task)
+    if spec is not None and record["output_core_tag_left"] is None:
+        record.update(
+            input_core_tag_left=spec.input_tags[0],
+            input_core_tag_right=spec.input_tags[1],
+            output_core_tag_left=spec.output_tags[0],
+            output_core_tag_right=spec.output_tags[1],
+        )
+    if record["raw_output"] is None and record["output_core_tag_left"] is not None:
+        record["raw_output"] = extract_core(
+            str(record["output"]), record["output_core_tag_left"], record["output_core_tag_right"]
+        )
+    return record
