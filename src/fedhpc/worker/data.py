@@ -1,0 +1,260 @@
+"""A facility's instruction data: reading, tokenising with loss masks, sharding over ranks, batching.
+
+Record layouts (one JSON object per line; detected per record):
+
+    {"prompt": ..., "completion": ...}
+    {"instruction": ..., "input": ..., "output": ...}   prompt = instruction + "\\n\\n" + input (input optional)
+    {"input": ..., "output": ...}                        SMolInstruct: prompt = input, completion = output
+
+Only the train split is used. A directory is read recursively (``*.jsonl``); if
+any file sits in a split-named place (``<task>/train.jsonl``,
+``train/<task>.jsonl``, also dev/val/validation/test), only the train ones
+count. A record with a ``split`` field counts only when it is ``"train"``.
+
+The whole dataset is read (it gives `num_samples` and a rank-independent
+shuffle), but only examples a rank actually reaches are tokenised.
+
+Packing (`data.packing: true`) concatenates examples into rows of up to
+``seq_len`` tokens with `position_ids` restarting at 0 for each example and
+*no* attention mask. Given exactly that, transformers (masking_utils,
+"packed sequence" detection) builds a block-diagonal causal mask, so with SDPA
+an example does not attend to the one before it (a test pins this for Llama).
+Passing an attention mask as well would silently switch that off. The trade-off:
+no compute spent on padding and steadier tokens per step, but the number of
+examples per step varies, and a model whose attention code ignores position
+restarts would let examples see each other.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from fedhpc.config import DataConfig
+from fedhpc.errors import DataError
+
+IGNORE_INDEX = -100  # label value the Hugging Face causal-LM loss skips
+SPLIT_NAMES = frozenset({"train", "dev", "val", "valid", "validation", "test"})
+LAYOUTS = '{"prompt", "completion"}, {"instruction", "input", "output"} or SMolInstruct {"input", "output"}'
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    completion: str
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE_INDEX over the prompt; the completion's ids (and EOS) elsewhere
+
+
+def read_examples(path: Path) -> list[Example]:
+    """Every train example under `path` (a JSONL file or a directory), in a fixed order."""
+    examples: list[Example] = []
+    for file in train_files(path):
+        examples.extend(_read_jsonl(file))
+    if not examples:
+        raise DataError(f"{path}: no train examples found (empty files, or every record has a non-train split)")
+    return examples
+
+
+def train_files(path: Path) -> list[Path]:
+    """The JSONL files that hold the train split, sorted so every rank sees the same order."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"{path}: no such data file or directory; check the facility's `data` path")
+    files = sorted(path.rglob("*.jsonl"))
+    if not files:
+        raise DataError(f"{path}: the directory holds no *.jsonl files")
+    splits = {file: _split_names(file.relative_to(path)) for file in files}
+    if not any(splits.values()):
+        return files
+    train = [file for file in files if "train" in splits[file]]
+    if not train:
+        raise DataError(f"{path}: files are split into {sorted(set().union(*splits.values()))} but none is 'train'")
+    return train
+
+
+def _split_names(relative: Path) -> set[str]:
+    return {part.lower() for part in (*relative.parent.parts, relative.stem)} & SPLIT_NAMES
+
+
+def _read_jsonl(file: Path) -> Iterator[Example]:
+    try:
+        with open(file, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{file}:{number}: not valid JSON ({e.msg}); each line must be one object") from e
+                example = parse_record(record, f"{file}:{number}")
+                if example is not None:
+                    yield example
+    except UnicodeDecodeError as e:
+        raise DataError(f"{file}: not UTF-8 text ({e.reason})") from e
+    except OSError as e:
+        raise DataError(f"{file}: cannot read: {e.strerror}") from e
+
+
+def parse_record(record: object, where: str) -> Example | None:
+    """One record as an `Example`; `None` for a record of another split. `where` is "file:line"."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object with keys {LAYOUTS}, got {type(record).__name__}")
+    if record.get("split", "train") != "train":
+        return None
+    if "prompt" in record and "completion" in record:
+        return Example(_text(record, "prompt", where), _text(record, "completion", where))
+    if "instruction" in record and "output" in record:
+        prompt = _text(record, "instruction", where)
+        extra = _text(record, "input", where) if record.get("input") is not None else ""
+        return Example(f"{prompt}\n\n{extra}" if extra else prompt, _text(record, "output", where))
+    if "input" in record and "output" in record:
+        return Example(_text(record, "input", where), _text(record, "output", where))
+    raise DataError(f"{where}: unknown record layout with keys {sorted(record)[:10]}; expected {LAYOUTS}")
+
+
+def _text(record: dict[str, object], key: str, where: str) -> str:
+    value = record[key]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: {key!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    """The prompt as the model sees it in training and at evaluation: a chat turn when it has a template."""
+    if tokenizer.chat_template:
+        messages = [{"role": "user", "content": prompt}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt, add_special_tokens=True)["input_ids"]
+
+
+def encode_example(tokenizer: PreTrainedTokenizerBase, example: Example, seq_len: int) -> Tokenized | None:
+    """Prompt then completion + EOS, truncated to `seq_len`; `None` if no completion token survives.
+
+    A tokenizer with a chat template gets the prompt as a user turn with the
+    generation prompt appended (what it will see at inference); otherwise the
+    prompt is encoded with the tokenizer's own special tokens (BOS).
+    """
+    prompt_ids = encode_prompt(tokenizer, example.prompt)
+    completion_ids = [*tokenizer(example.completion, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+    input_ids = [*prompt_ids, *completion_ids][:seq_len]
+    labels = [*([IGNORE_INDEX] * len(prompt_ids)), *completion_ids][:seq_len]
+    # The first token has nothing before it to predict it from; masking it also keeps a
+    # packed row from training one example's first token on the previous example's end.
+    labels[0] = IGNORE_INDEX
+    if all(label == IGNORE_INDEX for label in labels):
+        return None
+    return Tokenized(input_ids, labels)
+
+
+def shard_indices(count: int, rank: int, world_size: int, seed: int) -> list[int]:
+    """This rank's example indices: a seeded shuffle of all `count`, then every `world_size`-th.
+
+    Shards are disjoint and cover everything. With fewer examples than ranks a
+    rank borrows one example, so every rank can take the same number of steps.
+    """
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    return order[rank::world_size] or [order[rank % count]]
+
+
+@dataclass(frozen=True)
+class Batch:
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    attention_mask: torch.Tensor | None  # padding mask; None when packed (see module docstring)
+    position_ids: torch.Tensor | None  # restarting per example when packed; None otherwise
+    num_examples: int
+
+    @property
+    def num_tokens(self) -> int:
+        """Loss-bearing tokens in the batch."""
+        return int((self.labels != IGNORE_INDEX).sum())
+
+    def model_inputs(self, device: torch.device) -> dict[str, torch.Tensor]:
+        inputs = {"input_ids": self.input_ids, "labels": self.labels}
+        if self.attention_mask is not None:
+            inputs["attention_mask"] = self.attention_mask
+        if self.position_ids is not None:
+            inputs["position_ids"] = self.position_ids
+        return {key: value.to(device, non_blocking=True) for key, value in inputs.items()}
+
+
+def batches(
+    examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, config: DataConfig, batch_size: int
+) -> Iterator[Batch]:
+    """Endless micro-batches of `batch_size` rows, cycling over `examples` in order."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    source = _rows(_cycle_tokenized(examples, tokenizer, config.seq_len), config.seq_len, config.packing)
+    while True:
+        yield collate([next(source) for _ in range(batch_size)], pad_id, packed=config.packing)
+
+
+def _cycle_tokenized(
+    examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, seq_len: int
+) -> Iterator[Tokenized]:
+    encoded: dict[int, Tokenized | None] = {}  # each example is tokenised at most once
+    while True:
+        usable = 0
+        for index, example in enumerate(examples):
+            if index not in encoded:
+                encoded[index] = encode_example(tokenizer, example, seq_len)
+            if (item := encoded[index]) is not None:
+                usable += 1
+                yield item
+        if not usable:
+            raise DataError(
+                f"none of this rank's {len(examples)} examples keeps a completion token within "
+                f"data.seq_len={seq_len}; raise seq_len or shorten the prompts"
+            )
+
+
+def _rows(items: Iterator[Tokenized], seq_len: int, packing: bool) -> Iterator[list[Tokenized]]:
+    if not packing:
+        for item in items:
+            yield [item]
+    row: list[Tokenized] = []
+    used = 0
+    for item in items:
+        if row and used + len(item.input_ids) > seq_len:
+            yield row
+            row, used = [], 0
+        row.append(item)
+        used += len(item.input_ids)
+
+
+def collate(rows: list[list[Tokenized]], pad_id: int, packed: bool) -> Batch:
+    """Right-pad rows to the longest: pad id, label IGNORE_INDEX, attention mask 0.
+
+    Padding in a packed row gets positions restarting at 0, i.e. a block of its
+    own that no real token attends to.
+    """
+    length = max(sum(len(item.input_ids) for item in row) for row in rows)
+    ids, labels, positions, masks = [], [], [], []
+    for row in rows:
+        row_ids = [token for item in row for token in item.input_ids]
+        pad = length - len(row_ids)
+        ids.append(row_ids + [pad_id] * pad)
+        labels.append([label for item in row for label in item.labels] + [IGNORE_INDEX] * pad)
+        positions.append([p for item in row for p in range(len(item.input_ids))] + list(range(pad)))
+        masks.append([1] * len(row_ids) + [0] * pad)
+    return Batch(
+        input_ids=torch.tensor(ids, dtype=torch.long),
+        labels=torch.tensor(labels, dtype=torch.long),
+        attention_mask=None if packed else torch.tensor(masks, dtype=torch.long),
+        position_ids=torch.tensor(positions, dtype=torch.long) if packed else None,
+        num_examples=sum(len(row) for row in rows),
+    )

@@ -1,0 +1,110 @@
+"""Where this process sits in the job (rank, world size, local rank) and the process group.
+
+The launcher decides the ranks; the worker only reads them from the environment.
+Each launcher family names them differently, so they are read through one table
+(first family whose rank variable is set wins) rather than special cases:
+
+    torchrun / srun-wrapped torchrun   RANK, WORLD_SIZE, LOCAL_RANK
+    Open MPI mpiexec                   OMPI_COMM_WORLD_RANK, _SIZE, _LOCAL_RANK
+    MPICH / Cray PALS mpiexec          PMI_RANK, PMI_SIZE, PALS_LOCAL_RANKID or MPI_LOCALRANKID
+
+Slurm's own SLURM_PROCID is deliberately absent: it is also set (to 0) inside a
+batch script, where trusting SLURM_NTASKS would make a lone process wait forever
+for peers that never start. Under MPI the launcher must also export
+MASTER_ADDR and MASTER_PORT (rank 0's host and a free port).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+
+from fedhpc.errors import ConfigError
+
+RANK_VARIABLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("RANK", "WORLD_SIZE", ("LOCAL_RANK",)),
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", ("OMPI_COMM_WORLD_LOCAL_RANK",)),
+    ("PMI_RANK", "PMI_SIZE", ("PALS_LOCAL_RANKID", "MPI_LOCALRANKID")),
+)
+
+
+@dataclass(frozen=True)
+class RankEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 logs, writes progress and publishes the update."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def rank_env(environ: Mapping[str, str] = os.environ) -> RankEnv:
+    """Read rank, world size and local rank; a plain `python` process is rank 0 of 1."""
+    for rank_key, size_key, local_keys in RANK_VARIABLES:
+        if rank_key in environ:
+            local = next((environ[key] for key in local_keys if key in environ), "0")
+            try:
+                env = RankEnv(int(environ[rank_key]), int(environ.get(size_key, "1")), int(local))
+            except ValueError as e:
+                raise ConfigError(f"{rank_key}/{size_key}/{local_keys[0]} must be integers: {e}") from e
+            if not 0 <= env.rank < env.world_size:
+                raise ConfigError(f"{rank_key}={env.rank} is outside {size_key}={env.world_size}")
+            return env
+    return RankEnv()
+
+
+def resolve_device(requested: Literal["auto", "cpu", "cuda"], env: RankEnv) -> torch.device:
+    """`auto` means cuda when this node has a GPU; with cuda each rank takes GPU `local_rank`."""
+    use_cuda = requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
+    if not use_cuda:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("device is 'cuda' but torch sees no GPU on this node; use device: auto or cpu")
+    index = env.local_rank % torch.cuda.device_count()
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def init_process_group(env: RankEnv, device: torch.device) -> None:
+    """Join the job's process group (nccl on GPUs, gloo on CPU); a no-op for a single rank."""
+    if not env.distributed or dist.is_initialized():
+        return
+    missing = [key for key in ("MASTER_ADDR", "MASTER_PORT") if key not in os.environ]
+    if missing:
+        unset = " and ".join(missing) + (" is" if len(missing) == 1 else " are")
+        raise ConfigError(
+            f"WORLD_SIZE is {env.world_size} but {unset} not set; "
+            "start the worker under torchrun, or have the MPI launcher export rank 0's address and a free port"
+        )
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, init_method="env://", rank=env.rank, world_size=env.world_size)
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum `values` element-wise over ranks (one collective for all of them)."""
+    if not dist.is_initialized():
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,75 @@
+"""The local training loop: exactly `local_steps` optimizer steps, data-parallel over the job's ranks.
+
+Exactly, because the server weighs and schedules updates by their step count
+(FedAvg's `steps` weighting, FedCompass's step assignment); an epoch-based
+loop would make that depend on dataset size. The loss reported per step is the
+mean over ranks, so rank 0 alone can report it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from fedhpc.errors import ModelError
+from fedhpc.exchange import TrainSettings
+from fedhpc.worker.data import Batch
+from fedhpc.worker.distributed import RankEnv, all_reduce_sum
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    losses: list[float]  # mean over ranks, one per optimizer step
+    tokens: int  # loss-bearing tokens, all ranks
+    samples_seen: int  # examples, all ranks
+    seconds: float
+
+
+def train_local_steps(
+    model: nn.Module,
+    batches: Iterator[Batch],
+    settings: TrainSettings,
+    device: torch.device,
+    env: RankEnv,
+    dtype: torch.dtype,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train `model` in place (it is moved to `device`); `on_step(step, mean_loss)` runs after each step.
+
+    AdamW covers the trainable parameters only, and its state starts fresh each
+    round: the moments are local and never travel.
+    """
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ModelError("the model has no trainable parameters; check model.peft and model.lora.target_modules")
+    net: nn.Module = model
+    if env.distributed:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    use_autocast = device.type == "cuda" and dtype == torch.bfloat16
+    losses: list[float] = []
+    tokens = samples = 0
+    start = time.perf_counter()
+    for step in range(1, settings.local_steps + 1):
+        batch = next(batches)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_autocast else contextlib.nullcontext()
+        with autocast:
+            loss = net(**batch.model_inputs(device), use_cache=False).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        (total,) = all_reduce_sum([loss.item()], device)
+        losses.append(total / env.world_size)
+        tokens += batch.num_tokens
+        samples += batch.num_examples
+        if on_step is not None:
+            on_step(step, losses[-1])
+    total_tokens, total_samples = all_reduce_sum([tokens, samples], device)
+    return TrainResult(losses, int(total_tokens), int(total_samples), time.perf_counter() - start)

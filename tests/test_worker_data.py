@@ -1,0 +1,192 @@
+"""Reading record layouts and splits, loss masks, per-rank shards, batching and packing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedhpc.config import DataConfig, ModelConfig
+from fedhpc.errors import DataError
+from fedhpc.worker.data import (
+    IGNORE_INDEX,
+    Example,
+    batches,
+    collate,
+    encode_example,
+    read_examples,
+    shard_indices,
+)
+from fedhpc.worker.model import build_base_model
+from fedhpc.worker.tokenizer import build_byte_tokenizer
+
+
+def write_jsonl(path: Path, records: list[object]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_byte_tokenizer()
+
+
+def test_every_record_layout_parses(tmp_path: Path) -> None:
+    path = write_jsonl(
+        tmp_path / "mixed.jsonl",
+        [
+            {"prompt": "P", "completion": "C"},
+            {"instruction": "Do it.", "input": "x", "output": "X"},
+            {"instruction": "Do it.", "input": "", "output": "Y"},
+            {"instruction": "Do it.", "output": "Z"},
+            {"input": "CCO", "output": "ethanol", "task": "name_conversion-s2i", "raw_input": "CCO"},
+        ],
+    )
+    path.write_text(path.read_text() + "\n")  # blank lines are skipped
+    assert read_examples(path) == [
+        Example("P", "C"),
+        Example("Do it.\n\nx", "X"),
+        Example("Do it.", "Y"),
+        Example("Do it.", "Z"),
+        Example("CCO", "ethanol"),
+    ]
+
+
+def test_unknown_layout_names_file_line_and_expected_keys(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a", "completion": "b"}] * 2 + [{"question": "q"}])
+    with pytest.raises(DataError, match=r"bad\.jsonl:3: unknown record layout") as info:
+        read_examples(path)
+    assert "question" in str(info.value) and '"completion"' in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("{not json", "not valid JSON"),
+        ('["a", "b"]', "expected a JSON object"),
+        ('{"prompt": 1, "completion": "c"}', "'prompt' must be a string"),
+    ],
+)
+def test_malformed_lines_name_file_and_line(tmp_path: Path, line: str, expected: str) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "a", "completion": "b"}\n' + line + "\n")
+    with pytest.raises(DataError, match=rf"d\.jsonl:2: {expected}"):
+        read_examples(path)
+
+
+def test_missing_or_empty_data_is_a_data_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no such data file"):
+        read_examples(tmp_path / "absent")
+    with pytest.raises(DataError, match="no \\*\\.jsonl"):
+        read_examples(tmp_path)
+    with pytest.raises(DataError, match="no train examples"):
+        read_examples(write_jsonl(tmp_path / "e.jsonl", []))
+
+
+def test_directory_of_plain_files_is_read_recursively_in_order(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "b.jsonl", [{"prompt": "b", "completion": "1"}])
+    write_jsonl(tmp_path / "sub" / "a.jsonl", [{"prompt": "a", "completion": "2"}])
+    (tmp_path / "notes.txt").write_text("ignored")
+    assert [e.prompt for e in read_examples(tmp_path)] == ["b", "a"]
+
+
+@pytest.mark.parametrize("layout", ["task_dirs", "split_dirs"])
+def test_smolinstruct_directories_use_only_the_train_split(tmp_path: Path, layout: str) -> None:
+    for task in ("forward_synthesis", "property_prediction-esol"):
+        for split in ("train", "dev", "test"):
+            path = tmp_path / (f"{task}/{split}.jsonl" if layout == "task_dirs" else f"{split}/{task}.jsonl")
+            write_jsonl(path, [{"input": f"{task} {split}", "output": "o", "task": task}])
+    prompts = {e.prompt for e in read_examples(tmp_path)}
+    assert prompts == {"forward_synthesis train", "property_prediction-esol train"}
+
+
+def test_records_with_a_split_field_keep_only_train(tmp_path: Path) -> None:
+    splits = ["train", "test", "validation", "train"]
+    records = [{"input": str(i), "output": "o", "split": split} for i, split in enumerate(splits)]
+    assert [e.prompt for e in read_examples(write_jsonl(tmp_path / "all.jsonl", records))] == ["0", "3"]
+
+
+def test_split_directory_without_train_is_an_error(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "test" / "t.jsonl", [{"input": "i", "output": "o"}])
+    with pytest.raises(DataError, match="none is 'train'"):
+        read_examples(tmp_path)
+
+
+def test_labels_mask_exactly_the_prompt(tokenizer) -> None:
+    item = encode_example(tokenizer, Example("What is 2+2?", "4, of course"), seq_len=256)
+    assert item is not None
+    prompt_len = 1 + len("What is 2+2?".encode())  # BOS + bytes
+    completion = [*"4, of course".encode(), tokenizer.eos_token_id]
+    assert item.input_ids == [tokenizer.bos_token_id, *"What is 2+2?".encode(), *completion]
+    assert item.labels == [IGNORE_INDEX] * prompt_len + completion
+
+
+def test_truncation_keeps_partial_completions_and_drops_empty_ones(tokenizer) -> None:
+    partial = encode_example(tokenizer, Example("abcd", "efgh"), seq_len=7)
+    assert partial is not None and len(partial.input_ids) == 7
+    assert partial.labels == [IGNORE_INDEX] * 5 + list(b"ef")
+    assert encode_example(tokenizer, Example("abcdefgh", "ij"), seq_len=9) is None
+
+
+def test_chat_template_formats_the_prompt_as_a_user_turn() -> None:
+    chat = build_byte_tokenizer()
+    chat.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    item = encode_example(chat, Example("hi", "yo"), seq_len=64)
+    assert item is not None
+    prompt = list(b"<|user|>hi<|assistant|>")
+    assert item.input_ids == [*prompt, *b"yo", chat.eos_token_id]
+    assert item.labels == [IGNORE_INDEX] * len(prompt) + [*b"yo", chat.eos_token_id]
+
+
+@pytest.mark.parametrize(("count", "world"), [(10, 1), (10, 2), (11, 3), (64, 4), (5, 5)])
+def test_rank_shards_are_disjoint_and_cover_everything(count: int, world: int) -> None:
+    shards = [shard_indices(count, rank, world, seed=7) for rank in range(world)]
+    flat = [i for shard in shards for i in shard]
+    assert sorted(flat) == list(range(count))
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    assert shards == [shard_indices(count, rank, world, seed=7) for rank in range(world)]
+
+
+def test_shuffle_depends_on_seed_and_tiny_datasets_still_feed_every_rank() -> None:
+    assert shard_indices(50, 0, 2, seed=1) != shard_indices(50, 0, 2, seed=2)
+    assert all(shard_indices(2, rank, 4, seed=0) for rank in range(4))
+
+
+def test_batches_right_pad_and_cycle_over_the_shard(tokenizer) -> None:
+    examples = [Example("p", "a"), Example("pp", "bbb"), Example("p", "c")]
+    stream = batches(examples, tokenizer, DataConfig(seq_len=32), batch_size=2)
+    first, second = next(stream), next(stream)
+    assert first.input_ids.shape == (2, 7) and first.position_ids is None
+    assert first.input_ids[0, 4:].tolist() == [tokenizer.pad_token_id] * 3
+    assert first.labels[0, 4:].tolist() == [IGNORE_INDEX] * 3
+    assert first.attention_mask.tolist() == [[1, 1, 1, 1, 0, 0, 0], [1] * 7]
+    assert second.input_ids[1].tolist()[:4] == first.input_ids[0].tolist()[:4]  # wrapped around
+    assert first.num_examples == 2 and first.num_tokens == 2 + 4
+
+
+def test_packing_restarts_positions_and_respects_seq_len(tokenizer) -> None:
+    examples = [Example("ab", "cd")] * 5  # 6 tokens each
+    batch = next(batches(examples, tokenizer, DataConfig(seq_len=16, packing=True), batch_size=2))
+    assert batch.attention_mask is None and batch.input_ids.shape == (2, 12)
+    assert batch.position_ids[0].tolist() == [0, 1, 2, 3, 4, 5] * 2
+    assert batch.num_examples == 4
+    rows = [[encode_example(tokenizer, Example(p, c), 16)] for p, c in [("a", "b"), ("ab", "cd")]]
+    short = collate(rows, 0, packed=True)
+    assert short.position_ids[0].tolist() == [0, 1, 2, 3, 0, 1]  # padding is a block of its own
+
+
+def test_packed_examples_do_not_attend_to_each_other(tokenizer) -> None:
+    """The packing docstring's claim: position restarts without a mask give a block-diagonal mask."""
+    model = build_base_model(ModelConfig()).model.eval()
+    a, b = (encode_example(tokenizer, Example(p, c), 64) for p, c in [("first", "one"), ("second one", "two")])
+    packed = collate([[a, b]], tokenizer.pad_token_id, packed=True)
+    with torch.no_grad():
+        joint = model(**packed.model_inputs(torch.device("cpu")), use_cache=False).logits[0]
+        alone = model(input_ids=torch.tensor([b.input_ids]), use_cache=False).logits[0]
+    assert torch.allclose(joint[len(a.input_ids) :], alone, atol=1e-5)

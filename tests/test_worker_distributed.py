@@ -1,0 +1,55 @@
+"""Rank environment from each launcher family, device choice, and process-group preconditions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedhpc.errors import ConfigError
+from fedhpc.worker.distributed import RankEnv, init_process_group, rank_env, resolve_device
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, RankEnv(0, 1, 0)),
+        ({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}, RankEnv(3, 8, 1)),
+        (
+            {"OMPI_COMM_WORLD_RANK": "2", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "0"},
+            RankEnv(2, 4, 0),
+        ),
+        ({"PMI_RANK": "5", "PMI_SIZE": "6", "PALS_LOCAL_RANKID": "1"}, RankEnv(5, 6, 1)),
+        ({"PMI_RANK": "1", "PMI_SIZE": "2", "MPI_LOCALRANKID": "1"}, RankEnv(1, 2, 1)),
+        ({"RANK": "1", "WORLD_SIZE": "2", "PMI_RANK": "0", "PMI_SIZE": "9"}, RankEnv(1, 2, 0)),  # torchrun wins
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, RankEnv(0, 1, 0)),  # a batch script is not a job step
+    ],
+)
+def test_rank_env_reads_each_launcher_family(environ: dict[str, str], expected: RankEnv) -> None:
+    assert rank_env(environ) == expected
+
+
+@pytest.mark.parametrize("environ", [{"RANK": "x", "WORLD_SIZE": "2"}, {"RANK": "2", "WORLD_SIZE": "2"}])
+def test_rank_env_rejects_nonsense(environ: dict[str, str]) -> None:
+    with pytest.raises(ConfigError):
+        rank_env(environ)
+
+
+def test_only_rank_zero_is_main() -> None:
+    assert RankEnv(0, 2, 0).is_main and not RankEnv(1, 2, 1).is_main
+    assert RankEnv(0, 2, 0).distributed and not RankEnv().distributed
+
+
+def test_device_choice() -> None:
+    assert resolve_device("cpu", RankEnv()) == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto", RankEnv()) == torch.device("cpu")
+        with pytest.raises(ConfigError, match="no GPU"):
+            resolve_device("cuda", RankEnv())
+
+
+def test_process_group_needs_a_rendezvous_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    with pytest.raises(ConfigError, match="MASTER_ADDR and MASTER_PORT are not set"):
+        init_process_group(RankEnv(0, 2, 0), torch.device("cpu"))
+    init_process_group(RankEnv(), torch.device("cpu"))  # one rank: nothing to join
