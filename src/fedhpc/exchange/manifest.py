@@ -60,7 +60,7 @@ class Manifest(ExchangeMeta):
 def read_manifest(directory: Path) -> Manifest:
     path = directory / MANIFEST_NAME
     try:
-        text = path.read_text()
+        text = path.read_bytes()  # bytes: undecodable garbage is a bad manifest, not a UnicodeDecodeError
     except FileNotFoundError:
         raise UpdateRejected("missing_manifest", f"{path} does not exist (incomplete or not an exchange dir)") from None
     try:

@@ -141,11 +141,12 @@ class ShardReader:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self._fd = -1  # so that __del__ after a failed open closes nothing
         self._fd = os.open(self.path, os.O_RDONLY)
         try:
             self.entries, self._data_start = self._read_header()
         except BaseException:
-            os.close(self._fd)
+            self.close()  # and mark closed: a second os.close could hit a reused descriptor
             raise
 
     def _read_header(self) -> tuple[dict[str, dict], int]:
@@ -159,7 +160,14 @@ class ShardReader:
             header = json.loads(os.pread(self._fd, length, 8))
         except ValueError as e:
             raise ExchangeError(f"{self.path}: header is not JSON: {e}") from e
+        if not isinstance(header, dict):
+            raise ExchangeError(f"{self.path}: header is not a JSON object")
         header.pop("__metadata__", None)
+        data_size = os.fstat(self._fd).st_size - 8 - length
+        for name, entry in header.items():
+            problem = _entry_problem(entry, data_size)
+            if problem:
+                raise ExchangeError(f"{self.path}: header entry {name!r} {problem}")
         return header, 8 + length
 
     def keys(self) -> list[str]:
@@ -195,6 +203,26 @@ class ShardReader:
 
     def __del__(self) -> None:
         self.close()
+
+
+def _entry_problem(entry: object, data_size: int) -> str | None:
+    """Why a header entry cannot be read safely, or None: the file may come from anyone."""
+    if not isinstance(entry, dict):
+        return "is not an object with dtype, shape and data_offsets"
+    if not isinstance(entry.get("dtype"), str):
+        return "has no dtype"
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(shape, list) or not all(type(dim) is int and dim >= 0 for dim in shape):
+        return f"has shape {shape!r}, not a list of sizes"
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+        return f"has data_offsets {offsets!r}, not [begin, end]"
+    begin, end = offsets
+    if not 0 <= begin <= end <= data_size:
+        return f"has data_offsets {offsets} outside the {data_size} data bytes of the file"
+    dtype = TORCH_DTYPES_BY_NAME.get(TORCH_NAME_BY_SAFETENSORS.get(entry["dtype"], ""))
+    if dtype is not None and end - begin != TensorLayout("", dtype, tuple(shape)).nbytes:
+        return f"has {end - begin} bytes for {entry['dtype']}{shape}"
+    return None
 
 
 def sha256_of_file(path: Path) -> str:

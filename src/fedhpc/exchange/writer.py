@@ -97,6 +97,7 @@ def _write_shards(
                 except StopIteration:
                     raise ExchangeError(f"tensor source ended before {item.name!r} was written") from None
                 writer.write(name, tensor)
+                del tensor  # before asking for the next one: a producer's peak is one tensor, not two
                 tensor_entries[item.name] = TensorEntry(
                     shape=list(item.shape), dtype=str(item.dtype).removeprefix("torch."), file=file_name
                 )
