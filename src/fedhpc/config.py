@@ -53,6 +53,19 @@ RelPath = Annotated[Path, AfterValidator(_resolve_against_file)]
 ExistingPath = Annotated[Path, AfterValidator(_resolve_against_file), AfterValidator(_must_exist)]
 
 
+class KeyedValueError(ValueError):
+    """A cross-field check's failure, carrying the dotted key it is about.
+
+    pydantic locates a model-level validator's error at the model itself (for
+    the whole experiment: no key at all); this lets the error name the key the
+    user must edit, e.g. ``algorithm.min_facilities``.
+    """
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(message)
+
+
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -98,12 +111,19 @@ class ModelConfig(Frozen):
     @field_validator("source")
     @classmethod
     def _resolve_source_path(cls, value: str, info: ValidationInfo) -> str:
-        """A source that names a file or directory resolves like every other path in the file."""
+        """A source that names a file or directory resolves like every other path in the file.
+
+        A hub id (``org/name``) also has a slash, so a bare ``a/b`` counts as a path
+        only when it exists next to the file; ``./a/b`` and ``x.gguf`` always do.
+        """
         if value in MODEL_NAMES or Path(value).is_absolute():
             return value
         base = (info.context or {}).get("base_dir")
-        looks_like_path = "/" in value or value.endswith(".gguf") or value.startswith(".")
-        return str(Path(base) / value) if base is not None and looks_like_path else value
+        if base is None:
+            return value
+        candidate = Path(base) / value
+        looks_like_path = value.endswith(".gguf") or value.startswith(".") or candidate.exists()
+        return str(candidate) if looks_like_path else value
 
 
 class DataConfig(Frozen):
@@ -167,6 +187,20 @@ class ExchangeConfig(Frozen):
         return value
 
 
+class EvaluationConfig(Frozen):
+    """Server-side evaluation of globals on a held-out split (run as `fedhpc eval` subprocesses)."""
+
+    kind: Literal["chem"] = "chem"
+    data: ExistingPath = Field(description="a dataset directory with a test split (SMolInstruct layout)")
+    split: str = "test"
+    every: int = Field(0, ge=0, description="evaluate after every N rounds; 0: only the base and the final round")
+    include_base: bool = Field(True, description="also evaluate round 0 (the base model) for a before/after table")
+    limit_per_task: PositiveInt | None = Field(None, description="seeded sample of at most this many per task")
+    batch_size: PositiveInt = 16
+    max_new_tokens: PositiveInt = 32
+    device: Literal["cpu", "cuda"] = "cpu"
+
+
 class CheckpointConfig(Frozen):
     keep_last: PositiveInt = Field(3, description="global rounds kept on disk besides round 0 and the latest")
 
@@ -179,24 +213,26 @@ class Experiment(Frozen):
     algorithm: AlgorithmConfig = AlgorithmConfig()
     exchange: ExchangeConfig = ExchangeConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    evaluation: EvaluationConfig | None = None
     facilities: list[FacilityConfig] = Field(min_length=1)
 
     @field_validator("facilities")
     @classmethod
     def _unique_names(cls, facilities: list[FacilityConfig]) -> list[FacilityConfig]:
         seen: set[str] = set()
-        for facility in facilities:
+        for index, facility in enumerate(facilities):
             if facility.name in seen:
-                raise ValueError(f"facility name {facility.name!r} appears twice")
+                raise KeyedValueError(f"facilities.{index}.name", f"facility name {facility.name!r} appears twice")
             seen.add(facility.name)
         return facilities
 
     @model_validator(mode="after")
     def _quorum_possible(self) -> Experiment:
         if self.algorithm.min_facilities > len(self.facilities):
-            raise ValueError(
-                f"algorithm.min_facilities is {self.algorithm.min_facilities} "
-                f"but only {len(self.facilities)} facilities are configured"
+            raise KeyedValueError(
+                "algorithm.min_facilities",
+                f"is {self.algorithm.min_facilities} but only {len(self.facilities)} facilities are configured; "
+                "lower it or add facilities"
             )
         return self
 
@@ -230,7 +266,7 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
         return Experiment.model_validate(raw, context={"base_dir": path.parent.absolute()})
     except ValidationError as e:
         error = ConfigError(_describe(e, file))
-        error.file, error.key = file, _dotted(e.errors()[0]["loc"])
+        error.file, error.key = file, _key_of(e.errors()[0])
         raise error from e
 
 
@@ -247,8 +283,10 @@ def apply_override(raw: dict[str, Any], override: str, *, file: str) -> None:
     value = yaml.safe_load(value_text) if value_text else ""
     if isinstance(node, list):
         node[_list_index(node, last, key, file)] = value
-    else:
+    elif isinstance(node, dict):
         node[last] = value
+    else:
+        raise ConfigError("cannot set a sub-key of a plain value", file=file, key=key)
 
 
 def _step_into(node: Any, part: str, key: str, file: str) -> Any:
@@ -256,7 +294,9 @@ def _step_into(node: Any, part: str, key: str, file: str) -> Any:
         return node[_list_index(node, part, key, file)]
     if not isinstance(node, dict):
         raise ConfigError("cannot set a sub-key of a plain value", file=file, key=key)
-    return node.setdefault(part, {})
+    if node.get(part) is None:  # absent, or an empty section (`model:` with nothing under it)
+        node[part] = {}
+    return node[part]
 
 
 def _list_index(node: list[Any], part: str, key: str, file: str) -> int:
@@ -269,10 +309,15 @@ def _dotted(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc if not str(part).startswith("function-after"))
 
 
+def _key_of(item: Any) -> str:
+    keyed = item.get("ctx", {}).get("error")
+    return keyed.key if isinstance(keyed, KeyedValueError) else _dotted(item["loc"])
+
+
 def _describe(error: ValidationError, file: str) -> str:
     lines = []
     for item in error.errors():
-        key = _dotted(item["loc"]) or "(top level)"
+        key = _key_of(item) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key (check its spelling against docs/configuration.md)"
