@@ -67,16 +67,55 @@ def run(experiment: ExperimentArg, set_: SetOption = None) -> None:
     from fedhpc.report.progress import ProgressView
     from fedhpc.run.orchestrator import run_experiment
 
+    from fedhpc.report.html import write_report
+
     exp = _load(experiment, set_)
     try:
         with ProgressView(exp.name, exp.algorithm.rounds, [f.name for f in exp.facilities]) as progress:
-            summary = run_experiment(exp, progress)
+            try:
+                summary = run_experiment(exp, progress)
+            finally:
+                if (exp.resolved_run_dir() / "metrics.jsonl").exists():
+                    progress.message(f"report: {write_report(exp.resolved_run_dir())}")
             progress.message(
                 f"done: {len(summary.rounds_completed) - 1} rounds in {summary.seconds:.1f} s; "
                 f"final global model in {summary.final_global}"
             )
     except FedhpcError as e:
         raise _fail(e) from e
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+    """Write the run's self-contained HTML report (report.html in the run directory)."""
+    from fedhpc.report.html import write_report
+
+    try:
+        Console().print(f"wrote {write_report(run_dir)}")
+    except FedhpcError as e:
+        raise _fail(e) from e
+
+
+@app.command(name="eval")
+def evaluate(
+    model: Annotated[str, typer.Option("--model", help="RUN_DIR or RUN_DIR:ROUND (default: the last complete round; 0 is the base model).")],
+    data: Annotated[Optional[Path], typer.Option("--data", help="Dataset directory with a test split; default: the run's evaluation.data.")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Split to score (default: the run's evaluation.split or test).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many examples per task (seeded sample).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Also write the scores as JSON here.")] = None,
+) -> None:
+    """Generate answers for a test split with a run's global model and score them (SMolInstruct metrics)."""
+    from fedhpc.evaluation.run_eval import EvalRequest, evaluate_run, print_scores
+
+    try:
+        request = EvalRequest.from_cli(model, data, split, limit, batch_size, max_new_tokens, device)
+        result = evaluate_run(request, out)
+    except FedhpcError as e:
+        raise _fail(e) from e
+    print_scores(Console(), result)
 
 
 @app.command()
@@ -109,3 +148,26 @@ def worker(task: Annotated[Path, typer.Option("--task", help="The task.json the 
     from fedhpc.worker.main import run_task
 
     run_task(task)
+
+
+@data_app.command("chem")
+def data_chem(
+    out: Annotated[Path, typer.Option("--out", help="Output directory (replaced if fedhpc wrote it before).")],
+    facilities: Annotated[
+        str,
+        typer.Option(help="'3' | 'a,b,c' | 'a=0.5,b=0.3' (shares) | 'a=1200,b=600' (counts) | 'a:s2f,b:logp+tpsa' (tasks)"),
+    ] = "3",
+    scheme: Annotated[Optional[str], typer.Option(help="iid | by_task | dirichlet (default: by_task when tasks are named, else iid)")] = None,
+    alpha: Annotated[float, typer.Option(help="Dirichlet concentration (smaller: more skewed)")] = 0.5,
+    seed: int = 0,
+    max_molecules: Annotated[Optional[int], typer.Option(help="Use only the first N molecules")] = None,
+) -> None:
+    """Build a SMolInstruct-format chemistry dataset from RDKit's molecules, split across facilities."""
+    from fedhpc.chem.build import build_federated
+
+    try:
+        result = build_federated(out, facilities, scheme=scheme, alpha=alpha, seed=seed, max_molecules=max_molecules)
+    except FedhpcError as e:
+        raise _fail(e) from e
+    Console().print(f"wrote {out}/dataset (train/dev/test) and {out}/facilities/<name>/train")
+    Console().print_json(data={k: v for k, v in result.items() if k in ("facilities", "counts", "scheme")})

@@ -90,9 +90,13 @@ class Orchestrator:
         )
         if resumed_from is None:
             self._initialise_global()
+        if self.experiment.evaluation is not None and self.experiment.evaluation.include_base:
+            self._evaluate(0)
         try:
             for round in range(self._ledger.last_complete_round() + 1, self.experiment.algorithm.rounds + 1):
                 self._run_round(round)
+                if self._wants_evaluation(round):
+                    self._evaluate(round)
         finally:
             self._event("run_finished", rounds_completed=self._ledger.last_complete_round(), seconds=time.time() - started)
         last = self._ledger.last_complete_round()
@@ -153,16 +157,9 @@ class Orchestrator:
         task.write(task_path)
         self.progress.message("building the initial global model (round 0)")
         started = time.time()
-        with open(log_dir / "init.out", "wb") as out, open(log_dir / "init.err", "wb") as err:
-            result = subprocess.run(
-                [sys.executable, "-m", "fedhpc", "worker", "--task", str(task_path)], stdout=out, stderr=err
-            )
-        if result.returncode != 0:
-            tail = (log_dir / "init.err").read_text(errors="replace").splitlines()[-15:]
-            raise FedhpcError(
-                f"building the initial global failed (exit {result.returncode}); see {log_dir / 'init.err'}:\n"
-                + "\n".join(tail)
-            )
+        failure = _run_server_command("init", ["worker", "--task", str(task_path)], log_dir)
+        if failure:
+            raise FedhpcError(f"building the initial global failed: {failure}")
         manifest = ExchangeDir(destination).manifest
         self._ledger.complete_round(0, str(destination), 0, seconds=time.time() - started)
         self.metrics_emit("aggregated", round=0, num_updates=0, seconds=time.time() - started, start=started, bytes=0)
@@ -412,6 +409,32 @@ class Orchestrator:
                 return sum(event.detail["loss"]) / len(event.detail["loss"])
         return None
 
+    # --- evaluation ------------------------------------------------------------------------------
+
+    def _wants_evaluation(self, round: int) -> bool:
+        evaluation = self.experiment.evaluation
+        if evaluation is None:
+            return False
+        return round == self.experiment.algorithm.rounds or (evaluation.every > 0 and round % evaluation.every == 0)
+
+    def _evaluate(self, round: int) -> None:
+        """Score global `round` with a `fedhpc eval` process; a failure is recorded, not fatal."""
+        out = self.run_dir.eval_path(round)
+        if out.exists():
+            return
+        self.progress.message(f"evaluating the global of round {round}")
+        started = time.time()
+        argv = ["eval", "--model", f"{self.run_dir.root}:{round}", "--out", str(out)]
+        failure = _run_server_command(f"eval-r{round:04d}", argv, self.run_dir.log_dir(round))
+        if failure:
+            self._event("eval_failed", round, reason=failure)
+            self.progress.message(f"evaluation of round {round} failed: {failure.splitlines()[0]}")
+            return
+        result = json.loads(out.read_text())
+        self._event("eval", round, scores=result["scores"], examples=result["examples"],
+                    seconds=time.time() - started, start=started)
+        self.progress.message(f"round {round} scores: {_brief_scores(result['scores'])}")
+
     # --- events ----------------------------------------------------------------------------------
 
     def _event(self, event: str, round: int | None = None, facility: str | None = None, **fields) -> None:
@@ -421,6 +444,27 @@ class Orchestrator:
     def metrics_emit(self, event: str, **fields) -> None:
         assert self.metrics is not None
         self.metrics.emit(event, **{k: v for k, v in fields.items() if v is not None})
+
+
+def _run_server_command(name: str, argv: list[str], log_dir: Path) -> str:
+    """Run `python -m fedhpc ARGV` on the server, logs under `log_dir`; return "" or why it failed."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / f"{name}.out", "wb") as out, open(log_dir / f"{name}.err", "wb") as err:
+        result = subprocess.run([sys.executable, "-m", "fedhpc", *argv], stdout=out, stderr=err)
+    if result.returncode == 0:
+        return ""
+    tail = (log_dir / f"{name}.err").read_text(errors="replace").splitlines()[-15:]
+    return f"exit {result.returncode}; see {log_dir / (name + '.err')}:\n" + "\n".join(tail)
+
+
+def _brief_scores(scores: dict[str, dict[str, float]]) -> str:
+    headline = ("exact_match", "accuracy", "rmse")
+    parts = []
+    for task, metrics in scores.items():
+        key = next((k for k in headline if k in metrics), None)
+        if key is not None and metrics[key] is not None:
+            parts.append(f"{task} {key}={metrics[key]:.3g}")
+    return ", ".join(parts)
 
 
 def run_experiment(experiment: Experiment, progress: ProgressView) -> RunSummary:

@@ -27,10 +27,21 @@ class RunDir:
     def __init__(self, root: Path):
         self.root = Path(root)
 
-    experiment_file = property(lambda self: self.root / "experiment.yaml")
-    ledger_path = property(lambda self: self.root / "ledger.sqlite")
-    metrics_path = property(lambda self: self.root / "metrics.jsonl")
-    report_path = property(lambda self: self.root / "report.html")
+    @property
+    def experiment_file(self) -> Path:
+        return self.root / "experiment.yaml"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.root / "ledger.sqlite"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def report_path(self) -> Path:
+        return self.root / "report.html"
 
     def global_dir(self, round: int) -> Path:
         return self.root / "global" / f"r{round:04d}"
@@ -40,6 +51,9 @@ class RunDir:
 
     def update_dir(self, round: int, facility: str) -> Path:
         return self.root / "updates" / f"r{round:04d}" / facility
+
+    def eval_path(self, round: int) -> Path:
+        return self.root / "eval" / f"r{round:04d}.json"
 
     def log_dir(self, round: int) -> Path:
         return self.root / "logs" / f"r{round:04d}"
