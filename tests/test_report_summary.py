@@ -80,3 +80,13 @@ def test_charts_draw_empty_single_and_broken_series() -> None:
     assert "no timed events" in gantt(["a"], [], x_format=str)
     svg = gantt(["a"], [Bar("a", 0, 0, "#000", "<t>")], x_format=str)
     assert "&lt;t&gt;" in svg  # hover text is escaped
+
+
+def test_example_counts_in_eval_scores_are_not_plotted_as_metrics() -> None:
+    events = [
+        {"ts": 1.0, "event": "eval", "round": 0, "scores": {"logp": {"n": 24, "rmse": None, "unparseable": 1.0}}},
+        {"ts": 2.0, "event": "eval", "round": 4, "scores": {"logp": {"n": 24, "rmse": 2.7, "unparseable": 0.5}}},
+    ]
+    run = summarize(events)
+    assert set(run.evals[4]["logp"]) == {"rmse", "unparseable"}
+    assert run.evals[4]["logp"]["rmse"] == 2.7

@@ -61,9 +61,9 @@ def write_exchange(
     try:
         manifest = _write_shards(staging, layout, iter(tensors), meta, shard_bytes)
         _write_durably(staging / MANIFEST_NAME, manifest.to_json().encode())
-        _fsync_dir(staging)
+        fsync_path(staging)
         os.rename(staging, dest)
-        _fsync_dir(dest.parent)
+        fsync_path(dest.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -115,7 +115,8 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file or a directory entry to disk: a rename is durable only once its directory is synced."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

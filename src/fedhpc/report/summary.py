@@ -14,6 +14,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+# Eval keys that count examples rather than score them: shown nowhere as a metric.
+COUNT_KEYS = frozenset({"n", "examples"})
+
 
 @dataclass
 class Span:
@@ -208,7 +211,9 @@ def summarize(events: list[dict[str, Any]]) -> RunSummary:
                 into = run.evals.setdefault(r, {})
                 for task, metrics in scores.items():
                     if isinstance(metrics, dict):
-                        into.setdefault(str(task), {}).update({str(m): number(v) for m, v in metrics.items()})
+                        into.setdefault(str(task), {}).update(
+                            {str(m): number(v) for m, v in metrics.items() if m not in COUNT_KEYS}
+                        )
                     else:  # a bare {task: value}
                         into.setdefault(str(task), {})["score"] = number(metrics)
             span("server", "eval", event)

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from fedhpc.errors import ModelError
+from fedhpc.exchange.writer import fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +219,8 @@ def _publish_conversion(gguf: Path, entry: Path, identity: dict[str, Any]) -> No
         (partial / MARKER_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         _share_like_umask(partial)
         for file in partial.iterdir():
-            _fsync(file)
-        _fsync(partial)
+            fsync_path(file)
+        fsync_path(partial)
         try:
             os.rename(partial, entry)
         except OSError as e:
@@ -228,7 +229,7 @@ def _publish_conversion(gguf: Path, entry: Path, identity: dict[str, Any]) -> No
             log.info("another process published %s first (no lock); discarding this copy", entry)
             shutil.rmtree(partial, ignore_errors=True)
             return
-        _fsync(entry.parent)
+        fsync_path(entry.parent)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -399,11 +400,3 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

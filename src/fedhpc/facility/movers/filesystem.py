@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from fedhpc.config import FilesystemMoverConfig
 from fedhpc.errors import TransferError
 from fedhpc.exchange.manifest import MANIFEST_NAME
+from fedhpc.exchange.writer import fsync_path
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +93,9 @@ class FilesystemMover:
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             nbytes = copy_tree(source, temp, hardlink=self.config.hardlink)
-            _fsync_dir(temp)
+            fsync_path(temp)
             os.rename(temp, dest)
-            _fsync_dir(dest.parent)
+            fsync_path(dest.parent)
         except OSError as e:
             shutil.rmtree(temp, ignore_errors=True)
             if dest.exists():  # another transfer of the same directory won the rename
@@ -158,13 +159,5 @@ def copy_file(source: Path, dest: Path) -> int:
     try:
         os.fsync(fd)
         return os.fstat(fd).st_size
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
