@@ -131,8 +131,22 @@ class DataConfig(Frozen):
     packing: bool = False
 
 
+class ServerOptimizerConfig(Frozen):
+    """The server optimiser of fedavgm, fedadam, fedyogi and fedadagrad (fedavg has none)."""
+
+    lr: PositiveFloat | None = Field(
+        None, description="server learning rate η; default 1.0 (fedavgm), 0.01 (fedadam, fedyogi), 0.1 (fedadagrad)"
+    )
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="fedavgm: momentum β")
+    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="fedadam/fedyogi/fedadagrad: first-moment decay")
+    beta2: float = Field(0.99, ge=0.0, lt=1.0, description="fedadam/fedyogi: second-moment decay")
+    tau: PositiveFloat = Field(1e-3, description="adaptivity τ: the smallest denominator of a step")
+
+
 class AlgorithmConfig(Frozen):
-    name: Literal["fedavg"] = "fedavg"
+    name: Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] = "fedavg"
+    server: ServerOptimizerConfig = ServerOptimizerConfig()
+    proximal_mu: float = Field(0.0, ge=0.0, description="FedProx μ: local loss + μ/2·‖w − w_global‖²; 0: off")
     rounds: PositiveInt = 3
     local_steps: PositiveInt = 10
     lr: PositiveFloat = 1e-3

@@ -23,6 +23,7 @@ class TrainSettings(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     batch_size: PositiveInt
     seed: int = 0
+    proximal_mu: float = Field(0.0, ge=0, description="FedProx: add μ/2·‖w − w_global‖² to the loss; 0: none")
 
 
 class WorkerTask(BaseModel):

@@ -2,8 +2,10 @@
 
 State that matters lives on disk, not in this object: the ledger says which
 rounds are complete and which updates were accepted, the run directory holds
-the globals. So a server killed at any point resumes from the last complete
-round, reusing updates of the interrupted round that were already accepted.
+the globals and the aggregator's state (server-optimiser moments), both written
+before the ledger marks their round complete. So a server killed at any point
+resumes from the last complete round, reusing updates of the interrupted round
+that were already accepted, and continues exactly as if never stopped.
 """
 
 from __future__ import annotations
@@ -23,7 +25,15 @@ import torch
 from fedhpc.aggregate import Update, make_aggregator
 from fedhpc.config import Experiment, FacilityConfig
 from fedhpc.errors import FedhpcError, QuorumNotMet, TransferError, UpdateRejected
-from fedhpc.exchange import ExchangeDir, ExchangeMeta, TrainSettings, WorkerTask, dtype_from_name, write_exchange
+from fedhpc.exchange import (
+    ExchangeDir,
+    ExchangeMeta,
+    TrainSettings,
+    WorkerTask,
+    dtype_from_name,
+    write_exchange,
+    write_state_dict,
+)
 from fedhpc.facility.base import JobHandle, JobSpec, JobState, Launcher, Mover
 from fedhpc.facility.registry import make_launcher, make_mover
 from fedhpc.report.metrics_log import MetricsLog
@@ -71,6 +81,7 @@ class Orchestrator:
         self.run_dir = RunDir(experiment.resolved_run_dir())
         self.policy = SyncPolicy(experiment.algorithm, [f.name for f in experiment.facilities])
         self.aggregator = make_aggregator(experiment.algorithm)
+        self.server_state: dict[str, torch.Tensor] | None = None  # None: read it from the run directory
         self.facilities: dict[str, Facility] = {}
         self.ledger: Ledger | None = None
         self.metrics: MetricsLog | None = None
@@ -251,6 +262,7 @@ class Orchestrator:
                 weight_decay=self.experiment.algorithm.weight_decay,
                 batch_size=self.experiment.algorithm.batch_size,
                 seed=self.experiment.algorithm.seed,
+                proximal_mu=self.experiment.algorithm.proximal_mu,
             ),
             update_dtype=self.experiment.exchange.update_dtype,
             shard_bytes=int(self.experiment.exchange.shard_size),
@@ -380,7 +392,8 @@ class Orchestrator:
         started = time.time()
         destination = self.run_dir.global_dir(round)
         meta = ExchangeMeta(kind="global", round=round, base_fingerprint=global_.manifest.base_fingerprint)
-        state: dict[str, torch.Tensor] = {}
+        state = self.server_state if self.server_state is not None else self._load_server_state(round - 1)
+        self.server_state = None  # the aggregator updates it in place: until saved, only the disk copy is whole
         manifest = write_exchange(
             destination,
             global_.layout(torch.float32),
@@ -388,8 +401,11 @@ class Orchestrator:
             meta,
             int(self.experiment.exchange.shard_size),
         )
+        self._save_server_state(round, state, meta.base_fingerprint)
+        self.server_state = state
         losses = [loss for u in updates if (loss := self._mean_loss(round, u.facility)) is not None]
         detail = dict(
+            algorithm=self.experiment.algorithm.name,
             seconds=time.time() - started,
             start=started,
             bytes=sum(f.bytes for f in manifest.files.values()),
@@ -401,6 +417,36 @@ class Orchestrator:
         self._event("round_complete", round, seconds=time.time() - round_started, mean_loss=mean_loss, start=round_started)
         self.progress.round_done(round, time.time() - round_started, mean_loss)
         self.run_dir.prune(round, self.experiment.checkpoint.keep_last)
+
+    def _save_server_state(self, round: int, state: dict[str, torch.Tensor], fingerprint: str) -> None:
+        """Publish the aggregator's state after `round` (empty for fedavg) as an exchange directory.
+
+        It is a `global`-kind directory marked `content: server_state` in its manifest metrics.
+        """
+        meta = ExchangeMeta(
+            kind="global",
+            round=round,
+            base_fingerprint=fingerprint,
+            metrics={"content": "server_state", "algorithm": self.experiment.algorithm.name},
+        )
+        write_state_dict(self.run_dir.server_state_dir(round), state, meta, int(self.experiment.exchange.shard_size))
+
+    def _load_server_state(self, round: int) -> dict[str, torch.Tensor]:
+        """The aggregator's state saved after `round`, verified like an update; round 0 has none."""
+        if round == 0:
+            return {}
+        path = self.run_dir.server_state_dir(round)
+        try:
+            saved = ExchangeDir(path)
+            saved.verify()
+            state = {name: saved.get(name) for name in saved.names()}
+        except UpdateRejected as e:
+            raise FedhpcError(
+                f"cannot resume after round {round}: its server state is unusable ({e}). "
+                "Start a new run (new run_dir), or restore that directory from a backup."
+            ) from e
+        saved.close()
+        return state
 
     def _mean_loss(self, round: int, facility: str) -> float | None:
         """The facility's mean training loss over its local steps this round, from the ledger."""

@@ -1,10 +1,11 @@
 """The run directory: where everything a run owns lives, and what survives a crash.
 
 Layout (see docs/architecture.md):
-``experiment.yaml ledger.sqlite metrics.jsonl global/rNNNN/ stage/rNNNN/
-updates/rNNNN/<facility>/ staging/<facility>/ logs/rNNNN/ report.html``.
-Only `global/` directories recorded in the ledger count; anything newer is
-the debris of a killed server and is removed before resuming.
+``experiment.yaml ledger.sqlite metrics.jsonl global/rNNNN/ server_state/rNNNN/
+stage/rNNNN/ updates/rNNNN/<facility>/ staging/<facility>/ logs/rNNNN/ report.html``.
+Only `global/` and `server_state/` directories of rounds the ledger records as
+complete count; anything newer is the debris of a killed server and is removed
+before resuming.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class RunDir:
     def global_dir(self, round: int) -> Path:
         return self.root / "global" / f"r{round:04d}"
 
+    def server_state_dir(self, round: int) -> Path:
+        """The aggregator's state (server-optimiser moments) after `round`; none for round 0."""
+        return self.root / "server_state" / f"r{round:04d}"
+
     def stage_dir(self, round: int) -> Path:
         return self.root / "stage" / f"r{round:04d}"
 
@@ -69,9 +74,9 @@ class RunDir:
         self.experiment_file.write_text(yaml.safe_dump(experiment_document(experiment), sort_keys=False))
 
     def discard_after(self, last_complete: int) -> list[Path]:
-        """Remove globals and stage copies newer than `last_complete`, and half-written directories."""
+        """Remove globals, server states and stage copies newer than `last_complete`, and half-written directories."""
         removed = []
-        for parent in (self.root / "global", self.root / "stage"):
+        for parent in (self.root / "global", self.root / "server_state", self.root / "stage"):
             for path in sorted(parent.glob("r*")) if parent.exists() else []:
                 if int(path.name[1:]) > last_complete:
                     shutil.rmtree(path)
@@ -82,13 +87,21 @@ class RunDir:
         return removed
 
     def prune(self, latest: int, keep_last: int) -> None:
-        """Keep round 0, the latest `keep_last` globals; drop older globals and all stale stage copies."""
-        for parent, keep in ((self.root / "global", keep_last), (self.root / "stage", 1)):
+        """Keep round 0 and the latest `keep_last` globals, and the latest server state; drop the rest.
+
+        Stale stage copies go too. A resume needs only the latest state: the round it continues from.
+        """
+        keeps = (
+            (self.root / "global", keep_last, True),
+            (self.root / "server_state", 1, False),
+            (self.root / "stage", 1, True),
+        )
+        for parent, keep, keep_round_0 in keeps:
             if not parent.exists():
                 continue
             for path in parent.glob("r*"):
                 round = int(path.name[1:])
-                if round != 0 and round <= latest - keep:
+                if (round != 0 or not keep_round_0) and round <= latest - keep:
                     shutil.rmtree(path, ignore_errors=True)
 
 

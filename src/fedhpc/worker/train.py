@@ -4,6 +4,11 @@ Exactly, because the server weighs and schedules updates by their step count
 (FedAvg's `steps` weighting, FedCompass's step assignment); an epoch-based
 loop would make that depend on dataset size. The loss reported per step is the
 mean over ranks, so rank 0 alone can report it.
+
+FedProx (Li et al., 2020, "Federated Optimization in Heterogeneous Networks"): with
+`settings.proximal_mu` μ > 0 the loss minimised is the task loss + μ/2·Σ‖w − w_global‖² over the
+trainable tensors, w_global being their values when training starts (the applied global). The
+reported loss stays the task loss. With μ = 0 nothing is added, so training is exactly FedAvg's.
 """
 
 from __future__ import annotations
@@ -45,10 +50,12 @@ def train_local_steps(
     AdamW covers the trainable parameters only, and its state starts fresh each
     round: the moments are local and never travel.
     """
+    mu = settings.proximal_mu
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ModelError("the model has no trainable parameters; check model.peft and model.lora.target_modules")
+    anchors = [p.detach().clone() for p in params] if mu > 0 else []  # w_global, for FedProx
     net: nn.Module = model
     if env.distributed:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -62,7 +69,8 @@ def train_local_steps(
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_autocast else contextlib.nullcontext()
         with autocast:
             loss = net(**batch.model_inputs(device), use_cache=False).loss
-        loss.backward()
+        objective = loss + mu / 2 * proximal_term(params, anchors) if mu > 0 else loss
+        objective.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         (total,) = all_reduce_sum([loss.item()], device)
@@ -73,3 +81,12 @@ def train_local_steps(
             on_step(step, losses[-1])
     total_tokens, total_samples = all_reduce_sum([tokens, samples], device)
     return TrainResult(losses, int(total_tokens), int(total_samples), time.perf_counter() - start)
+
+
+def proximal_term(params: list[torch.Tensor], anchors: list[torch.Tensor]) -> torch.Tensor:
+    """Σ‖w − w_global‖² over the trainable tensors, in fp32.
+
+    Under DDP its gradient μ·(w − w_global) joins the task gradient in the same backward pass,
+    before the all-reduce; it is the same on every rank, so averaging keeps it whole.
+    """
+    return sum(((p.float() - a.float()) ** 2).sum() for p, a in zip(params, anchors, strict=True))
