@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from fedhpc.config import Experiment
 from fedhpc.errors import RunMismatch
@@ -110,10 +111,21 @@ def experiment_document(experiment: Experiment) -> dict[str, Any]:
 
 
 def check_same_experiment(recorded_json: str, experiment: Experiment, run_root: Path) -> None:
-    """Raise `RunMismatch` listing the keys that differ, unless only resumable keys changed."""
+    """Raise `RunMismatch` listing the keys that differ, unless only resumable keys changed.
+
+    The recorded experiment is first re-read with today's models, so a key that a
+    newer fedhpc added (recorded runs lack it) compares as its default, and
+    resuming a run made by an older version works while its settings still mean
+    the same. If the recorded document no longer validates, it is compared as is.
+    """
+    recorded = json.loads(recorded_json)
+    try:
+        recorded = experiment_document(Experiment.model_validate(recorded))
+    except ValidationError:
+        pass
     differences = [
         key
-        for key in _differing_keys(json.loads(recorded_json), experiment_document(experiment))
+        for key in _differing_keys(recorded, experiment_document(experiment))
         if key not in RESUMABLE_CHANGES
     ]
     if differences:
