@@ -138,8 +138,9 @@ class RoundRecipe:
     def save(self) -> None:
         """Rank 0 publishes the trainable state (atomically, manifest last)."""
         task = self.task
+        last_loss = self.result.losses[-1] if self.result else None
         if self.env.is_main:
-            self._progress("saving", step=self.local_steps)
+            self._progress("saving", step=self.local_steps, loss=last_loss)
             if self.result is None:  # init: the round-0 global, an fp32 master copy
                 state = extract_trainable(self.model, torch.float32)
                 meta = ExchangeMeta(
@@ -170,7 +171,6 @@ class RoundRecipe:
                 )
             manifest = write_state_dict(task.update_dir, state, meta, shard_bytes=task.shard_bytes)
             logger.info("wrote %s: %d tensors", task.update_dir, len(manifest.tensors))
-            last_loss = self.result.losses[-1] if self.result else None
             self._progress("done", step=self.local_steps, loss=last_loss)
 
     def cleanup(self) -> None:
