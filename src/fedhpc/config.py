@@ -154,11 +154,36 @@ class AlgorithmConfig(Frozen):
     batch_size: PositiveInt = Field(4, description="micro-batch per rank")
     weighting: Literal["equal", "samples", "steps"] = "samples"
     min_facilities: PositiveInt = 1
-    round_timeout: PositiveFloat = Field(3600.0, description="seconds a facility may take for one round")
+    round_timeout: PositiveFloat = Field(3600.0, description="seconds a facility's job may run before it is cancelled")
     max_update_norm: PositiveFloat | None = Field(
         None, description="reject an update whose L2 distance from the global exceeds this"
     )
     seed: int = 0
+    participation: float = Field(
+        1.0, gt=0.0, le=1.0, description="fraction of facilities sampled to train each round (seeded per round)"
+    )
+    round_deadline: PositiveFloat | None = Field(
+        None, description="seconds after which a round aggregates what has arrived, once min_facilities are accepted"
+    )
+    late_updates: Literal["drop", "next_round"] | None = Field(
+        None, description="with round_deadline: cancel a late job (drop, the default) or apply its update next round"
+    )
+
+    @model_validator(mode="after")
+    def _deadline_consistent(self) -> AlgorithmConfig:
+        if self.round_deadline is not None and self.round_deadline >= self.round_timeout:
+            raise KeyedValueError(
+                "algorithm.round_deadline",
+                f"is {self.round_deadline:g} s, not below algorithm.round_timeout ({self.round_timeout:g} s), "
+                "so it would never close a round early; lower it or raise round_timeout",
+            )
+        if self.late_updates is not None and self.round_deadline is None:
+            raise KeyedValueError(
+                "algorithm.late_updates",
+                "only applies with algorithm.round_deadline (without one no update is late); "
+                "set round_deadline or remove late_updates",
+            )
+        return self
 
 
 class LocalLauncherConfig(Frozen):

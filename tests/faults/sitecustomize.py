@@ -18,6 +18,24 @@ if FAULT == "crash":
 
     _main.run_task = _crash
 
+elif FAULT == "slow":
+    # Sleep FEDHPC_TEST_SLOW_SECONDS before training (every rank), in the rounds listed in
+    # FEDHPC_TEST_SLOW_ROUNDS (comma-separated; unset: every round): a facility that misses a deadline.
+    import time
+
+    import fedhpc.worker.main as _main
+
+    _SLOW_SECONDS = float(os.environ.get("FEDHPC_TEST_SLOW_SECONDS", "30"))
+    _SLOW_ROUNDS = {int(r) for r in os.environ.get("FEDHPC_TEST_SLOW_ROUNDS", "").split(",") if r.strip()}
+    _original_train = _main.RoundRecipe.train
+
+    def _slow_train(self):
+        if not _SLOW_ROUNDS or self.task.round in _SLOW_ROUNDS:
+            time.sleep(_SLOW_SECONDS)
+        return _original_train(self)
+
+    _main.RoundRecipe.train = _slow_train
+
 elif FAULT:
     import torch
 

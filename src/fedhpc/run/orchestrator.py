@@ -6,6 +6,11 @@ the globals and the aggregator's state (server-optimiser moments), both written
 before the ledger marks their round complete. So a server killed at any point
 resumes from the last complete round, reusing updates of the interrupted round
 that were already accepted, and continues exactly as if never stopped.
+
+One thing lives only in memory: with `algorithm.late_updates: next_round`, a
+job still running when its round closed is carried into the next round's list
+of attempts. If the server is restarted, a carried-over job is lost (its update
+is never pulled) and its facility is launched again as if it had not been late.
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ class Orchestrator:
         self.facilities: dict[str, Facility] = {}
         self.ledger: Ledger | None = None
         self.metrics: MetricsLog | None = None
+        self.carried: list[Attempt] = []  # late jobs of closed rounds whose updates count in the next (next_round)
 
     def run(self) -> RunSummary:
         started = time.time()
@@ -109,6 +115,9 @@ class Orchestrator:
                 if self._wants_evaluation(round):
                     self._evaluate(round)
         finally:
+            for attempt in self.carried:
+                self._drop_late(attempt, "the run ended before its update arrived")
+            self.carried = []
             self._event("run_finished", rounds_completed=self._ledger.last_complete_round(), seconds=time.time() - started)
         last = self._ledger.last_complete_round()
         return RunSummary(self._ledger.completed_rounds(), self.run_dir.global_dir(last), time.time() - started)
@@ -180,24 +189,30 @@ class Orchestrator:
 
     def _run_round(self, round: int) -> None:
         round_started = time.time()
+        attempts, self.carried = self.carried, []
+        busy = {attempt.facility for attempt in attempts}  # a facility is not relaunched until it delivers
+        assignments = self.policy.assignments(round)
+        participants = [a.facility for a in assignments]
+        self._event("round_started", round, participants=participants, carried=sorted(busy))
+        for name in self.facilities:
+            if name not in participants and name not in busy:
+                self.progress.facility_state(name, "idle", round)
         previous = ExchangeDir(self.run_dir.global_dir(round - 1))
         staged = self._stage_copy(round - 1, previous)
         accepted: dict[str, Update] = self._reusable_updates(round, previous)
-        attempts: list[Attempt] = []
-        for assignment in self.policy.assignments(round):
+        for assignment in assignments:
             if assignment.facility in accepted:
                 self.progress.facility_state(assignment.facility, "reused", round)
+                continue
+            if assignment.facility in busy:
+                self.progress.facility_state(assignment.facility, "late", round)
                 continue
             try:
                 attempts.append(self._launch(round, assignment.facility, assignment.local_steps, staged))
             except FedhpcError as e:
                 self._event("job_finished", round, assignment.facility, state="failed", reason=str(e), seconds=0.0)
                 self.progress.facility_state(assignment.facility, "failed", round)
-        deadline = self.policy.deadline(round_started)
-        for attempt in self._wait(attempts, deadline):
-            update = self._collect(attempt, previous)
-            if update is not None:
-                accepted[attempt.facility] = update
+        self._settle_late(round, self._wait(round, attempts, accepted, previous, round_started))
         if not self.policy.quorum_met(len(accepted)):
             raise QuorumNotMet(
                 f"round {round}: {len(accepted)} update(s) accepted, algorithm.min_facilities is "
@@ -227,12 +242,16 @@ class Orchestrator:
         return destination
 
     def _reusable_updates(self, round: int, global_: ExchangeDir) -> dict[str, Update]:
-        """Updates of this round already accepted before a crash still count: no facility redoes work."""
+        """Updates of this round already accepted before a crash still count: no facility redoes work.
+
+        A stale update (a late job of an earlier round, accepted into this one) is reused too.
+        """
         reusable = {}
         for event in self._ledger.events("accepted", round=round):
             path = self.run_dir.update_dir(round, event.facility or "")
+            trained_round = round - int(event.detail.get("staleness", 0))
             try:
-                reusable[event.facility] = self._verified(path, event.facility, round, global_)
+                reusable[event.facility] = self._verified(path, event.facility, trained_round, global_)
             except UpdateRejected:
                 continue
             self._event("reused", round, event.facility)
@@ -283,49 +302,93 @@ class Orchestrator:
         self.progress.facility_state(facility_name, "submitted", round)
         return Attempt(facility_name, round, handle, f"updates/{attempt_id}", f"progress/{attempt_id}.json", time.time())
 
-    def _wait(self, attempts: list[Attempt], deadline: float):
-        """Yield each attempt whose job ended DONE; record every other ending."""
+    def _wait(
+        self, round: int, attempts: list[Attempt], accepted: dict[str, Update], global_: ExchangeDir,
+        round_started: float,
+    ) -> list[Attempt]:
+        """Add the updates of finished jobs to `accepted` until the round may close; return the jobs still running.
+
+        Without a round deadline that is when every job has ended (or been cancelled at its timeout).
+        """
         pending = list(attempts)
         while pending:
-            for attempt in list(pending):
-                facility = self.facilities[attempt.facility]
-                status = facility.launcher.poll(attempt.handle)
-                self._show_progress(attempt)
-                if status.state.finished:
-                    pending.remove(attempt)
-                    self._event(
-                        "job_finished",
-                        attempt.round,
-                        attempt.facility,
-                        state=status.state.value,
-                        returncode=status.returncode,
-                        reason=status.reason[-2000:],
-                        seconds=time.time() - attempt.handle.submitted_at,
-                        start=attempt.handle.submitted_at,
-                    )
-                    if status.state is JobState.DONE:
-                        yield attempt
-                    else:
-                        self.progress.facility_state(attempt.facility, status.state.value, attempt.round)
-                elif status.state is JobState.RUNNING and attempt.last_step < 0:
-                    self.progress.facility_state(attempt.facility, "running", attempt.round)
-                    attempt.last_step = 0
-            if pending and time.time() > deadline:
-                for attempt in pending:
-                    self.facilities[attempt.facility].launcher.cancel(attempt.handle)
-                    self._event(
-                        "job_finished",
-                        attempt.round,
-                        attempt.facility,
-                        state="timeout",
-                        reason=f"algorithm.round_timeout ({self.experiment.algorithm.round_timeout:g} s) passed",
-                        seconds=time.time() - attempt.handle.submitted_at,
-                        start=attempt.handle.submitted_at,
-                    )
-                    self.progress.facility_state(attempt.facility, "timeout", attempt.round)
-                return
-            if pending:
-                time.sleep(POLL_SECONDS)
+            for attempt in self._poll(pending):
+                update = self._collect(attempt, round, global_)
+                if update is not None:
+                    accepted[attempt.facility] = update
+            if not pending or self.policy.may_close(round_started, len(accepted), time.time()):
+                break
+            time.sleep(POLL_SECONDS)
+        return pending
+
+    def _poll(self, pending: list[Attempt]) -> list[Attempt]:
+        """Look at every pending job once; remove those that ended or timed out; return those that ended DONE."""
+        done = []
+        for attempt in list(pending):
+            facility = self.facilities[attempt.facility]
+            status = facility.launcher.poll(attempt.handle)
+            self._show_progress(attempt)
+            if status.state.finished:
+                pending.remove(attempt)
+                self._event(
+                    "job_finished",
+                    attempt.round,
+                    attempt.facility,
+                    state=status.state.value,
+                    returncode=status.returncode,
+                    reason=status.reason[-2000:],
+                    seconds=time.time() - attempt.handle.submitted_at,
+                    start=attempt.handle.submitted_at,
+                )
+                if status.state is JobState.DONE:
+                    done.append(attempt)
+                else:
+                    self.progress.facility_state(attempt.facility, status.state.value, attempt.round)
+            elif time.time() > self.policy.timeout_at(attempt.started_at):
+                pending.remove(attempt)
+                facility.launcher.cancel(attempt.handle)
+                self._event(
+                    "job_finished",
+                    attempt.round,
+                    attempt.facility,
+                    state="timeout",
+                    reason=f"algorithm.round_timeout ({self.experiment.algorithm.round_timeout:g} s) passed",
+                    seconds=time.time() - attempt.handle.submitted_at,
+                    start=attempt.handle.submitted_at,
+                )
+                self.progress.facility_state(attempt.facility, "timeout", attempt.round)
+            elif status.state is JobState.RUNNING and attempt.last_step < 0:
+                self.progress.facility_state(attempt.facility, "running", attempt.round)
+                attempt.last_step = 0
+        return done
+
+    def _settle_late(self, round: int, late: list[Attempt]) -> None:
+        """Jobs still running when `round` closed: carry them into the next round, or cancel them."""
+        for attempt in late:
+            if self.policy.late_updates == "next_round" and round < self.experiment.algorithm.rounds:
+                self.carried.append(attempt)
+                self._event("late_carried", round, attempt.facility, job_id=attempt.handle.job_id,
+                            trained_round=attempt.round)
+                self.progress.facility_state(attempt.facility, "late", round)
+            elif self.policy.late_updates == "next_round":
+                self._drop_late(attempt, "the run's last round closed without it")
+            else:
+                deadline = self.experiment.algorithm.round_deadline or 0.0
+                self._drop_late(attempt, f"algorithm.round_deadline ({deadline:g} s) passed and the round closed without it")
+
+    def _drop_late(self, attempt: Attempt, reason: str) -> None:
+        """Cancel a job whose round closed without it; recorded as `late_dropped` under the job's round."""
+        self.facilities[attempt.facility].launcher.cancel(attempt.handle)
+        self._event(
+            "late_dropped",
+            attempt.round,
+            attempt.facility,
+            job_id=attempt.handle.job_id,
+            reason=reason,
+            seconds=time.time() - attempt.handle.submitted_at,
+            start=attempt.handle.submitted_at,
+        )
+        self.progress.facility_state(attempt.facility, "late, dropped", attempt.round)
 
     def _show_progress(self, attempt: Attempt) -> None:
         raw = self.facilities[attempt.facility].mover.peek(attempt.progress_rel)
@@ -341,24 +404,28 @@ class Orchestrator:
                 attempt.facility, progress["step"], progress.get("local_steps", 0), progress.get("loss")
             )
 
-    def _collect(self, attempt: Attempt, global_: ExchangeDir) -> Update | None:
-        """Pull and verify one finished job's update; a bad one is recorded, not raised."""
-        destination = self.run_dir.update_dir(attempt.round, attempt.facility)
+    def _collect(self, attempt: Attempt, round: int, global_: ExchangeDir) -> Update | None:
+        """Pull and verify one finished job's update for `round`; a bad one is recorded, not raised.
+
+        The job may have been launched in an earlier round (a late job carried over): its update
+        then counts in `round` as a stale one, `staleness` rounds behind the global it joins.
+        """
+        destination = self.run_dir.update_dir(round, attempt.facility)
         shutil.rmtree(destination, ignore_errors=True)
         started = time.time()
         try:
             moved = self.facilities[attempt.facility].mover.pull(attempt.update_rel, destination)
-            self._event("pulled", attempt.round, attempt.facility, bytes=moved, seconds=time.time() - started, start=started)
+            self._event("pulled", round, attempt.facility, bytes=moved, seconds=time.time() - started, start=started)
             update = self._verified(destination, attempt.facility, attempt.round, global_)
         except (UpdateRejected, TransferError) as e:
             reason = e.reason if isinstance(e, UpdateRejected) else "transfer"
-            self._event("rejected", attempt.round, attempt.facility, reason=reason, message=str(e))
-            self.progress.facility_state(attempt.facility, f"rejected ({reason})", attempt.round)
+            self._event("rejected", round, attempt.facility, reason=reason, message=str(e))
+            self.progress.facility_state(attempt.facility, f"rejected ({reason})", round)
             return None
         metrics = ExchangeDir(destination).manifest.metrics
         self._event(
             "accepted",
-            attempt.round,
+            round,
             attempt.facility,
             num_samples=update.num_samples,
             local_steps=update.local_steps,
@@ -366,16 +433,18 @@ class Orchestrator:
             tokens=metrics.get("tokens"),
             train_seconds=metrics.get("train_seconds"),
             load_seconds=metrics.get("load_seconds"),
+            staleness=round - 1 - update.based_on_round,
         )
-        self.progress.facility_state(attempt.facility, "accepted", attempt.round)
+        self.progress.facility_state(attempt.facility, "accepted", round)
         return update
 
-    def _verified(self, path: Path, facility: str | None, round: int, global_: ExchangeDir) -> Update:
+    def _verified(self, path: Path, facility: str | None, trained_round: int, global_: ExchangeDir) -> Update:
+        """Verify an update trained for `trained_round` against `global_` (the global it will be aggregated into)."""
         update_dir = ExchangeDir(path)
         verify_update(
             update_dir,
             global_,
-            expected_round=round,
+            expected_round=trained_round,
             fingerprint=self._ledger.get_meta("base_fingerprint"),
             max_norm=self.experiment.algorithm.max_update_norm,
         )
@@ -385,7 +454,7 @@ class Orchestrator:
             source=update_dir,
             num_samples=manifest.num_samples,
             local_steps=manifest.local_steps,
-            based_on_round=manifest.based_on_round if manifest.based_on_round is not None else round - 1,
+            based_on_round=manifest.based_on_round if manifest.based_on_round is not None else trained_round - 1,
         )
 
     def _aggregate(self, round: int, global_: ExchangeDir, updates: list[Update], round_started: float) -> None:

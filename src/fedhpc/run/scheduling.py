@@ -1,14 +1,26 @@
 """Scheduling policies: who trains in a round, for how many steps, and when the round may close.
 
-The synchronous policy (FedAvg-style rounds): every facility trains the
-configured number of local steps from the same global; the round closes when
-every facility has finished or `round_timeout` has passed, and aggregates if at
-least `min_facilities` updates were accepted.
+The synchronous policy (FedAvg-style rounds): the facilities taking part train
+the configured number of local steps from the same global, and the round
+aggregates if at least `min_facilities` updates were accepted.
+
+- Who takes part: with `algorithm.participation` = p < 1, a sample of
+  max(min_facilities, ⌈p·N⌉) of the N facilities, drawn with seed
+  `algorithm.seed + round`, so a resumed round asks the same facilities.
+- When the round closes: when every job it waits for has ended, or, with
+  `algorithm.round_deadline`, as soon as the deadline has passed and the quorum
+  is met. A job still running then is late: `algorithm.late_updates` says
+  whether it is cancelled (`drop`) or keeps running and its update counts in a
+  later round (`next_round`), as a stale update.
+- When a job is cancelled regardless: `round_timeout` seconds after it started.
 """
 
 from __future__ import annotations
 
+import math
+import random
 from dataclasses import dataclass
+from typing import Literal
 
 from fedhpc.config import AlgorithmConfig
 
@@ -24,11 +36,34 @@ class SyncPolicy:
         self.algorithm = algorithm
         self.facilities = facilities
 
-    def assignments(self, round: int) -> list[Assignment]:
-        return [Assignment(name, self.algorithm.local_steps) for name in self.facilities]
+    def participants(self, round: int) -> list[str]:
+        """The facilities asked to train in `round`, in configuration order; the same on every call."""
+        count = min(len(self.facilities), max(self.algorithm.min_facilities, self.sample_size()))
+        if count == len(self.facilities):
+            return list(self.facilities)
+        chosen = set(random.Random(self.algorithm.seed + round).sample(range(len(self.facilities)), count))
+        return [name for index, name in enumerate(self.facilities) if index in chosen]
 
-    def deadline(self, round_started_at: float) -> float:
-        return round_started_at + self.algorithm.round_timeout
+    def sample_size(self) -> int:
+        # the small tolerance keeps a fraction such as 0.3 of 10 from rounding up to 4
+        return math.ceil(self.algorithm.participation * len(self.facilities) - 1e-9)
+
+    def assignments(self, round: int) -> list[Assignment]:
+        return [Assignment(name, self.algorithm.local_steps) for name in self.participants(round)]
+
+    def timeout_at(self, job_started_at: float) -> float:
+        """When a job that started at `job_started_at` is cancelled, whatever its round is doing."""
+        return job_started_at + self.algorithm.round_timeout
+
+    def may_close(self, round_started_at: float, accepted: int, now: float) -> bool:
+        """Whether a round may aggregate while jobs are still running (it always may once none are)."""
+        deadline = self.algorithm.round_deadline
+        return deadline is not None and now >= round_started_at + deadline and self.quorum_met(accepted)
+
+    @property
+    def late_updates(self) -> Literal["drop", "next_round"]:
+        """What happens to a job still running when its round closes: `drop` unless configured."""
+        return self.algorithm.late_updates or "drop"
 
     def quorum_met(self, accepted: int) -> bool:
         return accepted >= self.algorithm.min_facilities
