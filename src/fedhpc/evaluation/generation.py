@@ -36,7 +36,7 @@ def load_model(config: ModelConfig, global_dir: Path | None, device: torch.devic
     if isinstance(model, PeftModel):
         # Folding the adapters into the base weights makes generation cost what the base model's does.
         model = model.merge_and_unload()
-    return model.to(device).train(False), base.tokenizer  # inference mode (what nn.Module.eval() does)
+    return model.to(device).train(False), base.tokenizer  # inference mode: dropout off
 
 
 @torch.inference_mode()
