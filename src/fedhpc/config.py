@@ -9,6 +9,7 @@ to disk: a bad file leaves no trace.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,6 +25,8 @@ from pydantic import (
     PositiveInt,
     ValidationError,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     field_validator,
     model_validator,
 )
@@ -132,10 +135,14 @@ class DataConfig(Frozen):
 
 
 class ServerOptimizerConfig(Frozen):
-    """The server optimiser of fedavgm, fedadam, fedyogi and fedadagrad (fedavg has none)."""
+    """The server optimiser of fedavgm, fedadam, fedyogi and fedadagrad, and fedbuff's step size.
+
+    fedavg, fedasync and fedcompass have no server optimiser and ignore this section.
+    """
 
     lr: PositiveFloat | None = Field(
-        None, description="server learning rate η; default 1.0 (fedavgm), 0.01 (fedadam, fedyogi), 0.1 (fedadagrad)"
+        None,
+        description="server learning rate η; default 1.0 (fedavgm, fedbuff), 0.01 (fedadam, fedyogi), 0.1 (fedadagrad)",
     )
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="fedavgm: momentum β")
     beta1: float = Field(0.9, ge=0.0, lt=1.0, description="fedadam/fedyogi/fedadagrad: first-moment decay")
@@ -143,8 +150,57 @@ class ServerOptimizerConfig(Frozen):
     tau: PositiveFloat = Field(1e-3, description="adaptivity τ: the smallest denominator of a step")
 
 
+ASYNC_ALGORITHMS = ("fedasync", "fedbuff", "fedcompass")
+# α when `algorithm.alpha` is not set. FedAsync mixes one facility's model at a time, so α < 1 keeps
+# the global from jumping to it; FedCompass already scales a group by its share n/N, and α = 1 makes
+# a group of every facility, all fresh, exactly FedAvg.
+DEFAULT_MIXING_ALPHA = {"fedasync": 0.6, "fedcompass": 1.0}
+DEFAULT_BUFFER_SIZE = 3  # FedBuff's K: a step every few updates, few enough for a handful of facilities
+
+
+def _one_of(names: tuple[str, ...]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+class StalenessConfig(Frozen):
+    """How much a stale update counts: s(τ), τ = global versions between its base and the current global.
+
+    constant: 1; polynomial: (1 + τ)^−a; hinge: 1 if τ ≤ b else 1/(a·(τ − b) + 1)
+    (Xie et al., 2019, "Asynchronous Federated Optimization", FedAsync).
+    """
+
+    function: Literal["constant", "polynomial", "hinge"] = "polynomial"
+    a: PositiveFloat = Field(0.5, description="decay rate of polynomial and hinge")
+    b: int = Field(4, ge=0, description="hinge: staleness up to which an update counts fully")
+
+
+class CompassConfig(Frozen):
+    """FedCompass's scheduler (Li et al., ICLR 2024): local steps per facility, chosen from its measured speed."""
+
+    min_steps: PositiveInt | None = Field(None, description="fewest local steps assigned; default ⌈0.2·max_steps⌉")
+    max_steps: PositiveInt | None = Field(None, description="most local steps assigned; default algorithm.local_steps")
+    latest_time_factor: float = Field(
+        1.2, gt=1.0, description="a group waits for its members until their expected arrival × this factor"
+    )
+    speed_momentum: float = Field(
+        0.9, gt=0.0, le=1.0, description="EMA weight of a facility's newest speed sample (1: only the newest)"
+    )
+
+    @model_validator(mode="after")
+    def _steps_ordered(self) -> CompassConfig:
+        if self.min_steps is not None and self.max_steps is not None and self.min_steps > self.max_steps:
+            raise KeyedValueError(
+                "algorithm.compass.min_steps",
+                f"is {self.min_steps}, above algorithm.compass.max_steps ({self.max_steps}); "
+                "lower min_steps or raise max_steps",
+            )
+        return self
+
+
 class AlgorithmConfig(Frozen):
-    name: Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] = "fedavg"
+    name: Literal[
+        "fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedasync", "fedbuff", "fedcompass"
+    ] = "fedavg"
     server: ServerOptimizerConfig = ServerOptimizerConfig()
     proximal_mu: float = Field(0.0, ge=0.0, description="FedProx μ: local loss + μ/2·‖w − w_global‖²; 0: off")
     rounds: PositiveInt = 3
@@ -168,6 +224,78 @@ class AlgorithmConfig(Frozen):
     late_updates: Literal["drop", "next_round"] | None = Field(
         None, description="with round_deadline: cancel a late job (drop, the default) or apply its update next round"
     )
+    alpha: float | None = Field(
+        None, gt=0.0, le=1.0, description="fedasync/fedcompass mixing weight α; default 0.6 (fedasync), 1.0 (fedcompass)"
+    )
+    staleness: StalenessConfig = StalenessConfig()
+    max_staleness: int = Field(
+        8, ge=0, description="asynchronous: reject an update more than this many global versions behind"
+    )
+    buffer_size: PositiveInt | None = Field(None, description="fedbuff: updates buffered per server step K; default 3")
+    compass: CompassConfig = CompassConfig()
+
+    @property
+    def is_async(self) -> bool:
+        return self.name in ASYNC_ALGORITHMS
+
+    def mixing_alpha(self) -> float:
+        """α of fedasync or fedcompass: the configured one, else that algorithm's default."""
+        if self.name not in DEFAULT_MIXING_ALPHA:
+            raise ValueError(f"{self.name} has no mixing weight α; only {' and '.join(DEFAULT_MIXING_ALPHA)} do")
+        return DEFAULT_MIXING_ALPHA[self.name] if self.alpha is None else self.alpha
+
+    def fedbuff_k(self) -> int:
+        return DEFAULT_BUFFER_SIZE if self.buffer_size is None else self.buffer_size
+
+    def compass_steps(self) -> tuple[int, int]:
+        """FedCompass's (fewest, most) local steps: max defaults to local_steps, min to ⌈max / 5⌉."""
+        most = self.local_steps if self.compass.max_steps is None else self.compass.max_steps
+        fewest = -(-most // 5) if self.compass.min_steps is None else self.compass.min_steps
+        return fewest, most
+
+    @model_validator(mode="after")
+    def _async_options_consistent(self) -> AlgorithmConfig:
+        """Each option belongs to some algorithms; setting it for another would be silently ignored.
+
+        "Set" means given a value other than its default, not merely present: the run directory records
+        the whole experiment, every key spelled out, and that record must validate again on resume.
+        """
+        owners = {
+            "alpha": ("fedasync", "fedcompass"),
+            "buffer_size": ("fedbuff",),
+            "compass": ("fedcompass",),
+            "staleness": ASYNC_ALGORITHMS,
+            "max_staleness": ASYNC_ALGORITHMS,
+        }
+        for key, names in owners.items():
+            if getattr(self, key) != type(self).model_fields[key].default and self.name not in names:
+                raise KeyedValueError(
+                    f"algorithm.{key}",
+                    f"only applies to algorithm.name {_one_of(names)}, not {self.name}; "
+                    f"change the algorithm or remove {key}",
+                )
+        if not self.is_async:
+            return self
+        synchronous = {
+            "round_deadline": self.round_deadline is not None,
+            "late_updates": self.late_updates is not None,
+            "participation": self.participation < 1.0,
+        }
+        for key, present in synchronous.items():
+            if present:
+                raise KeyedValueError(
+                    f"algorithm.{key}",
+                    f"is a synchronous-round option and does not apply to the asynchronous algorithm {self.name} "
+                    "(there are no rounds to close or sample); remove it",
+                )
+        fewest, most = self.compass_steps()
+        if fewest > most:
+            raise KeyedValueError(
+                "algorithm.compass.min_steps",
+                f"is {fewest}, above the most local steps {most} (algorithm.compass.max_steps, "
+                "by default algorithm.local_steps); lower min_steps or raise max_steps",
+            )
+        return self
 
     @model_validator(mode="after")
     def _deadline_consistent(self) -> AlgorithmConfig:
@@ -196,6 +324,99 @@ class LocalLauncherConfig(Frozen):
     env: dict[str, str] = Field(default_factory=dict)
 
 
+Seconds = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+
+
+class UniformDistribution(Frozen):
+    """``{uniform: [low, high]}``: every value in between equally likely."""
+
+    uniform: tuple[Seconds, Seconds]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> UniformDistribution:
+        low, high = self.uniform
+        if low > high:
+            raise ValueError(f"uniform: low ({low:g}) is above high ({high:g}); write [low, high]")
+        return self
+
+
+class LognormalParameters(Frozen):
+    median: float = Field(gt=0.0, allow_inf_nan=False)
+    sigma: float = Field(ge=0.0, allow_inf_nan=False, description="spread of log(value); 0: always the median")
+
+
+class LognormalDistribution(Frozen):
+    """``{lognormal: {median: m, sigma: s}}``: mostly near the median, with the long tail of real batch queues."""
+
+    lognormal: LognormalParameters
+
+
+class ExponentialDistribution(Frozen):
+    """``{exponential: mean}``: memoryless, mostly short with the occasional long one."""
+
+    exponential: float = Field(gt=0.0, allow_inf_nan=False)
+
+
+DISTRIBUTIONS: dict[str, type[UniformDistribution | LognormalDistribution | ExponentialDistribution]] = {
+    "uniform": UniformDistribution,
+    "lognormal": LognormalDistribution,
+    "exponential": ExponentialDistribution,
+}
+_DISTRIBUTION_FORMS = (
+    "a non-negative number or exactly one of {uniform: [low, high]}, {lognormal: {median: m, sigma: s}}, "
+    "{exponential: mean}"
+)
+
+
+def _distribution_by_form(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Pick the form by the mapping's one key, so a mistake is reported once and under the key the user wrote.
+
+    (A plain union would report a failed attempt at every form.)
+    """
+    if isinstance(value, dict):
+        form = DISTRIBUTIONS.get(next(iter(value))) if len(value) == 1 else None
+        if form is None:
+            raise ValueError(f"must be {_DISTRIBUTION_FORMS}; got the keys {', '.join(map(str, value)) or '(none)'}")
+        return form.model_validate(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"must be {_DISTRIBUTION_FORMS}; got {value}")
+        return float(value)
+    if isinstance(value, tuple(DISTRIBUTIONS.values())):
+        return handler(value)
+    raise ValueError(f"must be {_DISTRIBUTION_FORMS}; got {value!r}")
+
+
+Distribution = Annotated[
+    float | UniformDistribution | LognormalDistribution | ExponentialDistribution, WrapValidator(_distribution_by_form)
+]
+"""Seconds: a constant, or a distribution each job draws its own value from."""
+
+
+class SimulatedLauncherConfig(Frozen):
+    """Runs the worker in the server's process; the job ends after a drawn virtual duration (`fedhpc simulate`).
+
+    A job takes queue_wait + startup + local_steps × seconds_per_step virtual seconds, each
+    part drawn per job and seeded by (seed, the job's name), so hour-long runs of heterogeneous
+    facilities replay in seconds with the real orchestrator and aggregators.
+    """
+
+    kind: Literal["simulated"] = "simulated"
+    seconds_per_step: Distribution = Field(1.0, description="virtual seconds per local step, drawn once per job")
+    queue_wait: Distribution = Field(0.0, description="virtual seconds a job waits in the queue before it starts")
+    startup: Distribution = Field(0.0, description="virtual seconds a job takes to start and load the model")
+    failure_rate: float = Field(0.0, ge=0.0, lt=1.0, description="probability that a job fails partway (seeded)")
+    seed: int = 0
+    device: Literal["cpu"] = Field("cpu", description="the worker trains in the server's process, on its CPU")
+    nprocs: Literal[1] = Field(1, description="one rank: the in-process worker")
+
+
+LAUNCHER_CONFIGS: dict[str, type[LocalLauncherConfig | SimulatedLauncherConfig]] = {
+    "local": LocalLauncherConfig,
+    "simulated": SimulatedLauncherConfig,
+}
+
+
 class FilesystemMoverConfig(Frozen):
     """Copies directories through a filesystem both sides can see."""
 
@@ -207,8 +428,28 @@ class FilesystemMoverConfig(Frozen):
 class FacilityConfig(Frozen):
     name: str = Field(pattern=NAME_PATTERN)
     data: ExistingPath
-    launcher: LocalLauncherConfig = LocalLauncherConfig()
+    launcher: Annotated[LocalLauncherConfig | SimulatedLauncherConfig, Field(discriminator="kind")] = (
+        LocalLauncherConfig()
+    )
     mover: FilesystemMoverConfig = FilesystemMoverConfig()
+
+    @field_validator("launcher", mode="wrap")
+    @classmethod
+    def _launcher_by_kind(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """Validate a mapping with its kind's model (no kind: local), so errors name ``launcher.<key>``.
+
+        pydantic's tagged union would put the kind into the key (``launcher.simulated.seed``) and
+        report an unknown kind at ``launcher`` rather than ``launcher.kind``.
+        """
+        if not isinstance(value, dict):
+            return handler(value)
+        kind = value.get("kind", "local")
+        model = LAUNCHER_CONFIGS.get(kind) if isinstance(kind, str) else None
+        if model is None:
+            expected = " or ".join(repr(name) for name in LAUNCHER_CONFIGS)
+            error = {"type": "literal_error", "loc": ("kind",), "input": kind, "ctx": {"expected": expected}}
+            raise ValidationError.from_exception_data(cls.__name__, [error])
+        return model.model_validate(value)
 
 
 class ExchangeConfig(Frozen):

@@ -58,6 +58,10 @@ class TransferError(FedhpcError):
     """A mover could not copy a directory to or from a facility."""
 
 
+class SimulationStalled(FedhpcError):
+    """A simulated run waits on its virtual clock with nothing scheduled: no job will end, no deadline come."""
+
+
 class FacilityFailed(FedhpcError):
     """A facility's job ended without a usable update (non-zero exit, timeout, cancel)."""
 

@@ -25,13 +25,21 @@ class TensorSource(Protocol):
 
 @dataclass(frozen=True)
 class Update:
-    """One facility's verified contribution to a round."""
+    """One facility's verified contribution to a round (or, asynchronously, to the next global version).
+
+    `staleness` counts the global versions between the one this update was trained from and the one it
+    is applied to (0: fresh); the asynchronous algorithms discount it by s(staleness). `base` is the
+    global it was trained from, which FedBuff subtracts to get the facility's own change; None means the
+    current global (a fresh update, and every update of the synchronous algorithms, which ignore both).
+    """
 
     facility: str
     source: TensorSource
     num_samples: int
     local_steps: int
     based_on_round: int
+    staleness: int = 0
+    base: TensorSource | None = None
 
 
 class Aggregator(Protocol):

@@ -1,37 +1,55 @@
 """Launcher and mover kinds by name: a new backend is one file plus one line here.
 
 The experiment file picks a backend with ``kind:``, validated by pydantic at
-load time; these tables map that name to the class, which is built from its
-own sub-config only.
+load time; these tables map that name to a factory, which builds the backend
+from its own sub-config only (and a launcher, from the server's clock).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from fedhpc.config import FilesystemMoverConfig, LocalLauncherConfig
+from fedhpc.config import FilesystemMoverConfig, LocalLauncherConfig, SimulatedLauncherConfig
 from fedhpc.errors import ConfigError
 from fedhpc.facility.base import Launcher, Mover
 from fedhpc.facility.launchers.local import LocalLauncher
+from fedhpc.facility.launchers.simulated import SimulatedLauncher
 from fedhpc.facility.movers.filesystem import FilesystemMover
+from fedhpc.run.clock import Clock, VirtualClock
 
-# Union-valued as kinds are added to config.py, e.g. LocalLauncherConfig | ParslLauncherConfig.
-LauncherConfig = LocalLauncherConfig
+# One member per launcher kind in config.py (FacilityConfig.launcher).
+LauncherConfig = LocalLauncherConfig | SimulatedLauncherConfig
 MoverConfig = FilesystemMoverConfig
 T = TypeVar("T")
 
-LAUNCHERS: dict[str, Callable[[LauncherConfig], Launcher]] = {
-    "local": LocalLauncher,
+
+def _local(config: LocalLauncherConfig, clock: Clock | None) -> Launcher:
+    """Real jobs end in real time: the server's clock is no concern of theirs."""
+    return LocalLauncher(config)
+
+
+def _simulated(config: SimulatedLauncherConfig, clock: Clock | None) -> Launcher:
+    if not isinstance(clock, VirtualClock):
+        raise ConfigError(
+            "launcher kind: simulated needs virtual time; run the experiment with `fedhpc simulate`, not `fedhpc run`"
+        )
+    return SimulatedLauncher(config, clock)
+
+
+LAUNCHERS: dict[str, Callable[[Any, Clock | None], Launcher]] = {
+    "local": _local,
+    "simulated": _simulated,
 }
 MOVERS: dict[str, Callable[[MoverConfig, Path], Mover]] = {
     "filesystem": FilesystemMover,
 }
 
 
-def make_launcher(config: LauncherConfig) -> Launcher:
-    return _lookup(LAUNCHERS, config.kind, "launcher")(config)
+def make_launcher(config: LauncherConfig, clock: Clock | None = None) -> Launcher:
+    """`clock`: the server's; a simulated launcher needs a `VirtualClock`, the others ignore it."""
+    return _lookup(LAUNCHERS, config.kind, "launcher")(config, clock)
 
 
 def make_mover(config: MoverConfig, default_staging: Path) -> Mover:
