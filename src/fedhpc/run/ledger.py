@@ -4,6 +4,10 @@ A round is complete when its global directory has been renamed into place and
 its row in `rounds` is committed. Both the `aggregated` event and the `rounds`
 row are written in one transaction, and `rounds.round` is the primary key, so
 a round can never be recorded as aggregated twice, even across crashes.
+Whatever else must change with the round (an asynchronous scheduler's state)
+is written to `meta` in that same transaction.
+
+Timestamps come from the run's clock: wall time, or a simulation's virtual time.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,8 +52,9 @@ class Event:
 
 
 class Ledger:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, now: Callable[[], float] = time.time):
         self.path = Path(path)
+        self._now = now
         self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -60,17 +66,21 @@ class Ledger:
     def record(self, event: str, round: int | None = None, facility: str | None = None, **detail: Any) -> None:
         self._db.execute(
             "INSERT INTO events (ts, round, facility, event, detail) VALUES (?, ?, ?, ?, ?)",
-            (time.time(), round, facility, event, json.dumps(detail)),
+            (self._now(), round, facility, event, json.dumps(detail)),
         )
 
-    def complete_round(self, round: int, global_dir: str, num_updates: int, **detail: Any) -> None:
-        """Mark `round` complete; raises `sqlite3.IntegrityError` if it already is."""
+    def complete_round(
+        self, round: int, global_dir: str, num_updates: int, meta: dict[str, str] | None = None, **detail: Any
+    ) -> None:
+        """Mark `round` complete, with `meta` entries set atomically; raises `sqlite3.IntegrityError` if it already is."""
         with self._transaction():
             self._db.execute(
                 "INSERT INTO rounds (round, completed_at, global_dir, num_updates, detail) VALUES (?, ?, ?, ?, ?)",
-                (round, time.time(), global_dir, num_updates, json.dumps(detail)),
+                (round, self._now(), global_dir, num_updates, json.dumps(detail)),
             )
             self.record("aggregated", round=round, num_updates=num_updates, **detail)
+            for key, value in (meta or {}).items():
+                self.set_meta(key, value)
 
     def last_complete_round(self) -> int | None:
         row = self._db.execute("SELECT MAX(round) FROM rounds").fetchone()

@@ -43,28 +43,38 @@ from fedhpc.worker.model import add_trainable, apply_global, build_base_model, e
 from fedhpc.worker.train import TrainResult, train_local_steps
 
 logger = logging.getLogger(__name__)
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
 
 
 def run_task(task_path: Path | str) -> None:
     """Run one task on this rank; on any failure log it and exit with status 1."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    disable_progress_bar()  # per-tensor loading bars from every rank would drown the job log
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     env = RankEnv()
     try:
         env = rank_env()
         # Rank 0 speaks for the job; the others only report their own failures.
         logging.getLogger("fedhpc").setLevel(logging.INFO if env.is_main else logging.ERROR)
-        recipe = RoundRecipe(read_task(Path(task_path)), env)
-        recipe.setup()
-        recipe.train()
-        recipe.save()
-        recipe.cleanup()
+        execute_task(Path(task_path), env)
     except FedhpcError as e:  # an expected failure: its message says what to fix
         logger.error("rank %d of %d: task %s failed: %s", env.rank, env.world_size, task_path, e)
         raise SystemExit(1) from e
     except Exception as e:
         logger.exception("rank %d of %d: task %s failed: %s", env.rank, env.world_size, task_path, e)
         raise SystemExit(1) from e
+
+
+def execute_task(task_path: Path, env: RankEnv) -> None:
+    """The recipe, top to bottom; raises on failure (`run_task` turns that into the exit status).
+
+    The simulated launcher calls this in the server's process, where exiting or
+    reconfiguring logging would hit the server itself.
+    """
+    disable_progress_bar()  # per-tensor loading bars from every rank would drown the job log
+    recipe = RoundRecipe(read_task(task_path), env)
+    recipe.setup()
+    recipe.train()
+    recipe.save()
+    recipe.cleanup()
 
 
 def read_task(path: Path) -> WorkerTask:
@@ -113,8 +123,7 @@ class RoundRecipe:
             global_.close()
             examples = read_examples(task.data)
             self.num_samples = len(examples)
-            seed = task.train.seed + task.round
-            shard = [examples[i] for i in shard_indices(len(examples), env.rank, env.world_size, seed)]
+            shard = [examples[i] for i in shard_indices(len(examples), env.rank, env.world_size, task.train.seed)]
             self.batches = batches(shard, base.tokenizer, task.data_config, task.train.batch_size)
             logger.info("%d examples at this facility, %d on rank 0", len(examples), len(shard))
         self.load_seconds = time.perf_counter() - start
@@ -124,7 +133,7 @@ class RoundRecipe:
             return
         settings = self.task.train
         assert settings is not None
-        set_seed(settings.seed + self.task.round)  # dropout differs between rounds, not between facilities
+        set_seed(settings.seed)  # the server derives a job's seed (docs/contracts.md): data order and dropout
 
         def on_step(step: int, loss: float) -> None:
             logger.info("step %d/%d loss %.4f", step, settings.local_steps, loss)

@@ -1,0 +1,187 @@
+"""The chain of globals: build round 0, stage copies for facilities, aggregate and commit the next.
+
+A global is complete when its directory is in place, the aggregator's state
+after it is saved, and the ledger row is committed, in that order: a server
+killed between any two steps resumes from the previous global and redoes the
+round, never from a global whose optimiser state is missing.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fedhpc.aggregate import Aggregator, Update
+from fedhpc.config import Experiment
+from fedhpc.errors import FedhpcError, UpdateRejected
+from fedhpc.exchange import (
+    ExchangeDir,
+    ExchangeMeta,
+    WorkerTask,
+    dtype_from_name,
+    write_exchange,
+    write_state_dict,
+)
+from fedhpc.report.progress import ProgressView
+from fedhpc.run.clock import Clock
+from fedhpc.run.events import EventLog
+from fedhpc.run.rundir import RunDir
+
+
+@dataclass(frozen=True)
+class Committed:
+    round: int
+    seconds: float
+    bytes: int
+
+
+class GlobalStore:
+    def __init__(
+        self, experiment: Experiment, run_dir: RunDir, aggregator: Aggregator, events: EventLog, clock: Clock,
+        keep_last: int,
+    ):
+        self.experiment = experiment
+        self.run_dir = run_dir
+        self.aggregator = aggregator
+        self.events = events
+        self.clock = clock
+        self.keep_last = keep_last
+        self.server_state: dict[str, torch.Tensor] | None = None  # None: read it from the run directory
+
+    def get(self, round: int) -> ExchangeDir:
+        return ExchangeDir(self.run_dir.global_dir(round))
+
+    def initialise(self, progress: ProgressView) -> None:
+        """Round 0: one worker process writes the seeded initial trainable state as the first global."""
+        self.run_dir.discard_after(-1)
+        destination = self.run_dir.global_dir(0)
+        log_dir = self.run_dir.log_dir(0)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        task = WorkerTask(
+            mode="init",
+            round=0,
+            facility="server",
+            update_dir=destination,
+            model=self.experiment.model,
+            data_config=self.experiment.data,
+            shard_bytes=int(self.experiment.exchange.shard_size),
+            device="cpu",
+        )
+        task_path = log_dir / "init-task.json"
+        task.write(task_path)
+        progress.message("building the initial global model (round 0)")
+        started = self.clock.now()
+        failure = run_server_command("init", ["worker", "--task", str(task_path)], log_dir)
+        if failure:
+            raise FedhpcError(f"building the initial global failed: {failure}")
+        manifest = ExchangeDir(destination).manifest
+        ledger = self.events.ledger
+        ledger.complete_round(0, str(destination), 0, seconds=self.clock.now() - started)
+        self.events.emit("aggregated", round=0, num_updates=0, seconds=self.clock.now() - started, start=started,
+                         bytes=0)
+        ledger.set_meta("base_fingerprint", manifest.base_fingerprint)
+
+    def staged(self, round: int) -> Path:
+        """Global `round` as facilities receive it: the fp32 master, or a copy cast to the training dtype."""
+        global_ = self.get(round)
+        wanted = self.experiment.exchange.stage_dtype
+        if wanted == "auto":
+            wanted = self.experiment.model.dtype
+        if wanted == "float32":
+            return global_.path
+        destination = self.run_dir.stage_dir(round)
+        if not destination.exists():
+            dtype = dtype_from_name(wanted)
+            meta = ExchangeMeta(**global_.manifest.model_dump(include=set(ExchangeMeta.model_fields)))
+            write_exchange(
+                destination,
+                global_.layout(dtype),
+                ((name, global_.get(name).to(dtype)) for name in global_.names()),
+                meta,
+                int(self.experiment.exchange.shard_size),
+            )
+        return destination
+
+    def commit(
+        self, round: int, updates: list[Update], extra_meta: dict[str, str] | None = None, **detail: object
+    ) -> Committed:
+        """Aggregate `updates` into global `round - 1`, publish global `round` and commit it to the ledger.
+
+        `extra_meta` (a scheduler's state) is committed in the same transaction as the round.
+        """
+        started = self.clock.now()
+        global_ = self.get(round - 1)
+        destination = self.run_dir.global_dir(round)
+        meta = ExchangeMeta(kind="global", round=round, base_fingerprint=global_.manifest.base_fingerprint)
+        state = self.server_state if self.server_state is not None else self._load_server_state(round - 1)
+        self.server_state = None  # the aggregator updates it in place: until saved, only the disk copy is whole
+        manifest = write_exchange(
+            destination,
+            global_.layout(torch.float32),
+            self.aggregator.aggregate(global_, sorted(updates, key=lambda u: u.facility), state),
+            meta,
+            int(self.experiment.exchange.shard_size),
+        )
+        global_.close()
+        self._save_server_state(round, state, meta.base_fingerprint)
+        self.server_state = state
+        size = sum(f.bytes for f in manifest.files.values())
+        fields = dict(
+            algorithm=self.experiment.algorithm.name,
+            seconds=self.clock.now() - started,
+            start=started,
+            bytes=size,
+            facilities=sorted(u.facility for u in updates),
+            **detail,
+        )
+        self.events.ledger.complete_round(round, str(destination), len(updates), meta=extra_meta, **fields)
+        self.events.emit("aggregated", round=round, num_updates=len(updates), **fields)
+        return Committed(round, self.clock.now() - started, size)
+
+    def prune(self, latest: int) -> None:
+        self.run_dir.prune(latest, self.keep_last)
+
+    def _save_server_state(self, round: int, state: dict[str, torch.Tensor], fingerprint: str) -> None:
+        """Publish the aggregator's state after `round` (empty for stateless algorithms) as an exchange directory.
+
+        It is a `global`-kind directory marked `content: server_state` in its manifest metrics.
+        """
+        meta = ExchangeMeta(
+            kind="global",
+            round=round,
+            base_fingerprint=fingerprint,
+            metrics={"content": "server_state", "algorithm": self.experiment.algorithm.name},
+        )
+        write_state_dict(self.run_dir.server_state_dir(round), state, meta, int(self.experiment.exchange.shard_size))
+
+    def _load_server_state(self, round: int) -> dict[str, torch.Tensor]:
+        """The aggregator's state saved after `round`, verified like an update; round 0 has none."""
+        if round == 0:
+            return {}
+        path = self.run_dir.server_state_dir(round)
+        try:
+            saved = ExchangeDir(path)
+            saved.verify()
+            state = {name: saved.get(name) for name in saved.names()}
+        except UpdateRejected as e:
+            raise FedhpcError(
+                f"cannot resume after round {round}: its server state is unusable ({e}). "
+                "Start a new run (new run_dir), or restore that directory from a backup."
+            ) from e
+        saved.close()
+        return state
+
+
+def run_server_command(name: str, argv: list[str], log_dir: Path) -> str:
+    """Run `python -m fedhpc ARGV` on the server, logs under `log_dir`; return "" or why it failed."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / f"{name}.out", "wb") as out, open(log_dir / f"{name}.err", "wb") as err:
+        result = subprocess.run([sys.executable, "-m", "fedhpc", *argv], stdout=out, stderr=err)
+    if result.returncode == 0:
+        return ""
+    tail = (log_dir / f"{name}.err").read_text(errors="replace").splitlines()[-15:]
+    return f"exit {result.returncode}; see {log_dir / (name + '.err')}:\n" + "\n".join(tail)

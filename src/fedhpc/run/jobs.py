@@ -1,0 +1,305 @@
+"""Facility jobs as the server sees them: launch, watch, collect, cancel.
+
+Shared by the synchronous round loop and the asynchronous one; neither knows
+how a job is started (launcher) or how files travel (mover). Every step is
+recorded as an event, so the ledger tells each job's story.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedhpc.aggregate import Update
+from fedhpc.config import Experiment, FacilityConfig
+from fedhpc.errors import TransferError, UpdateRejected
+from fedhpc.exchange import ExchangeDir, TrainSettings, WorkerTask
+from fedhpc.facility.base import JobHandle, JobSpec, JobState, Launcher, Mover
+from fedhpc.report.progress import ProgressView
+from fedhpc.run.clock import Clock
+from fedhpc.run.events import EventLog
+from fedhpc.run.rundir import RunDir
+from fedhpc.run.verification import verify_update
+
+
+@dataclass
+class Facility:
+    config: FacilityConfig
+    launcher: Launcher
+    mover: Mover
+
+
+@dataclass
+class Attempt:
+    """One facility job, trained from global `round - 1` for `round`."""
+
+    facility: str
+    round: int
+    attempt_id: str
+    local_steps: int
+    seed: int
+    handle: JobHandle | None  # None: the job's update was already published when a resumed server found it
+    started_at: float
+    last_step: int = field(default=-1)
+
+    @property
+    def update_rel(self) -> str:
+        return f"updates/{self.attempt_id}"
+
+    @property
+    def progress_rel(self) -> str:
+        return f"progress/{self.attempt_id}.json"
+
+    def record(self) -> dict[str, object]:
+        """What a resumed server needs to reattach to, or re-run, this exact job."""
+        return {
+            "facility": self.facility,
+            "round": self.round,
+            "attempt_id": self.attempt_id,
+            "local_steps": self.local_steps,
+            "seed": self.seed,
+            "started_at": self.started_at,
+        }
+
+
+class Jobs:
+    def __init__(
+        self,
+        experiment: Experiment,
+        run_dir: RunDir,
+        facilities: dict[str, Facility],
+        events: EventLog,
+        progress: ProgressView,
+        clock: Clock,
+        base_fingerprint: str | None,
+    ):
+        self.experiment = experiment
+        self.run_dir = run_dir
+        self.facilities = facilities
+        self.events = events
+        self.progress = progress
+        self.clock = clock
+        self.base_fingerprint = base_fingerprint
+
+    # --- launching -------------------------------------------------------------------------------
+
+    def launch(
+        self, round: int, facility_name: str, local_steps: int, staged: Path, seed: int, attempt_id: str,
+        restore_at: float | None = None,
+    ) -> Attempt:
+        """Stage global `round - 1` if the facility lacks it, write the task, submit the job.
+
+        With `restore_at` (a resumed server restoring a job it had launched at that time),
+        the launcher is first asked to reattach to it, and a job whose update is already
+        published is not run again.
+        """
+        facility = self.facilities[facility_name]
+        mover = facility.mover
+        global_rel = f"global/r{round - 1:04d}"
+        started = self.clock.now()
+        if not mover.exists(global_rel):
+            moved = mover.push(staged, global_rel)
+            self.events.record("staged", round, facility_name, bytes=moved, seconds=self.clock.now() - started,
+                               start=started)
+        attempt = Attempt(facility_name, round, attempt_id, local_steps, seed, None, restore_at or self.clock.now())
+        spec = self._job_spec(attempt)
+        if restore_at is not None:
+            reattach = getattr(facility.launcher, "reattach", None)
+            handle = reattach(spec, restore_at) if reattach is not None else None
+            if handle is not None:
+                attempt.handle = handle
+                self.events.record("reattached", round, facility_name, job_id=handle.job_id, attempt=attempt_id)
+                return attempt
+            if mover.exists(f"{attempt.update_rel}/manifest.json"):
+                self.events.record("reattached", round, facility_name, attempt=attempt_id, published=True)
+                return attempt
+        attempt.handle = facility.launcher.submit(spec)
+        self.events.record("submitted", round, facility_name, job_id=attempt.handle.job_id, attempt=attempt_id,
+                           local_steps=local_steps, start=attempt.handle.submitted_at)
+        self.progress.facility_state(facility_name, "submitted", round)
+        return attempt
+
+    def _job_spec(self, attempt: Attempt) -> JobSpec:
+        facility = self.facilities[attempt.facility]
+        mover, config, algorithm = facility.mover, facility.config, self.experiment.algorithm
+        task = WorkerTask(
+            round=attempt.round,
+            facility=attempt.facility,
+            global_dir=Path(mover.facility_path(f"global/r{attempt.round - 1:04d}")),
+            update_dir=Path(mover.facility_path(attempt.update_rel)),
+            progress_file=Path(mover.facility_path(attempt.progress_rel)),
+            data=config.data,
+            model=self.experiment.model,
+            data_config=self.experiment.data,
+            train=TrainSettings(
+                local_steps=attempt.local_steps,
+                lr=algorithm.lr,
+                weight_decay=algorithm.weight_decay,
+                batch_size=algorithm.batch_size,
+                seed=attempt.seed,
+                proximal_mu=algorithm.proximal_mu,
+            ),
+            update_dtype=self.experiment.exchange.update_dtype,
+            shard_bytes=int(self.experiment.exchange.shard_size),
+            device=config.launcher.device,
+        )
+        task_dir = self.run_dir.log_dir(attempt.round) / f"{attempt.facility}-{attempt.attempt_id}-task"
+        shutil.rmtree(task_dir, ignore_errors=True)
+        task.write(task_dir / "task.json")
+        if not mover.exists(f"tasks/{attempt.attempt_id}/task.json"):
+            mover.push(task_dir, f"tasks/{attempt.attempt_id}")
+        return JobSpec(
+            name=f"{attempt.facility}-{attempt.attempt_id}",
+            argv=[sys.executable, "-m", "fedhpc", "worker", "--task",
+                  mover.facility_path(f"tasks/{attempt.attempt_id}/task.json")],
+            log_dir=self.run_dir.log_dir(attempt.round),
+            walltime_s=algorithm.round_timeout,
+        )
+
+    # --- watching --------------------------------------------------------------------------------
+
+    def poll(self, pending: list[Attempt]) -> list[Attempt]:
+        """Look at every pending job once; remove those that ended or timed out; return those that ended DONE."""
+        done = []
+        for attempt in list(pending):
+            if attempt.handle is None:  # published before a resumed server found it
+                pending.remove(attempt)
+                done.append(attempt)
+                continue
+            facility = self.facilities[attempt.facility]
+            status = facility.launcher.poll(attempt.handle)
+            self._show_progress(attempt)
+            if status.state.finished:
+                pending.remove(attempt)
+                self.events.record(
+                    "job_finished",
+                    attempt.round,
+                    attempt.facility,
+                    state=status.state.value,
+                    returncode=status.returncode,
+                    reason=status.reason[-2000:],
+                    seconds=self.clock.now() - attempt.handle.submitted_at,
+                    start=attempt.handle.submitted_at,
+                    attempt=attempt.attempt_id,
+                )
+                if status.state is JobState.DONE:
+                    done.append(attempt)
+                else:
+                    self.progress.facility_state(attempt.facility, status.state.value, attempt.round)
+            elif self.clock.now() > self.timeout_at(attempt):
+                pending.remove(attempt)
+                facility.launcher.cancel(attempt.handle)
+                self.events.record(
+                    "job_finished",
+                    attempt.round,
+                    attempt.facility,
+                    state="timeout",
+                    reason=f"algorithm.round_timeout ({self.experiment.algorithm.round_timeout:g} s) passed",
+                    seconds=self.clock.now() - attempt.handle.submitted_at,
+                    start=attempt.handle.submitted_at,
+                    attempt=attempt.attempt_id,
+                )
+                self.progress.facility_state(attempt.facility, "timeout", attempt.round)
+            elif status.state is JobState.RUNNING and attempt.last_step < 0:
+                self.progress.facility_state(attempt.facility, "running", attempt.round)
+                attempt.last_step = 0
+        return done
+
+    def timeout_at(self, attempt: Attempt) -> float:
+        """When a job is cancelled, whatever its round is doing."""
+        return attempt.started_at + self.experiment.algorithm.round_timeout
+
+    def cancel(self, attempt: Attempt, event: str, reason: str, round: int | None = None) -> None:
+        """Cancel a job the run no longer waits for, recorded as `event` (e.g. `late_dropped`)."""
+        if attempt.handle is not None:
+            self.facilities[attempt.facility].launcher.cancel(attempt.handle)
+        submitted = attempt.handle.submitted_at if attempt.handle is not None else attempt.started_at
+        self.events.record(
+            event,
+            attempt.round if round is None else round,
+            attempt.facility,
+            job_id=attempt.handle.job_id if attempt.handle is not None else None,
+            attempt=attempt.attempt_id,
+            reason=reason,
+            seconds=self.clock.now() - submitted,
+            start=submitted,
+        )
+
+    def _show_progress(self, attempt: Attempt) -> None:
+        raw = self.facilities[attempt.facility].mover.peek(attempt.progress_rel)
+        if raw is None:
+            return
+        try:
+            progress = json.loads(raw)
+        except ValueError:
+            return
+        if progress.get("step", -1) > attempt.last_step:
+            attempt.last_step = progress["step"]
+            self.progress.facility_progress(
+                attempt.facility, progress["step"], progress.get("local_steps", 0), progress.get("loss")
+            )
+
+    # --- collecting ------------------------------------------------------------------------------
+
+    def collect(self, attempt: Attempt, round: int, global_: ExchangeDir, destination: Path) -> Update | None:
+        """Pull and verify one finished job's update, to be applied to `global_` (which becomes `round`).
+
+        A bad update is recorded as `rejected`, not raised. An update trained from an older
+        global than `global_` counts with its `staleness` (rounds or versions behind).
+        """
+        shutil.rmtree(destination, ignore_errors=True)
+        started = self.clock.now()
+        try:
+            moved = self.facilities[attempt.facility].mover.pull(attempt.update_rel, destination)
+            self.events.record("pulled", round, attempt.facility, bytes=moved, seconds=self.clock.now() - started,
+                               start=started, attempt=attempt.attempt_id)
+            update = self.verified(destination, attempt.facility, attempt.round, global_)
+        except (UpdateRejected, TransferError) as e:
+            self.reject(attempt, round, e.reason if isinstance(e, UpdateRejected) else "transfer", str(e))
+            return None
+        metrics = ExchangeDir(destination).manifest.metrics
+        self.events.record(
+            "accepted",
+            round,
+            attempt.facility,
+            num_samples=update.num_samples,
+            local_steps=update.local_steps,
+            loss=metrics.get("loss", []),
+            tokens=metrics.get("tokens"),
+            train_seconds=metrics.get("train_seconds"),
+            load_seconds=metrics.get("load_seconds"),
+            staleness=update.staleness,
+            attempt=attempt.attempt_id,
+            path=str(destination),
+        )
+        self.progress.facility_state(attempt.facility, "accepted", round)
+        return update
+
+    def reject(self, attempt: Attempt, round: int, reason: str, message: str) -> None:
+        self.events.record("rejected", round, attempt.facility, reason=reason, message=message,
+                           attempt=attempt.attempt_id)
+        self.progress.facility_state(attempt.facility, f"rejected ({reason})", round)
+
+    def verified(self, path: Path, facility: str | None, trained_round: int, global_: ExchangeDir) -> Update:
+        """Verify an update trained for `trained_round` against `global_` (the global it will be aggregated into)."""
+        update_dir = ExchangeDir(path)
+        verify_update(
+            update_dir,
+            global_,
+            expected_round=trained_round,
+            fingerprint=self.base_fingerprint,
+            max_norm=self.experiment.algorithm.max_update_norm,
+        )
+        manifest = update_dir.manifest
+        based_on = manifest.based_on_round if manifest.based_on_round is not None else trained_round - 1
+        return Update(
+            facility=facility or manifest.facility or "",
+            source=update_dir,
+            num_samples=manifest.num_samples,
+            local_steps=manifest.local_steps,
+            based_on_round=based_on,
+            staleness=global_.manifest.round - based_on,
+        )

@@ -1,0 +1,165 @@
+"""Synchronous rounds (FedAvg and the server optimisers): every participant trains from the same global.
+
+One round: stage → launch → wait (until every job ended, or the deadline with
+a quorum) → aggregate → commit. Who takes part and when a round may close is
+`SyncPolicy`'s call.
+
+One thing lives only in memory: with `algorithm.late_updates: next_round`, a
+job still running when its round closed is carried into the next round's list
+of jobs. If the server is restarted, a carried-over job is lost (its update
+is never pulled) and its facility is launched again as if it had not been late.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from fedhpc.aggregate import Update
+from fedhpc.config import Experiment
+from fedhpc.errors import FedhpcError, QuorumNotMet, UpdateRejected
+from fedhpc.exchange import ExchangeDir
+from fedhpc.report.progress import ProgressView
+from fedhpc.run.clock import Clock
+from fedhpc.run.events import EventLog
+from fedhpc.run.globals import GlobalStore
+from fedhpc.run.jobs import Attempt, Jobs
+from fedhpc.run.scheduling import SyncPolicy
+
+
+class SyncRounds:
+    def __init__(
+        self, experiment: Experiment, jobs: Jobs, globals_: GlobalStore, events: EventLog, progress: ProgressView,
+        clock: Clock,
+    ):
+        self.experiment = experiment
+        self.jobs = jobs
+        self.globals = globals_
+        self.events = events
+        self.progress = progress
+        self.clock = clock
+        self.policy = SyncPolicy(experiment.algorithm, [f.name for f in experiment.facilities])
+        self.carried: list[Attempt] = []  # late jobs of closed rounds whose updates count in the next (next_round)
+
+    def run_round(self, round: int) -> float | None:
+        """Run `round` to its commit; return the mean training loss of its updates."""
+        round_started = self.clock.now()
+        attempts, self.carried = self.carried, []
+        busy = {attempt.facility for attempt in attempts}  # a facility is not relaunched until it delivers
+        assignments = self.policy.assignments(round)
+        participants = [a.facility for a in assignments]
+        self.events.record("round_started", round, participants=participants, carried=sorted(busy))
+        for name in self.jobs.facilities:
+            if name not in participants and name not in busy:
+                self.progress.facility_state(name, "idle", round)
+        previous = self.globals.get(round - 1)
+        staged = self.globals.staged(round - 1)
+        accepted = self._reusable_updates(round, previous)
+        for assignment in assignments:
+            if assignment.facility in accepted:
+                self.progress.facility_state(assignment.facility, "reused", round)
+                continue
+            if assignment.facility in busy:
+                self.progress.facility_state(assignment.facility, "late", round)
+                continue
+            attempt_id = f"r{round:04d}-{uuid.uuid4().hex[:8]}"
+            try:
+                attempts.append(self.jobs.launch(round, assignment.facility, assignment.local_steps, staged,
+                                                 self.experiment.algorithm.seed + round, attempt_id))
+            except FedhpcError as e:
+                self.events.record("job_finished", round, assignment.facility, state="failed", reason=str(e),
+                                   seconds=0.0)
+                self.progress.facility_state(assignment.facility, "failed", round)
+        self._settle_late(round, self._wait(round, attempts, accepted, previous, round_started))
+        if not self.policy.quorum_met(len(accepted)):
+            raise QuorumNotMet(
+                f"round {round}: {len(accepted)} update(s) accepted, algorithm.min_facilities is "
+                f"{self.experiment.algorithm.min_facilities}; see the ledger and "
+                f"{self.globals.run_dir.log_dir(round)}. Fix the failing facilities and run the same command "
+                "again to resume."
+            )
+        self.globals.commit(round, list(accepted.values()))
+        losses = [loss for u in accepted.values() if (loss := self._mean_loss(round, u.facility)) is not None]
+        mean_loss = sum(losses) / len(losses) if losses else None
+        self.events.record("round_complete", round, seconds=self.clock.now() - round_started, mean_loss=mean_loss,
+                           start=round_started)
+        self.progress.round_done(round, self.clock.now() - round_started, mean_loss)
+        self.globals.prune(round)
+        return mean_loss
+
+    def finish(self) -> None:
+        """The run is over: jobs still carried will never be applied."""
+        for attempt in self.carried:
+            self._drop_late(attempt, "the run ended before its update arrived")
+        self.carried = []
+
+    def _reusable_updates(self, round: int, global_: ExchangeDir) -> dict[str, Update]:
+        """Updates of this round already accepted before a crash still count: no facility redoes work.
+
+        A stale update (a late job of an earlier round, accepted into this one) is reused too.
+        """
+        reusable = {}
+        for event in self.events.ledger.events("accepted", round=round):
+            path = self.globals.run_dir.update_dir(round, event.facility or "")
+            trained_round = round - int(event.detail.get("staleness", 0))
+            try:
+                reusable[event.facility] = self.jobs.verified(path, event.facility, trained_round, global_)
+            except UpdateRejected:
+                continue
+            self.events.record("reused", round, event.facility)
+        return reusable
+
+    def _wait(
+        self, round: int, attempts: list[Attempt], accepted: dict[str, Update], global_: ExchangeDir,
+        round_started: float,
+    ) -> list[Attempt]:
+        """Add the updates of finished jobs to `accepted` until the round may close; return the jobs still running.
+
+        Without a round deadline that is when every job has ended (or been cancelled at its timeout).
+        """
+        pending = list(attempts)
+        while pending:
+            for attempt in self.jobs.poll(pending):
+                destination = self.globals.run_dir.update_dir(round, attempt.facility)
+                update = self.jobs.collect(attempt, round, global_, destination)
+                if update is not None:
+                    accepted[attempt.facility] = update
+            if not pending or self.policy.may_close(round_started, len(accepted), self.clock.now()):
+                break
+            self.clock.sleep_until(self._next_wake(pending, round_started))
+        return pending
+
+    def _next_wake(self, pending: list[Attempt], round_started: float) -> float | None:
+        times = [self.jobs.timeout_at(attempt) for attempt in pending]
+        if self.experiment.algorithm.round_deadline is not None:
+            times.append(round_started + self.experiment.algorithm.round_deadline)
+        future = [t for t in times if t > self.clock.now()]
+        return min(future) if future else None
+
+    def _settle_late(self, round: int, late: list[Attempt]) -> None:
+        """Jobs still running when `round` closed: carry them into the next round, or cancel them."""
+        for attempt in late:
+            if self.policy.late_updates == "next_round" and round < self.experiment.algorithm.rounds:
+                self.carried.append(attempt)
+                self.events.record("late_carried", round, attempt.facility,
+                                   job_id=attempt.handle.job_id if attempt.handle else None,
+                                   trained_round=attempt.round)
+                self.progress.facility_state(attempt.facility, "late", round)
+            elif self.policy.late_updates == "next_round":
+                self._drop_late(attempt, "the run's last round closed without it")
+            else:
+                deadline = self.experiment.algorithm.round_deadline or 0.0
+                self._drop_late(
+                    attempt, f"algorithm.round_deadline ({deadline:g} s) passed and the round closed without it"
+                )
+
+    def _drop_late(self, attempt: Attempt, reason: str) -> None:
+        """Cancel a job whose round closed without it; recorded as `late_dropped` under the job's round."""
+        self.jobs.cancel(attempt, "late_dropped", reason)
+        self.progress.facility_state(attempt.facility, "late, dropped", attempt.round)
+
+    def _mean_loss(self, round: int, facility: str) -> float | None:
+        """The facility's mean training loss over its local steps this round, from the ledger."""
+        for event in reversed(self.events.ledger.events("accepted", round=round)):
+            if event.facility == facility and event.detail.get("loss"):
+                return sum(event.detail["loss"]) / len(event.detail["loss"])
+        return None
