@@ -86,6 +86,42 @@ def run(experiment: ExperimentArg, set_: SetOption = None) -> None:
 
 
 @app.command()
+def simulate(
+    scenario: Annotated[Path, typer.Argument(help="An experiment whose facilities all use launcher kind: simulated.")],
+    heldout: Annotated[Path, typer.Option(help="JSONL examples every global is scored on.")],
+    target_loss: Annotated[float, typer.Option(help="The held-out loss to reach.")],
+    horizon: Annotated[float, typer.Option(help="Virtual seconds each variant runs.")] = 7200.0,
+    compare: Annotated[
+        Optional[list[str]],
+        typer.Option(help="A variant: NAME (an algorithm) or LABEL:key=value,key=value (repeatable). "
+                          "Default: fedavg, fedasync, fedbuff, fedcompass."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Where the variants' run directories and results.json go.")] = Path(
+        "runs/simulate"
+    ),
+) -> None:
+    """Compare algorithms on a simulated heterogeneous scenario: virtual time to a target held-out loss."""
+    import json
+
+    from fedhpc.simulate.compare import Variant, markdown_table
+    from fedhpc.simulate.compare import simulate as run_simulation
+
+    try:
+        variants = [Variant.parse(text) for text in (compare or ["fedavg", "fedasync", "fedbuff", "fedcompass"])]
+        outcomes = run_simulation(scenario, variants, heldout, target_loss, horizon, out, console.print)
+    except ConfigError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from e
+    except FedhpcError as e:
+        raise _fail(e) from e
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"scenario": str(scenario), "target_loss": target_loss, "horizon": horizon,
+               "outcomes": [o.as_dict() for o in outcomes]}
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    Console().print(markdown_table(outcomes, target_loss, horizon), highlight=False, soft_wrap=True)
+
+
+@app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
     """Write the run's self-contained HTML report (report.html in the run directory)."""
     from fedhpc.report.html import write_report

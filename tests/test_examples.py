@@ -1,0 +1,36 @@
+"""Every example experiment loads, and each algorithm has one under examples/algorithms/."""
+
+from __future__ import annotations
+
+import runpy
+
+import pytest
+
+from conftest import ROOT
+from fedhpc.config import load_experiment
+
+ALGORITHMS = ROOT / "examples" / "algorithms"
+
+
+@pytest.mark.parametrize("path", sorted(ALGORITHMS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_algorithm_example_loads_and_names_its_algorithm(path):
+    experiment = load_experiment(path)
+    assert experiment.name == path.stem
+    assert all(f.data.exists() for f in experiment.facilities)
+
+
+def test_every_algorithm_has_an_example():
+    names = {load_experiment(path).algorithm.name for path in ALGORITHMS.glob("*.yaml")}
+    assert names == {"fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedasync", "fedbuff", "fedcompass"}
+    assert any(load_experiment(path).algorithm.proximal_mu > 0 for path in ALGORITHMS.glob("*.yaml"))
+
+
+def test_simulation_scenario_loads_once_its_data_is_generated(tmp_path):
+    scenario = ROOT / "examples" / "simulate" / "scenario.yaml"
+    copy = tmp_path / "scenario.yaml"
+    copy.write_text(scenario.read_text())
+    runpy.run_path(str(scenario.parent / "make_data.py"), run_name="not_main")["main"](tmp_path / "data")
+    experiment = load_experiment(copy)
+    assert {f.launcher.kind for f in experiment.facilities} == {"simulated"}
+    sizes = [sum(1 for _ in f.data.open()) for f in experiment.facilities]
+    assert max(sizes) == 10 * min(sizes)
