@@ -34,3 +34,16 @@ def test_simulation_scenario_loads_once_its_data_is_generated(tmp_path):
     assert {f.launcher.kind for f in experiment.facilities} == {"simulated"}
     sizes = [sum(1 for _ in f.data.open()) for f in experiment.facilities]
     assert max(sizes) == 10 * min(sizes)
+
+
+def test_run_refuses_a_simulated_scenario_and_writes_nothing(tmp_path):
+    from conftest import run_fedhpc
+
+    scenario = ROOT / "examples" / "simulate" / "scenario.yaml"
+    copy = tmp_path / "scenario.yaml"
+    copy.write_text(scenario.read_text())
+    runpy.run_path(str(scenario.parent / "make_data.py"), run_name="not_main")["main"](tmp_path / "data")
+    result = run_fedhpc("run", str(copy), "--set", f"run_dir={tmp_path / 'run'}")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "fedhpc simulate" in result.stderr
+    assert not (tmp_path / "run").exists()

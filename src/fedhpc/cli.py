@@ -81,6 +81,9 @@ def run(experiment: ExperimentArg, set_: SetOption = None) -> None:
                 f"done: {len(summary.rounds_completed) - 1} rounds in {summary.seconds:.1f} s; "
                 f"final global model in {summary.final_global}"
             )
+    except ConfigError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from e
     except FedhpcError as e:
         raise _fail(e) from e
 

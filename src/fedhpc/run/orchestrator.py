@@ -54,11 +54,12 @@ class Orchestrator:
     def run(self, time_limit: float | None = None) -> RunSummary:
         """Run (or resume) to `algorithm.rounds`; with `time_limit` seconds (by the run's clock), stop early."""
         started = self.clock.now()
+        launchers = {f.name: make_launcher(f.launcher, self.clock) for f in self.experiment.facilities}  # before
+        # anything is written: a launcher this server cannot drive is a configuration error, not a broken run
         resumed_from = self._open_run()
         events = EventLog(self._ledger, self._metrics, self.clock)
         facilities = {
-            f.name: Facility(f, make_launcher(f.launcher, self.clock),
-                             make_mover(f.mover, self.run_dir.default_staging(f.name)))
+            f.name: Facility(f, launchers[f.name], make_mover(f.mover, self.run_dir.default_staging(f.name)))
             for f in self.experiment.facilities
         }
         algorithm = self.experiment.algorithm

@@ -86,7 +86,7 @@ def simulate(
                 orchestrator.run(time_limit=horizon)
             finally:
                 orchestrator.close()
-        outcome = _score(variant, experiment, scorer, target_loss, time.perf_counter() - started)
+        outcome = _score(variant, experiment, scorer, target_loss, horizon, time.perf_counter() - started)
         reached = f"{outcome.time_to_target / 60:.1f} min" if outcome.time_to_target is not None else "not reached"
         say(f"  {outcome.versions} globals, {outcome.jobs} jobs, target {reached}, final loss {outcome.final_loss:.3f}")
         outcomes.append(outcome)
@@ -111,11 +111,17 @@ def _variant_experiment(scenario: Path, variant: Variant, out_dir: Path) -> Expe
     return experiment
 
 
-def _score(variant: Variant, experiment: Experiment, scorer: HeldoutScorer, target: float, wall: float) -> Outcome:
+def _score(
+    variant: Variant, experiment: Experiment, scorer: HeldoutScorer, target: float, horizon: float, wall: float
+) -> Outcome:
+    """Score the globals published within the horizon (a synchronous round may finish after it: not counted)."""
     run_dir = experiment.resolved_run_dir()
     db = sqlite3.connect(run_dir / "ledger.sqlite")
     try:
-        rounds = db.execute("SELECT round, completed_at, global_dir, num_updates FROM rounds ORDER BY round").fetchall()
+        rounds = db.execute(
+            "SELECT round, completed_at, global_dir, num_updates FROM rounds WHERE completed_at <= ? ORDER BY round",
+            (horizon,),
+        ).fetchall()
         jobs = db.execute("SELECT COUNT(*) FROM events WHERE event = 'submitted'").fetchone()[0]
         staleness = [
             float(value)
