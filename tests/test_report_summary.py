@@ -20,6 +20,19 @@ def test_job_is_split_into_queue_load_train_from_the_workers_timings() -> None:
     assert run.outcomes["a"][1] == "accepted" and run.losses["a"][1] == [2.0, 1.0]
 
 
+def test_a_stale_update_splits_the_bar_of_the_job_that_trained_it() -> None:
+    # the job ran for round 1, its update was accepted into round 3 (asynchronous, or carried late)
+    run = summarize([
+        {"ts": 130, "event": "job_finished", "round": 1, "facility": "a", "state": "done", "start": 100,
+         "seconds": 30, "attempt": "j00007"},
+        {"ts": 131, "event": "accepted", "round": 3, "facility": "a", "loss": [1.0], "attempt": "j00007",
+         "load_seconds": 5, "train_seconds": 20, "staleness": 2},
+    ])
+    assert [(s.kind, s.start, s.seconds) for s in run.spans] == [
+        ("queue", 100, 5), ("load", 105, 5), ("train", 110, 20)
+    ]
+
+
 def test_missing_start_falls_back_to_submission_or_ts_minus_seconds() -> None:
     run = summarize([
         {"ts": 10, "event": "submitted", "round": 1, "facility": "a", "job_id": "7"},

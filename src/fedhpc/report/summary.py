@@ -108,8 +108,9 @@ def mean(values: list[float | None]) -> float | None:
 def summarize(events: list[dict[str, Any]]) -> RunSummary:
     run = RunSummary()
     submitted: dict[tuple[int | None, str], float] = {}
-    accepted_times: dict[tuple[int | None, str], tuple[float | None, float | None]] = {}
-    jobs: list[Span] = []
+    # keyed by the job's attempt id (a job's update may be accepted in a later round), or (round, facility)
+    accepted_times: dict[object, tuple[float | None, float | None]] = {}
+    jobs: list[tuple[Span, object]] = []
 
     def facility_of(event: dict[str, Any]) -> str:
         name = str(event.get("facility", "?"))
@@ -167,7 +168,7 @@ def summarize(events: list[dict[str, Any]]) -> RunSummary:
             job = span(f, "job", event, note=f"job {state}", failed=failed)
             if job is not None:
                 run.spans.remove(job)  # split into queue/load/train later, once `accepted` is known
-                jobs.append(job)
+                jobs.append((job, event.get("attempt") or (r, f)))
             if failed:
                 reason = str(event.get("reason") or f"returncode {event.get('returncode')}")
                 run.outcomes[f][r] = f"failed: {state}"  # type: ignore[index]
@@ -185,7 +186,8 @@ def summarize(events: list[dict[str, Any]]) -> RunSummary:
                 run.outcomes[f][r] = "accepted"
             run.samples[f] += integer(event.get("num_samples")) or 0
             run.tokens[f] += integer(event.get("tokens")) or 0
-            accepted_times[(r, f)] = (number(event.get("load_seconds")), number(event.get("train_seconds")))
+            key = event.get("attempt") or (r, f)
+            accepted_times[key] = (number(event.get("load_seconds")), number(event.get("train_seconds")))
         elif kind == "rejected":
             f = facility_of(event)
             if r is not None:
@@ -223,8 +225,8 @@ def summarize(events: list[dict[str, Any]]) -> RunSummary:
             if done:
                 run.rounds_completed |= set(range(1, done + 1)) - {0}
 
-    for job in jobs:
-        run.spans.extend(_split_job(job, *accepted_times.get((job.round, job.lane), (None, None))))
+    for job, key in jobs:
+        run.spans.extend(_split_job(job, *accepted_times.get(key, (None, None))))
     run.spans.sort(key=lambda s: s.start)
     return run
 
