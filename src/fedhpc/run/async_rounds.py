@@ -35,7 +35,7 @@ from fedhpc.run.clock import Clock
 from fedhpc.run.compass import CompassPolicy
 from fedhpc.run.events import EventLog
 from fedhpc.run.globals import GlobalStore
-from fedhpc.run.jobs import Attempt, Jobs
+from fedhpc.run.jobs import Attempt, Jobs, attempt_from_record
 
 log = logging.getLogger(__name__)
 STATE_KEY = "async_state"
@@ -266,14 +266,11 @@ class AsyncRounds:
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
-        if state["version"] != self.version:
+        if state["version"] != self.version:  # (the orchestrator has already restored a virtual clock)
             raise FedhpcError(
                 f"the saved asynchronous state is for version {state['version']}, the ledger's last is "
                 f"{self.version}; the run directory was changed by hand. Start a new run_dir."
             )
-        advance = getattr(self.clock, "advance_to", None)
-        if advance is not None:
-            advance(float(state["now"]))
         self.serial = int(state["serial"])
         self.policy.restore(state["policy"])
         self.losses = {name: int(count) for name, count in state.get("losses", {}).items()}
@@ -284,7 +281,7 @@ class AsyncRounds:
         )
         current = self.globals.get(self.version)
         for record in state["buffer"]:
-            attempt = _attempt(record)
+            attempt = attempt_from_record(record)
             try:
                 update = self.jobs.verified(Path(record["path"]), attempt.facility, attempt.round, current)
             except UpdateRejected as e:
@@ -292,20 +289,8 @@ class AsyncRounds:
                 continue
             self.buffer[attempt.attempt_id] = Buffered(attempt, update)
         for record in state["in_flight"]:
-            attempt = _attempt(record)
+            attempt = attempt_from_record(record)
             self._start(attempt, restore_at=attempt.started_at)
-
-
-def _attempt(record: dict[str, Any]) -> Attempt:
-    return Attempt(
-        facility=record["facility"],
-        round=int(record["round"]),
-        attempt_id=record["attempt_id"],
-        local_steps=int(record["local_steps"]),
-        seed=int(record["seed"]),
-        handle=None,
-        started_at=float(record["started_at"]),
-    )
 
 
 def _mean_loss(update: Update) -> float | None:

@@ -12,6 +12,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fedhpc.aggregate import Update
 from fedhpc.config import Experiment, FacilityConfig
@@ -63,6 +64,19 @@ class Attempt:
             "seed": self.seed,
             "started_at": self.started_at,
         }
+
+
+def attempt_from_record(record: dict[str, Any]) -> Attempt:
+    """The `Attempt` an `Attempt.record()` describes, not yet reattached (no handle)."""
+    return Attempt(
+        facility=record["facility"],
+        round=int(record["round"]),
+        attempt_id=record["attempt_id"],
+        local_steps=int(record["local_steps"]),
+        seed=int(record["seed"]),
+        handle=None,
+        started_at=float(record["started_at"]),
+    )
 
 
 class Jobs:

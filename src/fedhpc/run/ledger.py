@@ -86,6 +86,10 @@ class Ledger:
         row = self._db.execute("SELECT MAX(round) FROM rounds").fetchone()
         return row[0]
 
+    def completed_at(self, round: int) -> float | None:
+        row = self._db.execute("SELECT completed_at FROM rounds WHERE round = ?", (round,)).fetchone()
+        return row[0] if row else None
+
     def completed_rounds(self) -> list[int]:
         return [r for (r,) in self._db.execute("SELECT round FROM rounds ORDER BY round")]
 

@@ -24,7 +24,7 @@ from fedhpc.facility.registry import make_launcher, make_mover
 from fedhpc.report.metrics_log import MetricsLog
 from fedhpc.report.progress import ProgressView
 from fedhpc.run.async_rounds import AsyncRounds, make_policy
-from fedhpc.run.clock import Clock, RealClock
+from fedhpc.run.clock import Clock, RealClock, VirtualClock
 from fedhpc.run.events import EventLog
 from fedhpc.run.globals import GlobalStore, run_server_command
 from fedhpc.run.jobs import Facility, Jobs
@@ -57,6 +57,10 @@ class Orchestrator:
         launchers = {f.name: make_launcher(f.launcher, self.clock) for f in self.experiment.facilities}  # before
         # anything is written: a launcher this server cannot drive is a configuration error, not a broken run
         resumed_from = self._open_run()
+        if resumed_from is not None and isinstance(self.clock, VirtualClock):
+            # a simulated run continues from the virtual time of its last complete round
+            self.clock.advance_to(self._ledger.completed_at(resumed_from) or 0.0)
+            started = self.clock.now()
         events = EventLog(self._ledger, self._metrics, self.clock)
         facilities = {
             f.name: Facility(f, launchers[f.name], make_mover(f.mover, self.run_dir.default_staging(f.name)))

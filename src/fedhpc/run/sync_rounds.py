@@ -4,15 +4,16 @@ One round: stage → launch → wait (until every job ended, or the deadline wit
 a quorum) → aggregate → commit. Who takes part and when a round may close is
 `SyncPolicy`'s call.
 
-One thing lives only in memory: with `algorithm.late_updates: next_round`, a
-job still running when its round closed is carried into the next round's list
-of jobs. If the server is restarted, a carried-over job is lost (its update
-is never pulled) and its facility is launched again as if it had not been late.
+With `algorithm.late_updates: next_round`, a job still running when its round
+closed is carried into the next round's list of jobs. The carried jobs are
+committed with the round (ledger meta `sync_carried`), so a restarted server
+picks them up again (reattached, or collected if their update was published
+meanwhile, or else run again) instead of forgetting them.
 """
 
 from __future__ import annotations
 
-import uuid
+import json
 
 from fedhpc.aggregate import Update
 from fedhpc.config import Experiment
@@ -22,8 +23,11 @@ from fedhpc.report.progress import ProgressView
 from fedhpc.run.clock import Clock
 from fedhpc.run.events import EventLog
 from fedhpc.run.globals import GlobalStore
-from fedhpc.run.jobs import Attempt, Jobs
+from fedhpc.run.jobs import Attempt, Jobs, attempt_from_record
 from fedhpc.run.scheduling import SyncPolicy
+
+
+CARRIED_KEY = "sync_carried"
 
 
 class SyncRounds:
@@ -39,6 +43,7 @@ class SyncRounds:
         self.clock = clock
         self.policy = SyncPolicy(experiment.algorithm, [f.name for f in experiment.facilities])
         self.carried: list[Attempt] = []  # late jobs of closed rounds whose updates count in the next (next_round)
+        self._restore_carried()
 
     def run_round(self, round: int) -> float | None:
         """Run `round` to its commit; return the mean training loss of its updates."""
@@ -61,7 +66,7 @@ class SyncRounds:
             if assignment.facility in busy:
                 self.progress.facility_state(assignment.facility, "late", round)
                 continue
-            attempt_id = f"r{round:04d}-{uuid.uuid4().hex[:8]}"
+            attempt_id = self._next_attempt_id(round, assignment.facility)
             try:
                 attempts.append(self.jobs.launch(round, assignment.facility, assignment.local_steps, staged,
                                                  self.experiment.algorithm.seed + round, attempt_id))
@@ -77,7 +82,8 @@ class SyncRounds:
                 f"{self.globals.run_dir.log_dir(round)}. Fix the failing facilities and run the same command "
                 "again to resume."
             )
-        self.globals.commit(round, list(accepted.values()))
+        carried = json.dumps([attempt.record() for attempt in self.carried])
+        self.globals.commit(round, list(accepted.values()), extra_meta={CARRIED_KEY: carried})
         losses = [loss for u in accepted.values() if (loss := self._mean_loss(round, u.facility)) is not None]
         mean_loss = sum(losses) / len(losses) if losses else None
         self.events.record("round_complete", round, seconds=self.clock.now() - round_started, mean_loss=mean_loss,
@@ -85,6 +91,28 @@ class SyncRounds:
         self.progress.round_done(round, self.clock.now() - round_started, mean_loss)
         self.globals.prune(round)
         return mean_loss
+
+    def _next_attempt_id(self, round: int, facility: str) -> str:
+        """`r0003-a0`, then `r0003-a1` if a restarted server launches that facility's round-3 job again.
+
+        Deterministic, so a simulated run replays exactly (job durations are drawn from the job's
+        name), and never reused, so an orphaned job of a killed server cannot overwrite its successor's update.
+        """
+        earlier = [e for e in self.events.ledger.events("submitted", round=round) if e.facility == facility]
+        return f"r{round:04d}-a{len(earlier)}"
+
+    def _restore_carried(self) -> None:
+        """After a restart: pick up the late jobs the last complete round carried."""
+        saved = self.events.ledger.get_meta(CARRIED_KEY)
+        for record in json.loads(saved) if saved else []:
+            attempt = attempt_from_record(record)
+            try:
+                staged = self.globals.staged(attempt.round - 1)
+                self.carried.append(self.jobs.launch(attempt.round, attempt.facility, attempt.local_steps, staged,
+                                                     attempt.seed, attempt.attempt_id, restore_at=attempt.started_at))
+            except FedhpcError as e:
+                self.events.record("job_finished", attempt.round, attempt.facility, state="failed",
+                                   reason=f"could not pick up the late job after a restart: {e}", seconds=0.0)
 
     def finish(self) -> None:
         """The run is over: jobs still carried will never be applied."""
