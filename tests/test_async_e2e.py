@@ -148,23 +148,28 @@ class Killed(BaseException):
     """Stands in for SIGKILL right after a commit (BaseException: no handler in the server catches it)."""
 
 
+def run_killed_after(path: Path, version: int, monkeypatch) -> None:
+    """Run until the ledger has committed `version`, then die there."""
+    original = Ledger.complete_round
+
+    def complete_then_die(self, round, *args, **kwargs):
+        original(self, round, *args, **kwargs)
+        if round == version:
+            raise Killed()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Ledger, "complete_round", complete_then_die)
+        with pytest.raises(Killed):
+            run(path)
+
+
 def test_fedcompass_killed_after_version_k_resumes_to_the_same_final_global(tmp_path: Path, monkeypatch) -> None:
     algorithm = {"name": "fedcompass", "rounds": 9, "compass": {"min_steps": 1, "max_steps": 6}}
     speeds = {"fast": 1.0, "medium": 2.5, "slow": 4.0}
     straight = run(scenario(tmp_path / "straight", algorithm, speeds, {"slow": {"uniform": [0, 20]}}))
 
     path = scenario(tmp_path / "killed", algorithm, speeds, {"slow": {"uniform": [0, 20]}})
-    original = Ledger.complete_round
-
-    def complete_then_die(self, round, *args, **kwargs):
-        original(self, round, *args, **kwargs)
-        if round == 4:
-            raise Killed()
-
-    monkeypatch.setattr(Ledger, "complete_round", complete_then_die)
-    with pytest.raises(Killed):
-        run(path)
-    monkeypatch.setattr(Ledger, "complete_round", original)
+    run_killed_after(path, 4, monkeypatch)
     resumed = run(path)
 
     ledger = Ledger(resumed / "ledger.sqlite")

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from fedhpc.run.ledger import Ledger
-from test_async_e2e import Killed, run, scenario, tensors
+from test_async_e2e import run, run_killed_after, scenario, tensors
 
 
 def test_a_carried_late_job_is_picked_up_after_a_restart_and_counts_next_round(tmp_path: Path, monkeypatch) -> None:
@@ -17,17 +16,7 @@ def test_a_carried_late_job_is_picked_up_after_a_restart_and_counts_next_round(t
     straight = run(scenario(tmp_path / "straight", algorithm, speeds))
 
     path = scenario(tmp_path / "killed", algorithm, speeds)
-    original = Ledger.complete_round
-
-    def complete_then_die(self, round, *args, **kwargs):
-        original(self, round, *args, **kwargs)
-        if round == 1:
-            raise Killed()
-
-    monkeypatch.setattr(Ledger, "complete_round", complete_then_die)
-    with pytest.raises(Killed):
-        run(path)
-    monkeypatch.setattr(Ledger, "complete_round", original)
+    run_killed_after(path, 1, monkeypatch)
     resumed = run(path)
 
     ledger = Ledger(resumed / "ledger.sqlite")

@@ -60,15 +60,14 @@ class AsyncPolicy(Protocol):
     def restore(self, state: dict[str, Any]) -> None: ...
 
 
-class FedAsyncPolicy:
+class _RelaunchAtOnce:
+    """What FedAsync and FedBuff share: every facility always trains `local_steps`, relaunched at once."""
+
     def __init__(self, local_steps: int):
         self.local_steps = local_steps
 
     def start(self, facilities: list[str], now: float) -> list[Dispatch]:
         return [Dispatch(name, self.local_steps) for name in facilities]
-
-    def arrived(self, key: str, facility: str, now: float) -> Decision:
-        return Decision(aggregate=[key], launch=[Dispatch(facility, self.local_steps)])
 
     def lost(self, facility: str, now: float, relaunch: bool) -> Decision:
         return Decision(launch=[Dispatch(facility, self.local_steps)] if relaunch else [])
@@ -78,6 +77,11 @@ class FedAsyncPolicy:
 
     def next_wake(self) -> float | None:
         return None
+
+
+class FedAsyncPolicy(_RelaunchAtOnce):
+    def arrived(self, key: str, facility: str, now: float) -> Decision:
+        return Decision(aggregate=[key], launch=[Dispatch(facility, self.local_steps)])
 
     def state(self) -> dict[str, Any]:
         return {}
@@ -86,14 +90,11 @@ class FedAsyncPolicy:
         return None
 
 
-class FedBuffPolicy:
+class FedBuffPolicy(_RelaunchAtOnce):
     def __init__(self, local_steps: int, buffer_size: int):
-        self.local_steps = local_steps
+        super().__init__(local_steps)
         self.buffer_size = buffer_size
         self.buffer: list[str] = []
-
-    def start(self, facilities: list[str], now: float) -> list[Dispatch]:
-        return [Dispatch(name, self.local_steps) for name in facilities]
 
     def arrived(self, key: str, facility: str, now: float) -> Decision:
         self.buffer.append(key)
@@ -101,15 +102,6 @@ class FedBuffPolicy:
         if len(self.buffer) >= self.buffer_size:
             decision.aggregate, self.buffer = self.buffer, []
         return decision
-
-    def lost(self, facility: str, now: float, relaunch: bool) -> Decision:
-        return Decision(launch=[Dispatch(facility, self.local_steps)] if relaunch else [])
-
-    def tick(self, now: float) -> list[Decision]:
-        return []
-
-    def next_wake(self) -> float | None:
-        return None
 
     def state(self) -> dict[str, Any]:
         return {"buffer": list(self.buffer)}
