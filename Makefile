@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.fedhpc-installed
 
-.PHONY: setup test test-all demo bench clean
+.PHONY: setup test test-all demo simulate bench clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,11 @@ test-all: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python examples/chem/run_demo.py
+
+simulate: $(STAMP)
+	$(BIN)/python examples/simulate/make_data.py
+	$(BIN)/python -m fedhpc simulate examples/simulate/scenario.yaml \
+		--heldout examples/simulate/data/heldout.jsonl --target-loss 2.9 --horizon 7200 --out runs/simulate
 
 bench: $(STAMP)
 	$(BIN)/python bench/aggregate.py --updates 4 --params 50e6 --dtype bfloat16
