@@ -40,3 +40,12 @@ def kill_processes_mentioning(text: str) -> None:
 @pytest.fixture
 def quickstart() -> Path:
     return QUICKSTART
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A directory holding two facility datasets, like a user's project; the experiment files go in it."""
+    (tmp_path / "data").mkdir()
+    for name in ("alpha", "beta"):
+        (tmp_path / "data" / f"{name}.jsonl").write_text('{"input": "H2O", "output": "water"}\n')
+    return tmp_path

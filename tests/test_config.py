@@ -23,13 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "examples" / "quickstart" / "experiment.yaml"
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A directory holding two facility datasets, like a user's project; the experiment files go in it."""
-    (tmp_path / "data").mkdir()
-    for name in ("alpha", "beta"):
-        (tmp_path / "data" / f"{name}.jsonl").write_text('{"input": "H2O", "output": "water"}\n')
-    return tmp_path
 
 
 def good_config(project: Path) -> dict[str, Any]:

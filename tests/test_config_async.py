@@ -24,14 +24,6 @@ from fedhpc.config import (
 from fedhpc.errors import ConfigError
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    (tmp_path / "data").mkdir()
-    for name in ("alpha", "beta"):
-        (tmp_path / "data" / f"{name}.jsonl").write_text('{"input": "H2O", "output": "water"}\n')
-    return tmp_path
-
-
 def write(project: Path, algorithm: dict[str, Any]) -> Path:
     raw = {
         "name": "probe",
