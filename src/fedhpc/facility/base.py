@@ -39,6 +39,8 @@ class JobSpec:
 
     `argv` is one rank's program (e.g. ``[python, -m, fedhpc, worker, --task, T]``);
     the launcher decides how ranks are started around it (torchrun, mpiexec, srun).
+    `task` is the facility-side path of the task.json that `argv` runs, so a
+    launcher that keeps a worker alive across rounds can hand it the task instead.
     """
 
     name: str
@@ -46,6 +48,7 @@ class JobSpec:
     log_dir: Path
     env: dict[str, str] = field(default_factory=dict)
     walltime_s: float | None = None
+    task: str | None = None
 
 
 @dataclass

@@ -165,12 +165,13 @@ class Jobs:
         task.write(task_dir / "task.json")
         if not mover.exists(f"tasks/{attempt.attempt_id}/task.json"):
             mover.push(task_dir, f"tasks/{attempt.attempt_id}")
+        task_path = mover.facility_path(f"tasks/{attempt.attempt_id}/task.json")
         return JobSpec(
             name=f"{attempt.facility}-{attempt.attempt_id}",
-            argv=[sys.executable, "-m", "fedhpc", "worker", "--task",
-                  mover.facility_path(f"tasks/{attempt.attempt_id}/task.json")],
+            argv=[sys.executable, "-m", "fedhpc", "worker", "--task", task_path],
             log_dir=self.run_dir.log_dir(attempt.round),
             walltime_s=algorithm.round_timeout,
+            task=task_path,
         )
 
     # --- watching --------------------------------------------------------------------------------
