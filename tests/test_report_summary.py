@@ -33,6 +33,19 @@ def test_a_stale_update_splits_the_bar_of_the_job_that_trained_it() -> None:
     ]
 
 
+def test_a_measured_queue_wait_splits_queue_from_start_up() -> None:
+    run = summarize([
+        {"ts": 103, "event": "job_running", "round": 1, "facility": "a", "attempt": "r0001-a0", "queue_seconds": 3},
+        {"ts": 130, "event": "job_finished", "round": 1, "facility": "a", "state": "done", "start": 100,
+         "seconds": 30, "attempt": "r0001-a0"},
+        {"ts": 131, "event": "accepted", "round": 1, "facility": "a", "loss": [1.0], "attempt": "r0001-a0",
+         "load_seconds": 5, "train_seconds": 20},
+    ])
+    assert [(s.kind, s.start, s.seconds) for s in run.spans] == [
+        ("wait", 100, 3), ("startup", 103, 2), ("load", 105, 5), ("train", 110, 20)
+    ]
+
+
 def test_missing_start_falls_back_to_submission_or_ts_minus_seconds() -> None:
     run = summarize([
         {"ts": 10, "event": "submitted", "round": 1, "facility": "a", "job_id": "7"},

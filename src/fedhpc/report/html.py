@@ -24,6 +24,8 @@ from fedhpc.report.summary import RunSummary, mean, summarize
 PHASES = {  # timeline kind -> (legend label, colour)
     "stage": ("stage global", "#56B4E9"),
     "queue": ("queue / start-up", "#d1d5db"),
+    "wait": ("queue wait", "#9ca3af"),
+    "startup": ("start-up", "#e5e7eb"),
     "load": ("load model + data", "#CC79A7"),
     "train": ("train", "#009E73"),
     "job": ("job (queue + run)", "#0072B2"),
@@ -293,8 +295,10 @@ def _timeline(run: RunSummary) -> str:
     return (
         legend
         + _figure(svg, "Time since the first event. Dashed rules mark the end of each round. Hover a bar for details.")
-        + '<p class="note">Queue / start-up is the job time the worker did not spend loading or training: '
-        "scheduler queue wait plus process start.</p>"
+        + '<p class="note">Queue wait runs from submission until the server first saw the job running; '
+        "start-up is the rest of the time the worker did not spend loading or training (process and rank "
+        "launch). Where the wait was not seen (a job that ended between two looks) both are one queue / "
+        "start-up bar.</p>"
     )
 
 

@@ -23,7 +23,7 @@ class Span:
     """Something that took time: `lane` is a facility or ``"server"``."""
 
     lane: str
-    kind: str  # stage | queue | load | train | job | pull | aggregate | eval
+    kind: str  # stage | queue | wait | startup | load | train | job | pull | aggregate | eval
     start: float
     seconds: float
     round: int | None
@@ -110,6 +110,7 @@ def summarize(events: list[dict[str, Any]]) -> RunSummary:
     submitted: dict[tuple[int | None, str], float] = {}
     # keyed by the job's attempt id (a job's update may be accepted in a later round), or (round, facility)
     accepted_times: dict[object, tuple[float | None, float | None]] = {}
+    queue_waits: dict[object, float] = {}  # by attempt: seconds from submission until the job was seen running
     jobs: list[tuple[Span, object]] = []
 
     def facility_of(event: dict[str, Any]) -> str:
@@ -173,6 +174,10 @@ def summarize(events: list[dict[str, Any]]) -> RunSummary:
                 reason = str(event.get("reason") or f"returncode {event.get('returncode')}")
                 run.outcomes[f][r] = f"failed: {state}"  # type: ignore[index]
                 run.problems.append(Problem(r, f, f"job {state}", reason, str(event.get("reason") or "")))
+        elif kind == "job_running":
+            wait = number(event.get("queue_seconds"))
+            if wait is not None:
+                queue_waits[event.get("attempt") or (r, facility_of(event))] = wait
         elif kind == "pulled":
             f = facility_of(event)
             if r is not None:
@@ -226,25 +231,35 @@ def summarize(events: list[dict[str, Any]]) -> RunSummary:
                 run.rounds_completed |= set(range(1, done + 1)) - {0}
 
     for job, key in jobs:
-        run.spans.extend(_split_job(job, *accepted_times.get(key, (None, None))))
+        run.spans.extend(_split_job(job, *accepted_times.get(key, (None, None)), queue_waits.get(key)))
     run.spans.sort(key=lambda s: s.start)
     return run
 
 
-def _split_job(job: Span, load: float | None, train: float | None) -> list[Span]:
-    """A finished job as queue → load → train, from the worker's own timings.
+def _split_job(job: Span, load: float | None, train: float | None, queue_wait: float | None = None) -> list[Span]:
+    """A finished job as queue → start-up → load → train, from the worker's own timings.
 
-    The queue part is what the worker did not account for: scheduler queue wait
-    plus process start-up. A failed job, or one without timings, stays one span.
+    The queue wait is measured by the server (submission until it first saw the job
+    running); start-up is what neither side accounted for: process and rank launch.
+    Without a measured wait both are one "queue / start-up" span. A failed job, or one
+    without timings, stays one span.
     """
     if job.failed or load is None or train is None:
         return [job]
     train = min(train, job.seconds)
     load = min(load, job.seconds - train)
-    queue = job.seconds - load - train
+    unaccounted = job.seconds - load - train
+    if queue_wait is None:
+        before = [Span(job.lane, "queue", job.start, unaccounted, job.round)]
+    else:
+        queue = min(max(queue_wait, 0.0), unaccounted)
+        before = [
+            Span(job.lane, "wait", job.start, queue, job.round),
+            Span(job.lane, "startup", job.start + queue, unaccounted - queue, job.round),
+        ]
     parts = [
-        Span(job.lane, "queue", job.start, queue, job.round),
-        Span(job.lane, "load", job.start + queue, load, job.round),
-        Span(job.lane, "train", job.start + queue + load, train, job.round),
+        *before,
+        Span(job.lane, "load", job.start + unaccounted, load, job.round),
+        Span(job.lane, "train", job.start + unaccounted + load, train, job.round),
     ]
     return [p for p in parts if p.seconds > 0] or [job]

@@ -45,6 +45,7 @@ class Attempt:
     handle: JobHandle | None  # None: the job's update was already published when a resumed server found it
     started_at: float
     last_step: int = field(default=-1)
+    seen_running: bool = field(default=False)
 
     @property
     def update_rel(self) -> str:
@@ -218,9 +219,13 @@ class Jobs:
                     attempt=attempt.attempt_id,
                 )
                 self.progress.facility_state(attempt.facility, "timeout", attempt.round)
-            elif status.state is JobState.RUNNING and attempt.last_step < 0:
+            elif status.state is JobState.RUNNING and not attempt.seen_running:
+                # the first look at a running job: what it waited in the scheduler's queue, to the poll interval
+                self.events.record("job_running", attempt.round, attempt.facility, attempt=attempt.attempt_id,
+                                   job_id=attempt.handle.job_id,
+                                   queue_seconds=self.clock.now() - attempt.handle.submitted_at)
                 self.progress.facility_state(attempt.facility, "running", attempt.round)
-                attempt.last_step = 0
+                attempt.seen_running = True
         return done
 
     def timeout_at(self, attempt: Attempt) -> float:
