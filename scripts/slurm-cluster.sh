@@ -7,6 +7,7 @@
 #   scripts/slurm-cluster.sh stop DIR    cancel the cluster's jobs, stop the daemons it started
 #                                        (found by their pid files under DIR) and wait for them
 #   scripts/slurm-cluster.sh status DIR  show the daemons and `sinfo`
+#   scripts/slurm-cluster.sh install     only install the packages if missing (what .ci/run does)
 #
 # Everything (config, munge key/socket, state, spool, logs, pid files) lives under DIR, so the
 # cluster never touches /etc/slurm or a munged that is already running, and several clusters can
@@ -29,7 +30,7 @@ unavailable() { echo "slurm-cluster: unavailable: $*" >&2; exit 3; }
 log() { echo "slurm-cluster: $*" >&2; }
 
 usage() {
-    echo "usage: $0 {start|stop|status} DIR" >&2
+    echo "usage: $0 {start|stop|status} DIR | $0 install" >&2
     exit 1
 }
 
@@ -258,6 +259,17 @@ cluster_stepds() {
     return 0
 }
 
+# Daemons started for DIR, found by their command line: a daemon that died in start-up's
+# race before writing its pid file (or whose pid file is gone) is still stopped.
+cluster_daemons() {
+    local p
+    for p in /proc/[0-9]*; do
+        case $(cat "$p/comm" 2>/dev/null) in slurmctld | slurmd | munged) ;; *) continue ;; esac
+        tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -qF "$DIR/" && echo "${p#/proc/}"
+    done
+    return 0
+}
+
 stop_cluster() {
     export SLURM_CONF=$DIR/slurm.conf
     local d pid pids=() i
@@ -280,6 +292,11 @@ stop_cluster() {
             kill -TERM "$pid" 2>/dev/null || true
             pids+=("$pid")
         fi
+    done
+    for pid in $(cluster_daemons); do
+        [[ " ${pids[*]} " == *" $pid "* ]] && continue
+        kill -TERM "$pid" 2>/dev/null || true
+        pids+=("$pid")
     done
     for pid in $(cluster_stepds); do
         kill -TERM "$pid" 2>/dev/null || true
@@ -316,6 +333,10 @@ status_cluster() {
     return "$rc"
 }
 
+if [[ $# -eq 1 && $1 == install ]]; then
+    install_packages
+    exit 0
+fi
 [[ $# -eq 2 ]] || usage
 CMD=$1
 mkdir -p "$2"

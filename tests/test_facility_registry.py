@@ -12,7 +12,7 @@ from fedhpc.facility.registry import LAUNCHERS, MOVERS, make_launcher, make_move
 
 
 def test_tables_name_every_kind_the_config_accepts():
-    assert set(LAUNCHERS) == {"local", "simulated"}
+    assert set(LAUNCHERS) == {"local", "parsl", "simulated"}
     assert MOVERS == {"filesystem": FilesystemMover}
 
 
@@ -28,7 +28,7 @@ def test_make_builds_each_backend_from_its_own_sub_config(tmp_path):
 
 
 def test_an_unknown_kind_is_a_config_error():
-    with pytest.raises(ConfigError, match="unknown launcher kind 'slurm'; known kinds: local, simulated"):
+    with pytest.raises(ConfigError, match="unknown launcher kind 'slurm'; known kinds: local, parsl, simulated"):
         make_launcher(LocalLauncherConfig.model_construct(kind="slurm"))
     with pytest.raises(ConfigError, match="unknown mover kind 's3'; known kinds: filesystem"):
         make_mover(FilesystemMoverConfig.model_construct(kind="s3"), "/tmp/x")

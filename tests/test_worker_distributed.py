@@ -22,6 +22,16 @@ from fedhpc.worker.distributed import RankEnv, init_process_group, rank_env, res
         ({"PMI_RANK": "1", "PMI_SIZE": "2", "MPI_LOCALRANKID": "1"}, RankEnv(1, 2, 1)),
         ({"RANK": "1", "WORLD_SIZE": "2", "PMI_RANK": "0", "PMI_SIZE": "9"}, RankEnv(1, 2, 0)),  # torchrun wins
         ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, RankEnv(0, 1, 0)),  # a batch script is not a job step
+        (  # an srun step: the step's task count, not the job's
+            {"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2", "SLURM_LOCALID": "1", "SLURM_STEP_ID": "0",
+             "SLURM_NTASKS": "4"},
+            RankEnv(1, 2, 1),
+        ),
+        (  # Hydra under Slurm starts its proxies with srun: MPI's own variables win
+            {"PMI_RANK": "3", "PMI_SIZE": "4", "MPI_LOCALRANKID": "1", "SLURM_PROCID": "0", "SLURM_STEP_ID": "0",
+             "SLURM_STEP_NUM_TASKS": "2", "SLURM_LOCALID": "0"},
+            RankEnv(3, 4, 1),
+        ),
     ],
 )
 def test_rank_env_reads_each_launcher_family(environ: dict[str, str], expected: RankEnv) -> None:

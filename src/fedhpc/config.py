@@ -322,6 +322,9 @@ class LocalLauncherConfig(Frozen):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads_per_rank: PositiveInt | None = None
     env: dict[str, str] = Field(default_factory=dict)
+    walltime: PositiveFloat | None = Field(
+        None, description="stop a job after this many seconds, like a batch system's walltime; default: no limit"
+    )
 
 
 Seconds = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
@@ -411,9 +414,161 @@ class SimulatedLauncherConfig(Frozen):
     nprocs: Literal[1] = Field(1, description="one rank: the in-process worker")
 
 
-LAUNCHER_CONFIGS: dict[str, type[LocalLauncherConfig | SimulatedLauncherConfig]] = {
+ParslProvider = Literal["local", "slurm", "pbspro", "lsf"]
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_WALLTIME = re.compile(r"^(\d+):([0-5]\d):([0-5]\d)$")
+
+
+class MpiConfig(Frozen):
+    """How a `parsl` job starts its ranks in the allocation: the line `facility/launchers/ranks.py` writes.
+
+    ``launcher``: ``mpiexec`` (with ``flavour`` mpich: Hydra ``-n T -ppn R``; pals: Cray PALS on HPE PBS
+    systems such as Polaris and Aurora, ``-n T --ppn R``; openmpi: ``-n T --map-by ppr:R:node -x VAR``),
+    ``srun`` (Slurm job step), ``aprun`` (Cray ALPS), ``torchrun`` (one ``torch.distributed.run`` per node;
+    across nodes started by srun under Slurm, by mpiexec elsewhere) or ``none`` (the worker as is, one process).
+    """
+
+    launcher: Literal["mpiexec", "srun", "aprun", "torchrun", "none"] = "none"
+    flavour: Literal["mpich", "pals", "openmpi"] | None = Field(
+        None, description="mpiexec's command-line dialect; default mpich"
+    )
+    extra_args: list[str] = Field(
+        default_factory=list, description="added to the launcher's line before the program, e.g. [--cpu-bind, depth]"
+    )
+
+
+class ParslLauncherConfig(Frozen):
+    """One batch job per round through a Parsl execution provider (Slurm, PBS Pro, LSF, or this machine).
+
+    Scheduler keys apply to some providers only; a key the chosen provider has no use for is an error
+    (`PARSL_PROVIDER_KEYS`). See facility/launchers/parsl.py for the job script.
+    """
+
+    kind: Literal["parsl"] = "parsl"
+    provider: ParslProvider = Field(description="local, slurm, pbspro or lsf")
+    partition: str | None = Field(None, description="slurm: --partition")
+    account: str | None = Field(None, description="slurm: --account; pbspro: qsub -A")
+    qos: str | None = Field(None, description="slurm: --qos")
+    constraint: str | None = Field(None, description="slurm: --constraint")
+    queue: str | None = Field(None, description="pbspro: qsub -q; lsf: #BSUB -q")
+    project: str | None = Field(None, description="lsf: #BSUB -P")
+    walltime: str | None = Field(
+        None, description="HH:MM:SS (or seconds); default: algorithm.round_timeout, rounded up to a minute"
+    )
+    nodes: PositiveInt = 1
+    ranks_per_node: PositiveInt = 1
+    gpus_per_rank: int = Field(0, ge=0, description="slurm: --gpus-per-node; pbspro: ngpus in the select")
+    cores_per_node: PositiveInt | None = Field(None, description="slurm: --cpus-per-task; pbspro: ncpus")
+    mem_per_node: PositiveInt | None = Field(None, description="slurm: --mem, in GB")
+    exclusive: bool | None = Field(None, description="slurm: --exclusive (Parsl's default: true)")
+    scheduler_options: list[str] = Field(
+        default_factory=list, description="extra directive lines (#SBATCH ..., #PBS ..., #BSUB ...)"
+    )
+    worker_init: str = Field(
+        "", description="shell lines run first in the job (module load ...; source venv/bin/activate)"
+    )
+    env: dict[str, str] = Field(default_factory=dict)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mpi: MpiConfig = MpiConfig()
+    master_addr: str | None = Field(None, description="rank 0's address; default: the first node's hostname")
+    status_interval: PositiveFloat = Field(5.0, description="seconds between scheduler status queries")
+    script_dir: RelPath | None = Field(None, description="job scripts and logs; default: <job log dir>/parsl")
+
+    @property
+    def nprocs(self) -> int:
+        """Ranks per job."""
+        return self.nodes * self.ranks_per_node
+
+    @field_validator("walltime", mode="before")
+    @classmethod
+    def _walltime_format(cls, value: Any) -> Any:
+        """``HH:MM:SS``, or seconds as for the local launcher (rounded up to whole minutes)."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+            minutes = math.ceil(value / 60)
+            return f"{minutes // 60:02d}:{minutes % 60:02d}:00"
+        match = _WALLTIME.match(value) if isinstance(value, str) else None
+        if value is not None and (match is None or int(match[1]) * 60 + int(match[2]) < 1):
+            raise ValueError(
+                f"must be HH:MM:SS of at least 00:01:00 (schedulers count minutes), or seconds; got {value!r}"
+            )
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [name for name in value if not _ENV_NAME.match(name)]
+        if bad:
+            raise ValueError(f"{', '.join(map(repr, bad))} cannot be an environment variable name (letters, digits, _)")
+        return value
+
+    @field_validator("scheduler_options")
+    @classmethod
+    def _directives(cls, value: list[str]) -> list[str]:
+        bad = [line for line in value if not line.startswith("#") or "\n" in line]
+        if bad:
+            raise ValueError(f"each entry is one directive line such as '#SBATCH --gres=gpu:4'; got {bad[0]!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _fits_the_provider(self) -> ParslLauncherConfig:
+        """Report every mismatch at its own key (``launcher.qos``, ``launcher.mpi.launcher``), not at ``launcher``."""
+        errors: list[tuple[tuple[str, ...], str, Any]] = []
+        for key, providers in PARSL_PROVIDER_KEYS.items():
+            value = getattr(self, key)
+            if value != type(self).model_fields[key].get_default(call_default_factory=True) and (
+                self.provider not in providers
+            ):
+                errors.append(((key,), f"the {self.provider} provider has no use for it (it applies to provider "
+                               f"{_one_of(providers)}); remove it", value))
+        mpi, ranks = self.mpi, self.nprocs
+        if self.provider == "local" and self.nodes > 1:
+            errors.append((("nodes",), "the local provider runs the job on this machine: one node", self.nodes))
+        if mpi.launcher == "none" and ranks != 1:
+            errors.append((("mpi", "launcher"), f"none starts one process, but nodes × ranks_per_node is {ranks}; "
+                           "choose mpiexec, srun, aprun or torchrun", mpi.launcher))
+        if mpi.launcher == "srun" and self.provider != "slurm":
+            errors.append((("mpi", "launcher"), f"srun needs a Slurm allocation, not provider {self.provider}",
+                           mpi.launcher))
+        if mpi.launcher == "aprun" and self.provider == "local":
+            errors.append((("mpi", "launcher"), "aprun needs a Cray ALPS allocation, not provider local", mpi.launcher))
+        if mpi.flavour is not None and mpi.launcher not in ("mpiexec", "torchrun"):
+            errors.append((("mpi", "flavour"), f"only applies to mpi.launcher mpiexec (or torchrun, which starts "
+                           f"one per node with mpiexec outside Slurm), not {mpi.launcher}", mpi.flavour))
+        if mpi.extra_args and mpi.launcher == "none":
+            errors.append((("mpi", "extra_args"), "mpi.launcher none has no launcher to pass them to", mpi.extra_args))
+        if self.gpus_per_rank and self.device == "cpu":
+            errors.append((("gpus_per_rank",), "requests GPUs but device is cpu; set device to cuda or auto, "
+                           "or remove gpus_per_rank", self.gpus_per_rank))
+        if errors:
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [{"type": "value_error", "loc": loc, "input": value, "ctx": {"error": ValueError(message)}}
+                 for loc, message, value in errors],
+            )
+        return self
+
+
+PARSL_PROVIDER_KEYS: dict[str, tuple[str, ...]] = {
+    "partition": ("slurm",),
+    "account": ("slurm", "pbspro"),
+    "qos": ("slurm",),
+    "constraint": ("slurm",),
+    "queue": ("pbspro", "lsf"),
+    "project": ("lsf",),
+    "walltime": ("slurm", "pbspro", "lsf"),
+    "cores_per_node": ("slurm", "pbspro"),
+    "mem_per_node": ("slurm",),
+    "exclusive": ("slurm",),
+    "gpus_per_rank": ("slurm", "pbspro"),
+    "scheduler_options": ("slurm", "pbspro", "lsf"),
+}
+"""Which providers each scheduler key of `ParslLauncherConfig` applies to (the rest are for every provider)."""
+
+
+LAUNCHER_CONFIGS: dict[str, type[LocalLauncherConfig | SimulatedLauncherConfig | ParslLauncherConfig]] = {
     "local": LocalLauncherConfig,
     "simulated": SimulatedLauncherConfig,
+    "parsl": ParslLauncherConfig,
 }
 
 
@@ -425,13 +580,56 @@ class FilesystemMoverConfig(Frozen):
     hardlink: bool = Field(True, description="hard-link instead of copying when on the same filesystem")
 
 
+class PersistentConfig(Frozen):
+    """A persistent worker (`mode: persistent`): one job holds the allocation and trains round after round."""
+
+    heartbeat_interval: PositiveFloat = Field(5.0, description="seconds between the worker's heartbeat.json writes")
+    heartbeat_timeout: PositiveFloat = Field(
+        60.0, description="seconds without a changed heartbeat after which the server replaces the worker"
+    )
+    idle_timeout: PositiveFloat = Field(
+        600.0, description="seconds the worker waits with no work before it exits, so an orphan frees its allocation"
+    )
+    max_restarts: int = Field(
+        2, ge=0, description="worker replacements a task may live through before it is reported failed"
+    )
+
+    @field_validator("heartbeat_timeout")
+    @classmethod
+    def _timeout_exceeds_interval(cls, value: float, info: ValidationInfo) -> float:
+        interval = info.data.get("heartbeat_interval")
+        if interval is not None and value <= interval:
+            raise ValueError(
+                f"heartbeat_timeout ({value:g} s) must exceed heartbeat_interval ({interval:g} s), or every "
+                "heartbeat would look late; raise heartbeat_timeout (a few intervals) or lower heartbeat_interval"
+            )
+        return value
+
+
 class FacilityConfig(Frozen):
     name: str = Field(pattern=NAME_PATTERN)
     data: ExistingPath
-    launcher: Annotated[LocalLauncherConfig | SimulatedLauncherConfig, Field(discriminator="kind")] = (
+    launcher: Annotated[
+        LocalLauncherConfig | SimulatedLauncherConfig | ParslLauncherConfig, Field(discriminator="kind")
+    ] = (
         LocalLauncherConfig()
     )
     mover: FilesystemMoverConfig = FilesystemMoverConfig()
+    mode: Literal["per-round", "persistent"] = Field(
+        "per-round", description="a job per round, or one persistent worker that trains round after round"
+    )
+    persistent: PersistentConfig = PersistentConfig()
+
+    @field_validator("mode")
+    @classmethod
+    def _mode_fits_launcher(cls, value: str, info: ValidationInfo) -> str:
+        launcher = info.data.get("launcher")
+        if value == "persistent" and isinstance(launcher, SimulatedLauncherConfig):
+            raise ValueError(
+                "'persistent' needs real jobs, but launcher kind 'simulated' runs each task in the server's "
+                "process; use mode: per-round with the simulated launcher"
+            )
+        return value
 
     @field_validator("launcher", mode="wrap")
     @classmethod

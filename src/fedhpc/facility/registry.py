@@ -11,16 +11,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fedhpc.config import FilesystemMoverConfig, LocalLauncherConfig, SimulatedLauncherConfig
+from fedhpc.config import FilesystemMoverConfig, LocalLauncherConfig, ParslLauncherConfig, SimulatedLauncherConfig
 from fedhpc.errors import ConfigError
 from fedhpc.facility.base import Launcher, Mover
 from fedhpc.facility.launchers.local import LocalLauncher
+from fedhpc.facility.launchers.parsl import ParslLauncher
 from fedhpc.facility.launchers.simulated import SimulatedLauncher
 from fedhpc.facility.movers.filesystem import FilesystemMover
 from fedhpc.run.clock import Clock, VirtualClock
 
 # One member per launcher kind in config.py (FacilityConfig.launcher).
-LauncherConfig = LocalLauncherConfig | SimulatedLauncherConfig
+LauncherConfig = LocalLauncherConfig | SimulatedLauncherConfig | ParslLauncherConfig
 MoverConfig = FilesystemMoverConfig
 T = TypeVar("T")
 
@@ -38,9 +39,15 @@ def _simulated(config: SimulatedLauncherConfig, clock: Clock | None) -> Launcher
     return SimulatedLauncher(config, clock)
 
 
+def _parsl(config: ParslLauncherConfig, clock: Clock | None) -> Launcher:
+    """Batch jobs end in real time, like local ones."""
+    return ParslLauncher(config)
+
+
 LAUNCHERS: dict[str, Callable[[Any, Clock | None], Launcher]] = {
     "local": _local,
     "simulated": _simulated,
+    "parsl": _parsl,
 }
 MOVERS: dict[str, Callable[[MoverConfig, Path], Mover]] = {
     "filesystem": FilesystemMover,

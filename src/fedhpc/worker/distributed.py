@@ -7,10 +7,15 @@ Each launcher family names them differently, so they are read through one table
     torchrun / srun-wrapped torchrun   RANK, WORLD_SIZE, LOCAL_RANK
     Open MPI mpiexec                   OMPI_COMM_WORLD_RANK, _SIZE, _LOCAL_RANK
     MPICH / Cray PALS mpiexec          PMI_RANK, PMI_SIZE, PALS_LOCAL_RANKID or MPI_LOCALRANKID
+    Slurm srun (a job step only)       SLURM_PROCID, SLURM_STEP_NUM_TASKS, SLURM_LOCALID
 
-Slurm's own SLURM_PROCID is deliberately absent: it is also set (to 0) inside a
-batch script, where trusting SLURM_NTASKS would make a lone process wait forever
-for peers that never start. Under MPI the launcher must also export
+Slurm's family comes last and counts only inside a job step (SLURM_STEP_ID
+set): the batch script itself also has SLURM_PROCID=0 and SLURM_NTASKS, and
+trusting them there would make a lone process wait forever for peers that never
+start. An MPI launcher that starts its ranks through srun (Hydra, Open MPI
+under Slurm) sets its own variables, which win. Cray ALPS (aprun) exports only
+ALPS_APP_PE, no world size, so the parsl launcher's aprun line maps it onto
+RANK/WORLD_SIZE/LOCAL_RANK itself. Under MPI the launcher must also export
 MASTER_ADDR and MASTER_PORT (rank 0's host and a free port).
 """
 
@@ -26,10 +31,12 @@ import torch.distributed as dist
 
 from fedhpc.errors import ConfigError
 
-RANK_VARIABLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("RANK", "WORLD_SIZE", ("LOCAL_RANK",)),
-    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", ("OMPI_COMM_WORLD_LOCAL_RANK",)),
-    ("PMI_RANK", "PMI_SIZE", ("PALS_LOCAL_RANKID", "MPI_LOCALRANKID")),
+RANK_VARIABLES: tuple[tuple[str, str, tuple[str, ...], str | None], ...] = (
+    # rank, world size, local rank (first one set), and a variable that must also be set (None: none)
+    ("RANK", "WORLD_SIZE", ("LOCAL_RANK",), None),
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", ("OMPI_COMM_WORLD_LOCAL_RANK",), None),
+    ("PMI_RANK", "PMI_SIZE", ("PALS_LOCAL_RANKID", "MPI_LOCALRANKID"), None),
+    ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS", ("SLURM_LOCALID",), "SLURM_STEP_ID"),
 )
 
 
@@ -51,8 +58,8 @@ class RankEnv:
 
 def rank_env(environ: Mapping[str, str] = os.environ) -> RankEnv:
     """Read rank, world size and local rank; a plain `python` process is rank 0 of 1."""
-    for rank_key, size_key, local_keys in RANK_VARIABLES:
-        if rank_key in environ:
+    for rank_key, size_key, local_keys, also_set in RANK_VARIABLES:
+        if rank_key in environ and (also_set is None or also_set in environ):
             local = next((environ[key] for key in local_keys if key in environ), "0")
             try:
                 env = RankEnv(int(environ[rank_key]), int(environ.get(size_key, "1")), int(local))
