@@ -245,6 +245,17 @@ def test_walltime_exceeded_stops_the_job_and_fails_it(tmp_path):
     assert launcher.poll(handle) == status
 
 
+@pytest.mark.parametrize(("config_walltime", "job_walltime", "expected"), [(1.0, None, 1.0), (1.0, 60.0, 1.0),
+                                                                          (60.0, 1.0, 1.0)])
+def test_the_facility_walltime_and_the_jobs_own_limit_the_smaller_wins(tmp_path, config_walltime, job_walltime,
+                                                                       expected):
+    launcher = LocalLauncher(LocalLauncherConfig(nprocs=1, walltime=config_walltime))
+    spec = JobSpec("eps", [PY, "-c", SLEEPER, "term", str(tmp_path)], tmp_path, walltime_s=job_walltime)
+    status = wait_finished(launcher, launcher.submit(spec))
+    assert status.state is JobState.FAILED
+    assert status.reason == f"walltime exceeded ({expected:g} s)"
+
+
 def test_back_to_back_submits_get_different_ports_and_both_finish(tmp_path):
     program = "import os; print(os.environ['MASTER_PORT'])"
     alpha = LocalLauncher(LocalLauncherConfig(nprocs=1))

@@ -58,6 +58,7 @@ def validate(experiment: ExperimentArg, set_: SetOption = None) -> None:
         out.print(
             f"  facility {facility.name}: {facility.launcher.kind} x{facility.launcher.nprocs}, "
             f"mover {facility.mover.kind}, data {facility.data}"
+            + (", persistent worker" if facility.mode == "persistent" else "")
         )
 
 
@@ -182,11 +183,42 @@ def _brief(detail: dict) -> str:
 
 
 @app.command()
-def worker(task: Annotated[Path, typer.Option("--task", help="The task.json the server staged.")]) -> None:
-    """Run one job at a facility (started by the launcher on every rank)."""
-    from fedhpc.worker.main import run_task
+def worker(
+    task: Annotated[Optional[Path], typer.Option("--task", help="The task.json the server staged.")] = None,
+    persistent: Annotated[
+        bool, typer.Option("--persistent", help="Stay up and train every task the server assigns in --inbox.")
+    ] = False,
+    inbox: Annotated[Optional[Path], typer.Option("--inbox", help="--persistent: the worker's inbox directory.")] = None,
+    heartbeat_interval: Annotated[
+        float, typer.Option("--heartbeat-interval", min=0.01, help="--persistent: seconds between heartbeats.")
+    ] = 5.0,
+    idle_timeout: Annotated[
+        float, typer.Option("--idle-timeout", min=0.0, help="--persistent: exit after this many seconds without work.")
+    ] = 600.0,
+    device: Annotated[str, typer.Option("--device", help="--persistent: auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Run one job at a facility, or a persistent worker (started by the launcher on every rank)."""
+    problem = None
+    if (task is None) == (not persistent):
+        problem = "give exactly one of --task TASK.json and --persistent --inbox DIR"
+    elif task is not None and inbox is not None:
+        problem = "--inbox goes with --persistent, not with --task"
+    elif persistent and inbox is None:
+        problem = "--persistent needs --inbox DIR"
+    elif device not in ("auto", "cpu", "cuda"):
+        problem = f"--device must be auto, cpu or cuda, not {device!r}"
+    if problem is not None:
+        console.print(f"[red]error:[/red] {problem}", highlight=False)
+        raise typer.Exit(2)
+    if task is not None:
+        from fedhpc.worker.main import run_task
 
-    run_task(task)
+        run_task(task)
+    else:
+        from fedhpc.worker.persistent import run_persistent
+
+        assert inbox is not None
+        run_persistent(inbox, heartbeat_interval, idle_timeout, device)
 
 
 @data_app.command("chem")

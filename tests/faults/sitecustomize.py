@@ -21,16 +21,22 @@ if FAULT == "crash":
 elif FAULT == "slow":
     # Sleep FEDHPC_TEST_SLOW_SECONDS before training (every rank), in the rounds listed in
     # FEDHPC_TEST_SLOW_ROUNDS (comma-separated; unset: every round): a facility that misses a deadline.
+    # FEDHPC_TEST_SLOW_WORKERS (comma-separated inbox names, e.g. w0001; unset: every process) limits
+    # it to those persistent workers: one allocation that hangs until its walltime, not its successor.
+    import sys
     import time
 
     import fedhpc.worker.main as _main
 
     _SLOW_SECONDS = float(os.environ.get("FEDHPC_TEST_SLOW_SECONDS", "30"))
     _SLOW_ROUNDS = {int(r) for r in os.environ.get("FEDHPC_TEST_SLOW_ROUNDS", "").split(",") if r.strip()}
+    _SLOW_WORKERS = {w for w in os.environ.get("FEDHPC_TEST_SLOW_WORKERS", "").split(",") if w.strip()}
+    _INBOX = sys.argv[sys.argv.index("--inbox") + 1] if "--inbox" in sys.argv[:-1] else ""
     _original_train = _main.RoundRecipe.train
 
     def _slow_train(self):
-        if not _SLOW_ROUNDS or self.task.round in _SLOW_ROUNDS:
+        in_worker = not _SLOW_WORKERS or os.path.basename(_INBOX.rstrip("/")) in _SLOW_WORKERS
+        if in_worker and (not _SLOW_ROUNDS or self.task.round in _SLOW_ROUNDS):
             time.sleep(_SLOW_SECONDS)
         return _original_train(self)
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from fedhpc.aggregate import make_aggregator
 from fedhpc.config import Experiment
+from fedhpc.facility.base import Launcher
+from fedhpc.facility.launchers.persistent import PersistentLauncher
 from fedhpc.facility.registry import make_launcher, make_mover
 from fedhpc.report.metrics_log import MetricsLog
 from fedhpc.report.progress import ProgressView
@@ -62,10 +64,7 @@ class Orchestrator:
             self.clock.advance_to(self._ledger.completed_at(resumed_from) or 0.0)
             started = self.clock.now()
         events = EventLog(self._ledger, self._metrics, self.clock)
-        facilities = {
-            f.name: Facility(f, launchers[f.name], make_mover(f.mover, self.run_dir.default_staging(f.name)))
-            for f in self.experiment.facilities
-        }
+        facilities = self._facilities(launchers, events)
         algorithm = self.experiment.algorithm
         keep_last = self.experiment.checkpoint.keep_last
         if algorithm.is_async:  # a stale update is applied against the global it was trained from
@@ -105,10 +104,25 @@ class Orchestrator:
                 finally:
                     rounds.finish()
         finally:
+            _close_launchers(facilities)
             events.record("run_finished", rounds_completed=self._ledger.last_complete_round(),
                           seconds=self.clock.now() - started)
         last = self._ledger.last_complete_round() or 0
         return RunSummary(self._ledger.completed_rounds(), self.run_dir.global_dir(last), self.clock.now() - started)
+
+    def _facilities(self, launchers: dict[str, Launcher], events: EventLog) -> dict[str, Facility]:
+        """Each facility's launcher and mover; a `mode: persistent` facility's launcher runs tasks on its worker."""
+        facilities = {}
+        for f in self.experiment.facilities:
+            mover = make_mover(f.mover, self.run_dir.default_staging(f.name))
+            launcher = launchers[f.name]
+            if f.mode == "persistent":
+                launcher = PersistentLauncher(
+                    launcher, mover, f.persistent, f.name, self.run_dir.root / "logs" / "workers", self.clock,
+                    model=self.experiment.model, device=f.launcher.device, events=events.record,
+                )
+            facilities[f.name] = Facility(f, launcher, mover)
+        return facilities
 
     def close(self) -> None:
         if self.ledger is not None:
@@ -178,6 +192,18 @@ class Orchestrator:
         events.record("eval", round, scores=result["scores"], examples=result["examples"],
                       seconds=self.clock.now() - started, start=started)
         self.progress.message(f"round {round} scores: {_brief_scores(result['scores'])}")
+
+
+def _close_launchers(facilities: dict[str, Facility]) -> None:
+    """The run is over: launchers that keep jobs between rounds (persistent workers) stop them."""
+    for name, facility in facilities.items():
+        close = getattr(facility.launcher, "close", None)
+        if close is None:
+            continue
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - one facility's cleanup must not hide the run's outcome or skip the others
+            log.exception("could not stop the jobs of facility %s", name)
 
 
 def _brief_scores(scores: dict[str, dict[str, float]]) -> str:

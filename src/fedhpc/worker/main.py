@@ -1,6 +1,9 @@
 """`fedhpc worker --task TASK.json`: one facility job, as a recipe read top to bottom.
 
-validate (`RoundRecipe.__init__`) → `setup` → `train` → `save` → `cleanup`.
+validate (`RoundRecipe.__init__`) → `setup` (join the job, `load_base`,
+`prepare_task`) → `train` → `save` → `cleanup`. A persistent worker
+(`fedhpc.worker.persistent`) runs the same recipe with a base model it loaded
+once: `prepare_task` → `train` → `save` for each task, the rest once.
 
 Every rank runs the same command; the launcher sets the ranks, e.g. on CPU:
 
@@ -21,14 +24,17 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from pydantic import ValidationError
-from transformers import set_seed
+from torch import nn
+from transformers import PreTrainedTokenizerBase, set_seed
 from transformers.utils.logging import disable_progress_bar
 
-from fedhpc.errors import ConfigError, FedhpcError
+from fedhpc.config import ModelConfig
+from fedhpc.errors import ConfigError, FedhpcError, ModelError
 from fedhpc.exchange import ExchangeDir, ExchangeMeta, WorkerTask, dtype_from_name, write_state_dict
 from fedhpc.worker.data import batches, read_examples, shard_indices
 from fedhpc.worker.distributed import (
@@ -86,47 +92,96 @@ def read_task(path: Path) -> WorkerTask:
         raise ConfigError(f"not a valid worker task: {e}", file=str(path)) from e
 
 
-class RoundRecipe:
-    """One task on one rank. Attributes set in `setup` are used by the later phases."""
+@dataclass
+class LoadedModel:
+    """The base model with its adapters, built once per job (once per allocation for a persistent worker)."""
 
-    def __init__(self, task: WorkerTask, env: RankEnv):
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    fingerprint: str
+    config: ModelConfig  # what it was built from: a task with another model section needs a rebuild
+    seconds: float  # wall time of the build
+
+
+def load_model(config: ModelConfig) -> LoadedModel:
+    """Build (or load) the base model and add the trainable adapters, seeded: the same at every facility."""
+    start = time.perf_counter()
+    base = build_base_model(config)
+    model = add_trainable(base.model, config)
+    return LoadedModel(model, base.tokenizer, base.fingerprint, config, time.perf_counter() - start)
+
+
+class RoundRecipe:
+    """One task on one rank. Attributes set in `setup` are used by the later phases.
+
+    `loaded`: a base model already built from `task.model` (a persistent worker's);
+    `prepare_task` overwrites every trainable tensor with the global, so nothing of
+    an earlier task survives in it, and `train` starts a fresh optimizer.
+    """
+
+    def __init__(self, task: WorkerTask, env: RankEnv, loaded: LoadedModel | None = None):
         if task.mode == "train":
             for key in ("global_dir", "data", "train"):
                 if getattr(task, key) is None:
                     raise ConfigError(f"mode 'train' needs {key!r}", key=key)
+        if loaded is not None and loaded.config != task.model:
+            raise ModelError("the loaded base model was built from another model section than the task's")
         self.task = task
         self.env = env
         self.device = resolve_device(task.device, env)
         self.local_steps = task.train.local_steps if task.train is not None else 0
+        self.loaded = loaded
+        self.loaded_here = False  # whether `load_base` built the model (its time then counts in load_seconds)
         self.result: TrainResult | None = None
 
     def setup(self) -> None:
         """Join the job, build base model + adapters, apply the global, read this rank's data shard."""
-        task, env = self.task, self.env
-        init_process_group(env, self.device)
+        init_process_group(self.env, self.device)
+        self.load_base()
+        self.prepare_task()
+
+    def load_base(self) -> None:
+        """Build base model + adapters, unless the recipe was given them."""
+        if self.loaded is None:
+            self._progress("loading")
+            self.loaded = load_model(self.task.model)
+            self.loaded_here = True
+
+    def prepare_task(self) -> None:
+        """Apply the global and read this rank's data shard.
+
+        `load_seconds` (reported in the update) is the time spent here plus the base
+        model's build when this recipe built it, i.e. everything before training.
+        """
+        task, env, loaded = self.task, self.env, self.loaded
+        assert loaded is not None, "load_base first"
         start = time.perf_counter()
         self._progress("loading")
         logger.info(
             "round %d at %s: %s on %d rank(s), device %s", task.round, task.facility, task.mode, env.world_size,
             self.device,
         )
-        base = build_base_model(task.model)
-        self.model = add_trainable(base.model, task.model)
-        self.fingerprint = base.fingerprint
+        self.model = loaded.model
+        self.fingerprint = loaded.fingerprint
         if task.mode == "train":
             assert task.global_dir is not None and task.data is not None and task.train is not None
             global_ = ExchangeDir(task.global_dir)
-            if env.is_main:  # once per job: a bad global fails rank 0, and torchrun stops the rest
-                global_.verify(fingerprint=base.fingerprint)
-            apply_global(self.model, global_)
-            self.based_on_round = global_.manifest.round
-            global_.close()
+            try:
+                # Once per job: a bad global fails rank 0, and torchrun stops the rest (a persistent
+                # worker's ranks instead agree to skip the task).
+                if env.is_main:
+                    global_.verify(fingerprint=loaded.fingerprint)
+                apply_global(self.model, global_)
+                self.based_on_round = global_.manifest.round
+            finally:
+                global_.close()
             examples = read_examples(task.data)
             self.num_samples = len(examples)
             shard = [examples[i] for i in shard_indices(len(examples), env.rank, env.world_size, task.train.seed)]
-            self.batches = batches(shard, base.tokenizer, task.data_config, task.train.batch_size)
+            self.batches = batches(shard, loaded.tokenizer, task.data_config, task.train.batch_size)
             logger.info("%d examples at this facility, %d on rank 0", len(examples), len(shard))
-        self.load_seconds = time.perf_counter() - start
+        built_here = loaded.seconds if self.loaded_here else 0.0
+        self.load_seconds = built_here + time.perf_counter() - start
 
     def train(self) -> None:
         if self.task.mode != "train":

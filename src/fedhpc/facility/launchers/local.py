@@ -177,7 +177,9 @@ class LocalLauncher:
         except OSError as e:
             raise SubmitError(f"could not start job {job.name!r}: {e}") from e
         logger.info("started %s as pid %d on port %d: %s", job.name, process.pid, port, command)
-        native = LocalJob(process, command, port, out_path, err_path, err_offset, walltime_s=job.walltime_s)
+        # The job's own limit and the facility's walltime (what a batch system would impose): the smaller wins.
+        walltime = min((s for s in (job.walltime_s, self.config.walltime) if s is not None), default=None)
+        native = LocalJob(process, command, port, out_path, err_path, err_offset, walltime_s=walltime)
         return JobHandle(job_id=f"local-{process.pid}", spec=job, submitted_at=time.time(), native=native)
 
     def poll(self, handle: JobHandle) -> JobStatus:
