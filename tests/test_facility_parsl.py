@@ -24,9 +24,10 @@ from fedhpc.facility.launchers.parsl import ParslLauncher, make_provider, provid
 from fedhpc.run.ledger import Ledger
 
 PY = sys.executable
-RANKS_PROBE = (
+RANKS_PROBE = (  # one file per rank: lines two ranks print to one stdout can interleave
     "import os; from fedhpc.worker.distributed import rank_env; r = rank_env(); e = os.environ; "
-    "print(r.rank, r.world_size, r.local_rank, e['MASTER_ADDR'], e['MASTER_PORT'], e['FEDHPC_DEVICE'], e['X'])"
+    "open(os.path.join(e['PROBE_OUT'], f'rank{r.rank}'), 'w').write(' '.join(map(str, "
+    "[r.rank, r.world_size, r.local_rank, e['MASTER_ADDR'], e['MASTER_PORT'], e['FEDHPC_DEVICE'], e['X']])))"
 )
 
 
@@ -261,12 +262,15 @@ def test_job_outcome_from_exit_status_banner_or_scheduler_state(rc, stderr, stat
 def test_two_mpich_ranks_run_to_done_with_their_rank_environment(tmp_path):
     config = local_config(ranks_per_node=2, mpi={"launcher": "mpiexec", "flavour": "mpich"}, env={"X": "config"})
     launcher = ParslLauncher(config)
-    handle = launcher.submit(JobSpec("alpha-r0001-a0", [PY, "-c", RANKS_PROBE], tmp_path / "logs", env={"X": "job"}))
+    probe_out = tmp_path / "ranks"
+    probe_out.mkdir()
+    env = {"X": "job", "PROBE_OUT": str(probe_out)}
+    handle = launcher.submit(JobSpec("alpha-r0001-a0", [PY, "-c", RANKS_PROBE], tmp_path / "logs", env=env))
     assert handle.job_id.startswith("local-") and handle.job_id[6:].isdigit()
     assert wait_finished(launcher, handle) == JobStatus(JobState.DONE, 0)
     parsl_dir = tmp_path / "logs" / "parsl"
-    (out,) = parsl_dir.glob("alpha-r0001-a0.*.sh.out")  # Parsl's LocalProvider names: <job>.<time>.sh.out/.err
-    lines = sorted(out.read_text().splitlines())
+    assert list(parsl_dir.glob("alpha-r0001-a0.*.sh.out"))  # Parsl's LocalProvider names: <job>.<time>.sh.out/.err
+    lines = [(probe_out / f"rank{rank}").read_text() for rank in (0, 1)]
     port = lines[0].split()[4]
     assert lines == [f"0 2 0 127.0.0.1 {port} cpu job", f"1 2 1 127.0.0.1 {port} cpu job"]
     assert (parsl_dir / "alpha-r0001-a0.rc").read_text() == "0\n"
