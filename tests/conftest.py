@@ -6,9 +6,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from fedhpc.facility.base import JobHandle, JobStatus, Launcher
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "examples" / "quickstart" / "experiment.yaml"
@@ -23,18 +26,38 @@ def run_fedhpc(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(fedhpc_command(*args), capture_output=True, text=True, timeout=timeout)
 
 
-def kill_processes_mentioning(text: str) -> None:
-    """Kill every process whose command line mentions `text` (orphaned workers of a killed server)."""
+def processes_mentioning(text: str) -> list[str]:
+    """``"pid: command line"`` of every other process whose command line mentions `text`."""
+    found = []
     for pid_dir in Path("/proc").glob("[0-9]*"):
         try:
             cmdline = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
         if text in cmdline and int(pid_dir.name) != os.getpid():
-            try:
-                os.kill(int(pid_dir.name), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            found.append(f"{pid_dir.name}: {cmdline}")
+    return found
+
+
+def kill_processes_mentioning(text: str) -> None:
+    """Kill every process whose command line mentions `text` (orphaned workers of a killed server)."""
+    for process in processes_mentioning(text):
+        try:
+            os.kill(int(process.split(":", 1)[0]), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def wait_finished(launcher: Launcher, handle: JobHandle, timeout: float = 30.0) -> JobStatus:
+    """Poll until the job ends; one still running after `timeout` is cancelled and fails the test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = launcher.poll(handle)
+        if status.state.finished:
+            return status
+        time.sleep(0.05)
+    launcher.cancel(handle)
+    raise AssertionError(f"{handle.job_id} still running after {timeout} s")
 
 
 @pytest.fixture

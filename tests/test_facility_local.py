@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import wait_finished
 from fedhpc.config import LocalLauncherConfig
 from fedhpc.errors import SubmitError
 from fedhpc.facility.base import JobHandle, JobSpec, JobState, JobStatus
@@ -24,16 +25,6 @@ from fedhpc.facility.launchers.local import (
 
 PY = sys.executable
 
-
-def wait_finished(launcher: LocalLauncher, handle: JobHandle, timeout: float = 30.0) -> JobStatus:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = launcher.poll(handle)
-        if status.state.finished:
-            return status
-        time.sleep(0.05)
-    launcher.cancel(handle)
-    raise AssertionError(f"{handle.job_id} still running after {timeout} s")
 
 
 def wait_for_files(paths: list[Path], timeout: float = 30.0) -> None:

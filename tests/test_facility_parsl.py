@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QUICKSTART, fedhpc_command
+from conftest import QUICKSTART, fedhpc_command, processes_mentioning, wait_finished
 from fedhpc.config import ParslLauncherConfig, load_experiment
 from fedhpc.errors import ConfigError, SubmitError
 from fedhpc.exchange import ExchangeDir
@@ -35,29 +35,6 @@ def local_config(**overrides) -> ParslLauncherConfig:
     return ParslLauncherConfig(
         **{"provider": "local", "master_addr": "127.0.0.1", "device": "cpu", "status_interval": 0.2, **overrides}
     )
-
-
-def wait_finished(launcher: ParslLauncher, handle: JobHandle, timeout: float = 30.0) -> JobStatus:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = launcher.poll(handle)
-        if status.state.finished:
-            return status
-        time.sleep(0.05)
-    launcher.cancel(handle)
-    raise AssertionError(f"{handle.job_id} still running after {timeout} s")
-
-
-def processes_mentioning(text: str) -> list[str]:
-    found = []
-    for pid_dir in Path("/proc").glob("[0-9]*"):
-        try:
-            cmdline = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline and int(pid_dir.name) != os.getpid():
-            found.append(f"{pid_dir.name}: {cmdline}")
-    return found
 
 
 def no_processes_mentioning(text: str, timeout: float = 5.0) -> list[str]:

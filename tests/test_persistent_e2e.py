@@ -19,7 +19,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FAULTS_DIR, QUICKSTART, fedhpc_command, kill_processes_mentioning, run_fedhpc
+from conftest import (
+    FAULTS_DIR,
+    QUICKSTART,
+    fedhpc_command,
+    kill_processes_mentioning,
+    processes_mentioning,
+    run_fedhpc,
+)
 from fedhpc.exchange import ExchangeDir
 from fedhpc.run.ledger import Ledger
 
@@ -38,18 +45,6 @@ def persistent(run_dir: Path, rounds: int, **settings: float) -> list[str]:
 def events(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-def processes_mentioning(text: str) -> list[int]:
-    found = []
-    for pid_dir in Path("/proc").glob("[0-9]*"):
-        try:
-            cmdline = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline and int(pid_dir.name) != os.getpid():
-            found.append(int(pid_dir.name))
-    return found
 
 
 def same_globals(a: Path, b: Path) -> bool:
