@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, NoReturn
 
 import yaml
 from pydantic import (
@@ -606,15 +606,52 @@ class PersistentConfig(Frozen):
         return value
 
 
+def _by_kind(
+    owner: type[BaseModel], value: Any, handler: ValidatorFunctionWrapHandler, table: dict[str, type[Frozen]],
+    default: str, context: dict[str, Any] | None = None,
+) -> Any:
+    """Validate a backend's mapping with the model its ``kind`` names (`default` when it names none)."""
+    if not isinstance(value, dict):
+        return handler(value)
+    kind = value.get("kind", default)
+    model = table.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        expected = " or ".join(repr(name) for name in table)
+        error = {"type": "literal_error", "loc": ("kind",), "input": kind, "ctx": {"expected": expected}}
+        raise ValidationError.from_exception_data(owner.__name__, [error])
+    return model.model_validate(value, context=context)
+
+
+def _names_remote(value: Any, table: dict[str, type[Frozen]], default: str) -> bool:
+    """Whether a launcher or mover (a mapping or a model) runs jobs where this machine's files are not seen."""
+    if isinstance(value, dict):
+        kind = value.get("kind", default)
+        return bool(getattr(table.get(kind) if isinstance(kind, str) else None, "remote", False))
+    return bool(getattr(value, "remote", False))
+
+
+def _raise_at(owner: type[BaseModel], loc: tuple[str, ...], value: Any, message: str) -> NoReturn:
+    error = {"type": "value_error", "loc": loc, "input": value, "ctx": {"error": ValueError(message)}}
+    raise ValidationError.from_exception_data(owner.__name__, [error])
+
+
+# One entry per mover kind; FacilityConfig.mover validates a mapping with its kind's model.
+MOVER_CONFIGS: dict[str, type[Frozen]] = {
+    "filesystem": FilesystemMoverConfig,
+}
+
+
 class FacilityConfig(Frozen):
     name: str = Field(pattern=NAME_PATTERN)
-    data: ExistingPath
+    data: Path = Field(
+        description="the facility's training data; on a remote facility, an absolute path at the facility"
+    )
     launcher: Annotated[
         LocalLauncherConfig | SimulatedLauncherConfig | ParslLauncherConfig, Field(discriminator="kind")
     ] = (
         LocalLauncherConfig()
     )
-    mover: FilesystemMoverConfig = FilesystemMoverConfig()
+    mover: Annotated[FilesystemMoverConfig, Field(discriminator="kind")] = FilesystemMoverConfig()
     mode: Literal["per-round", "persistent"] = Field(
         "per-round", description="a job per round, or one persistent worker that trains round after round"
     )
@@ -633,21 +670,51 @@ class FacilityConfig(Frozen):
 
     @field_validator("launcher", mode="wrap")
     @classmethod
-    def _launcher_by_kind(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    def _launcher_by_kind(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
         """Validate a mapping with its kind's model (no kind: local), so errors name ``launcher.<key>``.
 
         pydantic's tagged union would put the kind into the key (``launcher.simulated.seed``) and
         report an unknown kind at ``launcher`` rather than ``launcher.kind``.
         """
-        if not isinstance(value, dict):
-            return handler(value)
-        kind = value.get("kind", "local")
-        model = LAUNCHER_CONFIGS.get(kind) if isinstance(kind, str) else None
-        if model is None:
-            expected = " or ".join(repr(name) for name in LAUNCHER_CONFIGS)
-            error = {"type": "literal_error", "loc": ("kind",), "input": kind, "ctx": {"expected": expected}}
-            raise ValidationError.from_exception_data(cls.__name__, [error])
-        return model.model_validate(value)
+        return _by_kind(cls, value, handler, LAUNCHER_CONFIGS, "local", info.context)
+
+    @field_validator("mover", mode="wrap")
+    @classmethod
+    def _mover_by_kind(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+        """As for the launcher: errors name ``mover.<key>``; no kind is the filesystem mover."""
+        return _by_kind(cls, value, handler, MOVER_CONFIGS, "filesystem", info.context)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _data_where_the_jobs_run(cls, raw: Any, info: ValidationInfo) -> Any:
+        """A facility whose jobs run elsewhere names its data as they see it; the server cannot check it.
+
+        Every other facility shares this machine's filesystem: its path is
+        resolved against the experiment file and a missing directory is
+        reported now rather than by the first job.
+        """
+        if not isinstance(raw, dict) or not isinstance(raw.get("data"), (str, Path)):
+            return raw
+        data = Path(raw["data"]).expanduser()
+        remote = _names_remote(raw.get("launcher"), LAUNCHER_CONFIGS, "local") or _names_remote(
+            raw.get("mover"), MOVER_CONFIGS, "filesystem"
+        )
+        if remote:
+            if not data.is_absolute():
+                _raise_at(cls, ("data",), raw["data"], "a remote facility's data is a path at the facility: give "
+                          "it as an absolute path there (the server neither resolves nor checks it)")
+            return raw
+        base = (info.context or {}).get("base_dir")
+        if not data.is_absolute() and base is not None:
+            data = Path(base) / data
+        if not data.exists():
+            _raise_at(cls, ("data",), raw["data"], f"no such file or directory: {data}")
+        return {**raw, "data": data}
+
+    @property
+    def remote(self) -> bool:
+        """True when the jobs run where the server's filesystem is not visible (a `remote` launcher or mover)."""
+        return bool(getattr(self.launcher, "remote", False) or getattr(self.mover, "remote", False))
 
 
 class ExchangeConfig(Frozen):

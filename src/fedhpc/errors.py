@@ -58,6 +58,14 @@ class TransferError(FedhpcError):
     """A mover could not copy a directory to or from a facility."""
 
 
+class AuthError(FedhpcError):
+    """Globus credentials are missing, expired or lack a consent the facility needs.
+
+    The message names the command that fixes it (usually ``fedhpc login``);
+    nothing interactive starts where no one can answer.
+    """
+
+
 class SimulationStalled(FedhpcError):
     """A simulated run waits on its virtual clock with nothing scheduled: no job will end, no deadline come."""
 
