@@ -47,8 +47,14 @@ def test_quickstart_with_one_persistent_slurm_job_per_facility(slurm_cluster, tm
     assert queue(slurm_cluster) == ""  # the server stopped its workers' jobs at the end
 
 
+@pytest.mark.slow
 def test_a_persistent_job_past_its_slurm_walltime_is_replaced_and_the_run_finishes(slurm_cluster, tmp_path) -> None:
-    """alpha's first job hangs in round 2 until Slurm's one-minute walltime ends it; a second job finishes the run."""
+    """alpha's first job hangs in round 2 until Slurm's one-minute walltime ends it; a second job finishes the run.
+
+    Slow (about 90 s: Slurm counts whole minutes and checks limits every 30 s or so). The default run
+    covers the same path in two faster parts: the local launcher's walltime replacing a persistent
+    worker (test_persistent_e2e) and Slurm's time-limit banner read as "walltime exceeded" (test_facility_parsl).
+    """
     run_dir = tmp_path / "run"
     hang = {"PYTHONPATH": str(FAULTS_DIR), "FEDHPC_TEST_FAULT": "slow", "FEDHPC_TEST_SLOW_SECONDS": "600",
             "FEDHPC_TEST_SLOW_ROUNDS": "2", "FEDHPC_TEST_SLOW_WORKERS": "w0001", "OMP_NUM_THREADS": "1"}
