@@ -8,12 +8,14 @@ from fedhpc.config import FacilityConfig, FilesystemMoverConfig, LocalLauncherCo
 from fedhpc.errors import ConfigError
 from fedhpc.facility.launchers.local import LocalLauncher
 from fedhpc.facility.movers.filesystem import FilesystemMover
+from fedhpc.facility.movers.globus_transfer import GlobusTransferMover
+from fedhpc.facility.movers.proxystore import ProxyStoreMover
 from fedhpc.facility.registry import LAUNCHERS, MOVERS, make_launcher, make_mover
 
 
 def test_tables_name_every_kind_the_config_accepts():
-    assert set(LAUNCHERS) == {"local", "parsl", "simulated"}
-    assert MOVERS == {"filesystem": FilesystemMover}
+    assert set(LAUNCHERS) == {"local", "parsl", "simulated", "globus-compute"}
+    assert MOVERS == {"filesystem": FilesystemMover, "globus-transfer": GlobusTransferMover, "proxystore": ProxyStoreMover}
 
 
 def test_make_builds_each_backend_from_its_own_sub_config(tmp_path):
@@ -28,7 +30,8 @@ def test_make_builds_each_backend_from_its_own_sub_config(tmp_path):
 
 
 def test_an_unknown_kind_is_a_config_error():
-    with pytest.raises(ConfigError, match="unknown launcher kind 'slurm'; known kinds: local, parsl, simulated"):
+    known = "globus-compute, local, parsl, simulated"
+    with pytest.raises(ConfigError, match=f"unknown launcher kind 'slurm'; known kinds: {known}"):
         make_launcher(LocalLauncherConfig.model_construct(kind="slurm"))
-    with pytest.raises(ConfigError, match="unknown mover kind 's3'; known kinds: filesystem"):
+    with pytest.raises(ConfigError, match="unknown mover kind 's3'; known kinds: filesystem, globus-transfer, proxystore"):
         make_mover(FilesystemMoverConfig.model_construct(kind="s3"), "/tmp/x")

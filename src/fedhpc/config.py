@@ -9,10 +9,12 @@ to disk: a bad file leaves no trace.
 
 from __future__ import annotations
 
+import json
 import math
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, ClassVar, Literal, NoReturn
+from uuid import UUID
 
 import yaml
 from pydantic import (
@@ -417,6 +419,39 @@ class SimulatedLauncherConfig(Frozen):
 ParslProvider = Literal["local", "slurm", "pbspro", "lsf"]
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _WALLTIME = re.compile(r"^(\d+):([0-5]\d):([0-5]\d)$")
+KeyedErrors = list[tuple[tuple[str, ...], str, Any]]
+"""Errors of one launcher config, each at its own key: (location under the launcher, message, the value)."""
+
+
+def _valid_env_names(value: dict[str, str]) -> dict[str, str]:
+    bad = [name for name in value if not _ENV_NAME.match(name)]
+    if bad:
+        raise ValueError(f"{', '.join(map(repr, bad))} cannot be an environment variable name (letters, digits, _)")
+    return value
+
+
+def _rank_launcher_errors(mpi: MpiConfig, ranks: int) -> KeyedErrors:
+    """What is wrong with `mpi` for a job of `ranks` ranks, whoever runs the job (parsl, globus-compute shell)."""
+    errors: KeyedErrors = []
+    if mpi.launcher == "none" and ranks != 1:
+        errors.append((("mpi", "launcher"), f"none starts one process, but nodes × ranks_per_node is {ranks}; "
+                       "choose mpiexec, srun, aprun or torchrun", mpi.launcher))
+    if mpi.flavour is not None and mpi.launcher not in ("mpiexec", "torchrun"):
+        errors.append((("mpi", "flavour"), f"only applies to mpi.launcher mpiexec (or torchrun, which starts "
+                       f"one per node with mpiexec outside Slurm), not {mpi.launcher}", mpi.flavour))
+    if mpi.extra_args and mpi.launcher == "none":
+        errors.append((("mpi", "extra_args"), "mpi.launcher none has no launcher to pass them to", mpi.extra_args))
+    return errors
+
+
+def _raise_keyed(owner: type[BaseModel], errors: KeyedErrors) -> None:
+    """Raise every error at its own key (``launcher.qos``, ``launcher.mpi.launcher``), not at ``launcher``."""
+    if errors:
+        raise ValidationError.from_exception_data(
+            owner.__name__,
+            [{"type": "value_error", "loc": loc, "input": value, "ctx": {"error": ValueError(message)}}
+             for loc, message, value in errors],
+        )
 
 
 class MpiConfig(Frozen):
@@ -496,10 +531,7 @@ class ParslLauncherConfig(Frozen):
     @field_validator("env")
     @classmethod
     def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        bad = [name for name in value if not _ENV_NAME.match(name)]
-        if bad:
-            raise ValueError(f"{', '.join(map(repr, bad))} cannot be an environment variable name (letters, digits, _)")
-        return value
+        return _valid_env_names(value)
 
     @field_validator("scheduler_options")
     @classmethod
@@ -512,7 +544,7 @@ class ParslLauncherConfig(Frozen):
     @model_validator(mode="after")
     def _fits_the_provider(self) -> ParslLauncherConfig:
         """Report every mismatch at its own key (``launcher.qos``, ``launcher.mpi.launcher``), not at ``launcher``."""
-        errors: list[tuple[tuple[str, ...], str, Any]] = []
+        errors: KeyedErrors = []
         for key, providers in PARSL_PROVIDER_KEYS.items():
             value = getattr(self, key)
             if value != type(self).model_fields[key].get_default(call_default_factory=True) and (
@@ -523,28 +555,16 @@ class ParslLauncherConfig(Frozen):
         mpi, ranks = self.mpi, self.nprocs
         if self.provider == "local" and self.nodes > 1:
             errors.append((("nodes",), "the local provider runs the job on this machine: one node", self.nodes))
-        if mpi.launcher == "none" and ranks != 1:
-            errors.append((("mpi", "launcher"), f"none starts one process, but nodes × ranks_per_node is {ranks}; "
-                           "choose mpiexec, srun, aprun or torchrun", mpi.launcher))
+        errors += _rank_launcher_errors(mpi, ranks)
         if mpi.launcher == "srun" and self.provider != "slurm":
             errors.append((("mpi", "launcher"), f"srun needs a Slurm allocation, not provider {self.provider}",
                            mpi.launcher))
         if mpi.launcher == "aprun" and self.provider == "local":
             errors.append((("mpi", "launcher"), "aprun needs a Cray ALPS allocation, not provider local", mpi.launcher))
-        if mpi.flavour is not None and mpi.launcher not in ("mpiexec", "torchrun"):
-            errors.append((("mpi", "flavour"), f"only applies to mpi.launcher mpiexec (or torchrun, which starts "
-                           f"one per node with mpiexec outside Slurm), not {mpi.launcher}", mpi.flavour))
-        if mpi.extra_args and mpi.launcher == "none":
-            errors.append((("mpi", "extra_args"), "mpi.launcher none has no launcher to pass them to", mpi.extra_args))
         if self.gpus_per_rank and self.device == "cpu":
             errors.append((("gpus_per_rank",), "requests GPUs but device is cpu; set device to cuda or auto, "
                            "or remove gpus_per_rank", self.gpus_per_rank))
-        if errors:
-            raise ValidationError.from_exception_data(
-                type(self).__name__,
-                [{"type": "value_error", "loc": loc, "input": value, "ctx": {"error": ValueError(message)}}
-                 for loc, message, value in errors],
-            )
+        _raise_keyed(type(self), errors)
         return self
 
 
@@ -565,10 +585,105 @@ PARSL_PROVIDER_KEYS: dict[str, tuple[str, ...]] = {
 """Which providers each scheduler key of `ParslLauncherConfig` applies to (the rest are for every provider)."""
 
 
-LAUNCHER_CONFIGS: dict[str, type[LocalLauncherConfig | SimulatedLauncherConfig | ParslLauncherConfig]] = {
+class GlobusComputeLauncherConfig(Frozen):
+    """One Globus Compute task per job on the facility's endpoint (facility/launchers/globus_compute.py).
+
+    ``function: mpi`` sends an MPIFunction: the endpoint's GlobusMPIEngine starts nodes × ranks_per_node
+    ranks with its own ``mpi_launcher``. ``function: shell`` sends a ShellFunction whose command starts
+    the ranks with ``mpi``, the facility's own rank launcher, where the endpoint's worker runs.
+    """
+
+    remote: ClassVar[bool] = True
+
+    kind: Literal["globus-compute"] = "globus-compute"
+    endpoint_id: UUID = Field(description="the facility's Globus Compute endpoint")
+    function: Literal["mpi", "shell"] = Field(
+        "mpi", description="mpi: MPIFunction on a GlobusMPIEngine endpoint; shell: ShellFunction, ranks started by mpi"
+    )
+    nodes: PositiveInt = 1
+    ranks_per_node: PositiveInt = 1
+    num_ranks: PositiveInt | None = Field(
+        None, description="the MPI resource specification's total; if given, nodes × ranks_per_node"
+    )
+    mpi: MpiConfig = Field(
+        MpiConfig(), description="function shell: the rank launcher; function mpi: only extra_args (launcher_options)"
+    )
+    python: str = Field(
+        "python3", description="the interpreter at the facility that has fedhpc installed (after worker_init)"
+    )
+    worker_init: str = Field(
+        "", description="shell lines run first in the task (module load ...; source venv/bin/activate)"
+    )
+    env: dict[str, str] = Field(default_factory=dict)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    user_endpoint_config: dict[str, Any] = Field(
+        default_factory=dict, description="values for the endpoint's config template: account, queue, walltime, ..."
+    )
+    status_interval: PositiveFloat = Field(10.0, description="seconds between task status queries")
+    submit_retries: int = Field(
+        3, ge=0, description="resubmissions after a transient service error or a task lost with its worker"
+    )
+
+    @property
+    def nprocs(self) -> int:
+        """Ranks per job."""
+        return self.nodes * self.ranks_per_node
+
+    @field_validator("endpoint_id", mode="before")
+    @classmethod
+    def _endpoint_uuid(cls, value: Any) -> UUID:
+        try:
+            return UUID(str(value))
+        except ValueError:
+            raise ValueError(
+                f"must be the endpoint's UUID (`globus-compute-endpoint list` at the facility shows it); got {value!r}"
+            ) from None
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        return _valid_env_names(value)
+
+    @field_validator("python")
+    @classmethod
+    def _one_word(cls, value: str) -> str:
+        if not value.strip() or "\n" in value:
+            raise ValueError("must name the facility's python interpreter, e.g. /home/me/venv/bin/python")
+        return value
+
+    @field_validator("user_endpoint_config")
+    @classmethod
+    def _json_values(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"is sent to the endpoint as JSON; use strings, numbers, booleans, lists and maps ({e})")
+        return value
+
+    @model_validator(mode="after")
+    def _ranks_consistent(self) -> GlobusComputeLauncherConfig:
+        mpi = self.mpi
+        errors: KeyedErrors = []
+        if self.num_ranks is not None and self.num_ranks != self.nprocs:
+            errors.append((("num_ranks",), f"is {self.num_ranks}, but nodes × ranks_per_node is {self.nprocs}; "
+                           "make them agree or remove num_ranks", self.num_ranks))
+        if self.function == "shell":
+            errors += _rank_launcher_errors(mpi, self.nprocs)
+        elif mpi.launcher != "none" or mpi.flavour is not None:
+            key, value = ("launcher", mpi.launcher) if mpi.launcher != "none" else ("flavour", mpi.flavour)
+            errors.append((("mpi", key), "function mpi starts the ranks with the endpoint's own mpi_launcher "
+                           "(GlobusMPIEngine); remove it, or use function: shell to start them with it", value))
+        _raise_keyed(type(self), errors)
+        return self
+
+
+LAUNCHER_CONFIGS: dict[
+    str, type[LocalLauncherConfig | SimulatedLauncherConfig | ParslLauncherConfig | GlobusComputeLauncherConfig]
+] = {
     "local": LocalLauncherConfig,
     "simulated": SimulatedLauncherConfig,
     "parsl": ParslLauncherConfig,
+    "globus-compute": GlobusComputeLauncherConfig,
 }
 
 
@@ -578,6 +693,203 @@ class FilesystemMoverConfig(Frozen):
     kind: Literal["filesystem"] = "filesystem"
     staging_dir: RelPath | None = Field(None, description="default: <run_dir>/staging/<facility>")
     hardlink: bool = Field(True, description="hard-link instead of copying when on the same filesystem")
+
+
+_COLLECTION_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def _collection_id(value: str) -> str:
+    """A Globus collection UUID, lower-cased as the Transfer API writes it back."""
+    normalised = value.strip().lower()
+    if not _COLLECTION_ID.match(normalised):
+        raise ValueError(
+            "must be a Globus collection UUID (8-4-4-4-12 hex digits, as app.globus.org shows it among the "
+            f"collection's details); got {value!r}"
+        )
+    return normalised
+
+
+def _absolute_posix(value: str) -> str:
+    path = PurePosixPath(value)
+    if not path.is_absolute() or ".." in path.parts:
+        raise ValueError(f"must be an absolute path without '..', such as /scratch/project/fedhpc; got {value!r}")
+    return str(path)
+
+
+CollectionId = Annotated[str, AfterValidator(_collection_id)]
+PosixAbsolute = Annotated[str, AfterValidator(_absolute_posix)]
+
+
+class GlobusTransferMoverConfig(Frozen):
+    """Moves directories with Globus Transfer between a collection on the server and the facility's collection.
+
+    Each end's directory has two names: the collection's (what Globus transfers) and the filesystem's (what
+    the server writes, what the facility's jobs read). They differ when a collection is rooted below its
+    filesystem's root (a Globus Connect Server storage gateway on /lus/project) or a path starts at the
+    collection's home (``/~/``). See facility/movers/globus_transfer.py.
+    """
+
+    remote: ClassVar[bool] = True
+
+    kind: Literal["globus-transfer"] = "globus-transfer"
+    facility_collection: CollectionId = Field(description="the facility's Globus collection (UUID)")
+    facility_path: PosixAbsolute = Field(description="the facility's staging directory, as its collection names it")
+    facility_dir: PosixAbsolute | None = Field(
+        None, description="the same directory as the facility's jobs see it on their filesystem; default facility_path"
+    )
+    server_collection: CollectionId = Field(
+        description="the server's collection (UUID): Globus Connect Server, or Globus Connect Personal on this machine"
+    )
+    server_dir: RelPath = Field(description="a directory on this machine that server_collection serves")
+    server_path: PosixAbsolute | None = Field(
+        None, description="server_dir as server_collection names it; default server_dir"
+    )
+    facility_data_access: bool = Field(
+        False, description="facility_collection is a mapped Globus Connect Server v5 collection: needs data_access"
+    )
+    server_data_access: bool = Field(
+        False, description="server_collection is a mapped Globus Connect Server v5 collection: needs data_access"
+    )
+    sync_level: Literal["exists", "size", "mtime", "checksum"] = Field(
+        "checksum", description="what a retried transfer skips: files already at the destination equal by this measure"
+    )
+    verify_checksum: bool = Field(True, description="Globus checksums each file after copying and retries a mismatch")
+    deadline: PositiveFloat = Field(3600.0, description="seconds one transfer may take before it is cancelled")
+    poll_interval: PositiveFloat = Field(2.0, description="seconds before the first status query; doubles up to 60 s")
+
+    @property
+    def facility_root(self) -> str:
+        """The staging directory as the facility's jobs see it."""
+        return self.facility_dir or self.facility_path
+
+    @property
+    def server_root(self) -> str:
+        """`server_dir` as `server_collection` names it."""
+        return self.server_path or str(self.server_dir)
+
+    def facility_staging(self) -> tuple[PurePosixPath, str]:
+        """The staging directory as the facility's jobs see it, and the key that sets it (for `FacilityConfig`)."""
+        return PurePosixPath(self.facility_root), "facility_dir" if self.facility_dir else "facility_path"
+
+    @model_validator(mode="after")
+    def _paths_derivable(self) -> GlobusTransferMoverConfig:
+        """Defaults that would name a path no one can resolve are errors at the key to set instead."""
+        if "~" in PurePosixPath(self.facility_root).parts:
+            _raise_at(type(self), ("facility_dir",), self.facility_dir, f"{self.facility_root} goes through the "
+                      "collection's home (~), which the jobs' filesystem does not know; set facility_dir to the "
+                      "staging directory's absolute path at the facility")
+        if self.server_path is None and not self.server_dir.is_absolute():
+            _raise_at(type(self), ("server_dir",), str(self.server_dir), "must be absolute when server_path is "
+                      "not set (it is also the collection's name for the directory)")
+        if self.poll_interval >= self.deadline:
+            _raise_at(type(self), ("poll_interval",), self.poll_interval, f"is {self.poll_interval:g} s, not below "
+                      f"deadline ({self.deadline:g} s): no transfer would be looked at before it is cancelled")
+        return self
+
+
+class RedisStoreConfig(Frozen):
+    """A Redis server that the server and the facility's jobs both reach at this address."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(6379, ge=1, le=65535)
+
+
+class FileStoreConfig(Frozen):
+    """A directory that the server and the facility's jobs both see at this path (ProxyStore's FileConnector)."""
+
+    store_dir: RelPath
+
+
+class GlobusStoreEndpoint(Frozen):
+    """One collection of ProxyStore's GlobusConnector: its store directory as the collection and the hosts name it."""
+
+    endpoint_path: str = Field(description="the store directory as the collection names it (absolute)")
+    local_path: str = Field(description="the same directory as processes on the matching hosts open it (absolute)")
+    host_regex: str = Field(description="hostnames (full match) on which this collection is the local one")
+
+    @field_validator("endpoint_path", "local_path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith(("/", "~")):
+            raise ValueError(f"must be an absolute path, not {value!r}")
+        return value
+
+    @field_validator("host_regex")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as e:
+            raise ValueError(f"is not a regular expression: {e}") from None
+        return value
+
+
+class GlobusStoreConfig(Frozen):
+    """ProxyStore's GlobusConnector: a directory per collection, kept in sync by Globus transfers."""
+
+    endpoints: dict[UUID, GlobusStoreEndpoint] = Field(
+        min_length=2, description="collection UUID → its store directory; the server's and the facility's"
+    )
+    timeout: PositiveInt = Field(600, description="seconds to wait for one Globus transfer")
+    polling_interval: PositiveInt = Field(1, description="seconds between looks at a transfer in flight")
+
+
+PROXYSTORE_MAX_CHUNK = 512 * 1024**2  # Redis refuses larger values (proto-max-bulk-len)
+
+
+class ProxyStoreMoverConfig(Frozen):
+    """Moves directories as objects through a ProxyStore connector: a Redis server, a shared directory, or Globus.
+
+    The facility's jobs fetch what they read from the store and publish what they write to it
+    (``fedhpc worker --store``), so the server and the facility need no filesystem in common.
+    """
+
+    kind: Literal["proxystore"] = "proxystore"
+    remote: ClassVar[bool] = True
+    connector: Literal["redis", "file", "globus"] = Field(description="redis, file or globus")
+    redis: RedisStoreConfig | None = Field(None, description="connector redis: {host, port}")
+    file: FileStoreConfig | None = Field(None, description="connector file: {store_dir}")
+    globus: GlobusStoreConfig | None = Field(
+        None, description="connector globus: {endpoints, timeout, polling_interval}"
+    )
+    facility_dir: Path = Field(description="absolute path at the facility where its jobs unpack what they fetch")
+    chunk_size: ByteSize = Field(
+        ByteSize(64 * 1024**2), description="files travel as objects of at most this size (at most 512MiB)"
+    )
+
+    def facility_staging(self) -> tuple[PurePosixPath, str]:
+        """Where the facility's jobs unpack what they fetch, and its key (for `FacilityConfig`'s overlap check)."""
+        return PurePosixPath(self.facility_dir), "facility_dir"
+
+    @field_validator("facility_dir")
+    @classmethod
+    def _facility_path(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError(f"is a path at the facility: give it as an absolute path there, not {str(value)!r}")
+        return value
+
+    @field_validator("chunk_size")
+    @classmethod
+    def _chunk_fits(cls, value: ByteSize) -> ByteSize:
+        if not 0 < value <= PROXYSTORE_MAX_CHUNK:
+            raise ValueError("must be a positive size of at most 512MiB (Redis's largest value), such as '64MiB'")
+        return value
+
+    @model_validator(mode="after")
+    def _one_connector_section(self) -> ProxyStoreMoverConfig:
+        """The chosen connector's section is required; another connector's would be silently ignored."""
+        errors: KeyedErrors = []
+        for name in ("redis", "file", "globus"):
+            given = getattr(self, name) is not None
+            if name == self.connector and not given:
+                example = {"redis": "{host: ..., port: 6379}", "file": "{store_dir: ...}",
+                           "globus": "{endpoints: {UUID: {endpoint_path, local_path, host_regex}, ...}}"}[name]
+                errors.append(((name,), f"connector {name} needs its settings: {name}: {example}", None))
+            elif name != self.connector and given:
+                errors.append(((name,), f"only applies with connector {name}, not {self.connector}; remove it",
+                               getattr(self, name)))
+        _raise_keyed(type(self), errors)
+        return self
 
 
 class PersistentConfig(Frozen):
@@ -638,6 +950,8 @@ def _raise_at(owner: type[BaseModel], loc: tuple[str, ...], value: Any, message:
 # One entry per mover kind; FacilityConfig.mover validates a mapping with its kind's model.
 MOVER_CONFIGS: dict[str, type[Frozen]] = {
     "filesystem": FilesystemMoverConfig,
+    "globus-transfer": GlobusTransferMoverConfig,
+    "proxystore": ProxyStoreMoverConfig,
 }
 
 
@@ -647,11 +961,16 @@ class FacilityConfig(Frozen):
         description="the facility's training data; on a remote facility, an absolute path at the facility"
     )
     launcher: Annotated[
-        LocalLauncherConfig | SimulatedLauncherConfig | ParslLauncherConfig, Field(discriminator="kind")
+        LocalLauncherConfig | SimulatedLauncherConfig | ParslLauncherConfig | GlobusComputeLauncherConfig,
+        Field(discriminator="kind"),
     ] = (
         LocalLauncherConfig()
     )
-    mover: Annotated[FilesystemMoverConfig, Field(discriminator="kind")] = FilesystemMoverConfig()
+    mover: Annotated[
+        FilesystemMoverConfig | GlobusTransferMoverConfig | ProxyStoreMoverConfig, Field(discriminator="kind")
+    ] = (
+        FilesystemMoverConfig()
+    )
     mode: Literal["per-round", "persistent"] = Field(
         "per-round", description="a job per round, or one persistent worker that trains round after round"
     )
@@ -659,12 +978,26 @@ class FacilityConfig(Frozen):
 
     @field_validator("mode")
     @classmethod
-    def _mode_fits_launcher(cls, value: str, info: ValidationInfo) -> str:
-        launcher = info.data.get("launcher")
-        if value == "persistent" and isinstance(launcher, SimulatedLauncherConfig):
+    def _mode_fits_the_backends(cls, value: str, info: ValidationInfo) -> str:
+        """A persistent worker is a real job watched through small inbox files the server reads every few seconds."""
+        if value != "persistent":
+            return value
+        launcher, mover = info.data.get("launcher"), info.data.get("mover")
+        if isinstance(launcher, SimulatedLauncherConfig):
             raise ValueError(
                 "'persistent' needs real jobs, but launcher kind 'simulated' runs each task in the server's "
                 "process; use mode: per-round with the simulated launcher"
+            )
+        if isinstance(mover, ProxyStoreMoverConfig):
+            raise ValueError(
+                "'persistent' is not available with mover kind 'proxystore': a persistent worker reads its inbox "
+                "on a filesystem the server writes to; use mode: per-round, or the filesystem mover"
+            )
+        if isinstance(mover, GlobusTransferMoverConfig):
+            raise ValueError(
+                "'persistent' needs the server to read the worker's heartbeat and results files every few "
+                "seconds, and mover kind 'globus-transfer' cannot (each read would be a Globus transfer); use "
+                "mode: per-round with this mover, or a filesystem mover where the server sees the facility's files"
             )
         return value
 
@@ -682,7 +1015,11 @@ class FacilityConfig(Frozen):
     @classmethod
     def _mover_by_kind(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
         """As for the launcher: errors name ``mover.<key>``; no kind is the filesystem mover."""
-        return _by_kind(cls, value, handler, MOVER_CONFIGS, "filesystem", info.context)
+        mover = _by_kind(cls, value, handler, MOVER_CONFIGS, "filesystem", info.context)
+        if isinstance(mover, ProxyStoreMoverConfig) and isinstance(info.data.get("launcher"), SimulatedLauncherConfig):
+            _raise_at(cls, ("kind",), mover.kind, "the simulated launcher runs each task in the server's process, "
+                      "which reads the staged files itself; use the filesystem mover with launcher kind simulated")
+        return mover
 
     @model_validator(mode="before")
     @classmethod
@@ -710,6 +1047,37 @@ class FacilityConfig(Frozen):
         if not data.exists():
             _raise_at(cls, ("data",), raw["data"], f"no such file or directory: {data}")
         return {**raw, "data": data}
+
+    @model_validator(mode="after")
+    def _data_outside_staging(self) -> FacilityConfig:
+        """The staging area is fedhpc's to fill and prune, so the training data must lie outside it.
+
+        A mover whose facility-side staging directory is configured apart from ``data``
+        names it with `facility_staging()` (the directory, and its key).
+        """
+        facility_staging = getattr(self.mover, "facility_staging", None)
+        if facility_staging is None:
+            return self
+        staging, key = facility_staging()
+        data = PurePosixPath(self.data)
+        if data == staging or staging in data.parents or data in staging.parents:
+            _raise_at(type(self), ("mover", key), str(staging), f"the staging directory {staging} and the "
+                      f"facility's data {data} overlap (one is inside the other); fedhpc fills and prunes the "
+                      "staging directory, so give each its own place")
+        return self
+
+    @model_validator(mode="after")
+    def _mover_reaches_the_jobs(self) -> FacilityConfig:
+        """Jobs on another site's endpoint cannot open the server's run directory, the filesystem mover's default."""
+        mover = self.mover
+        if getattr(self.launcher, "remote", False) and isinstance(mover, FilesystemMoverConfig) and (
+            mover.staging_dir is None
+        ):
+            _raise_at(type(self), ("mover", "kind"), mover.kind, f"launcher kind {self.launcher.kind!r} runs jobs "
+                      "on the facility's endpoint, which cannot see the server's run directory; use mover kind "
+                      "'globus-transfer' or 'proxystore', or set mover.staging_dir to a directory both the server "
+                      "and the facility's jobs see at that path")
+        return self
 
     @property
     def remote(self) -> bool:

@@ -12,17 +12,23 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fedhpc.config import FilesystemMoverConfig, LocalLauncherConfig, ParslLauncherConfig, SimulatedLauncherConfig
+from fedhpc.config import GlobusTransferMoverConfig
+from fedhpc.config import ProxyStoreMoverConfig
+from fedhpc.config import GlobusComputeLauncherConfig
 from fedhpc.errors import ConfigError
 from fedhpc.facility.base import Launcher, Mover
+from fedhpc.facility.launchers.globus_compute import GlobusComputeLauncher
 from fedhpc.facility.launchers.local import LocalLauncher
 from fedhpc.facility.launchers.parsl import ParslLauncher
 from fedhpc.facility.launchers.simulated import SimulatedLauncher
 from fedhpc.facility.movers.filesystem import FilesystemMover
+from fedhpc.facility.movers.globus_transfer import GlobusTransferMover
+from fedhpc.facility.movers.proxystore import ProxyStoreMover
 from fedhpc.run.clock import Clock, VirtualClock
 
 # One member per launcher kind in config.py (FacilityConfig.launcher).
-LauncherConfig = LocalLauncherConfig | SimulatedLauncherConfig | ParslLauncherConfig
-MoverConfig = FilesystemMoverConfig
+LauncherConfig = LocalLauncherConfig | SimulatedLauncherConfig | ParslLauncherConfig | GlobusComputeLauncherConfig
+MoverConfig = FilesystemMoverConfig | GlobusTransferMoverConfig | ProxyStoreMoverConfig
 T = TypeVar("T")
 
 
@@ -44,13 +50,21 @@ def _parsl(config: ParslLauncherConfig, clock: Clock | None) -> Launcher:
     return ParslLauncher(config)
 
 
+def _globus_compute(config: GlobusComputeLauncherConfig, clock: Clock | None) -> Launcher:
+    """Tasks end in real time; the Globus credentials are read at the first request, not here."""
+    return GlobusComputeLauncher(config)
+
+
 LAUNCHERS: dict[str, Callable[[Any, Clock | None], Launcher]] = {
     "local": _local,
     "simulated": _simulated,
     "parsl": _parsl,
+    "globus-compute": _globus_compute,
 }
 MOVERS: dict[str, Callable[[MoverConfig, Path], Mover]] = {
     "filesystem": FilesystemMover,
+    "globus-transfer": GlobusTransferMover,
+    "proxystore": ProxyStoreMover,
 }
 
 
