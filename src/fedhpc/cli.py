@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -48,8 +48,18 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
 
 
 @app.command()
-def validate(experiment: ExperimentArg, set_: SetOption = None) -> None:
+def validate(
+    experiment: ExperimentArg,
+    set_: SetOption = None,
+    online: Annotated[
+        bool,
+        typer.Option("--online", help="Also check that each Globus Compute endpoint is online and each Globus "
+                                      "collection lists and takes a write (needs `fedhpc login`)."),
+    ] = False,
+) -> None:
     """Check an experiment file without running anything."""
+    from fedhpc.globus.facilities import describe
+
     exp = _load(experiment, set_)
     out = Console()
     out.print(f"[green]ok[/green] {experiment}: experiment {exp.name!r}, {exp.algorithm.rounds} rounds of {exp.algorithm.name}")
@@ -60,6 +70,83 @@ def validate(experiment: ExperimentArg, set_: SetOption = None) -> None:
             f"mover {facility.mover.kind}, data {facility.data}"
             + (", persistent worker" if facility.mode == "persistent" else "")
         )
+        for line in describe(facility):
+            out.print(f"    {line}", highlight=False, soft_wrap=True)
+    if online:
+        try:
+            checks = _globus_module("online_checks").run_online_checks(exp)
+        except FedhpcError as e:
+            raise _fail(e) from e
+        for check in checks:
+            out.print(check.line(), highlight=False, soft_wrap=True)
+        if not checks:
+            out.print("no Globus endpoint or collection to check online")
+        if not all(check.ok for check in checks):
+            raise typer.Exit(1)
+
+
+def _globus_module(name: str) -> Any:
+    """A `fedhpc.globus` module, or a clear exit when the globus extra is not installed."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"fedhpc.globus.{name}")
+    except ModuleNotFoundError as e:
+        if not (e.name or "").startswith("globus"):
+            raise
+        console.print(f"[red]error:[/red] Globus support needs {e.name}: pip install 'fedhpc[globus]'")
+        raise typer.Exit(1) from e
+
+
+@app.command()
+def login(
+    experiment: Annotated[
+        Optional[Path],
+        typer.Argument(help="The experiment file: its mapped collections' data_access consents are asked for too."),
+    ] = None,
+    set_: SetOption = None,
+    no_local_server: Annotated[
+        bool,
+        typer.Option("--no-local-server", help="Show a URL and read the code back, even where a browser could open "
+                                               "here (it is the way over SSH anyway)."),
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Log in again even if the stored login suffices.")] = False,
+) -> None:
+    """Log in to Globus for Transfer and Compute (refresh tokens kept in ~/.fedhpc, mode 0600)."""
+    collections: list[str] = []
+    if experiment is not None:
+        collections = _globus_module("facilities").data_access_collections(_load(experiment, set_))
+    try:
+        result = _globus_module("login").login(collections, local_server=not no_local_server, force=force)
+    except FedhpcError as e:
+        raise _fail(e) from e
+    for line in result.lines():
+        Console().print(line, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def logout() -> None:
+    """Revoke fedhpc's Globus tokens and delete them."""
+    try:
+        result = _globus_module("login").logout()
+    except FedhpcError as e:
+        raise _fail(e) from e
+    for line in result.lines():
+        Console().print(line, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def whoami() -> None:
+    """Show the Globus identity fedhpc acts as, its stored scopes and consents, and when its tokens expire."""
+    try:
+        state = _globus_module("login").whoami()
+    except FedhpcError as e:
+        raise _fail(e) from e
+    if state is None:
+        console.print("not logged in to Globus; run `fedhpc login EXPERIMENT.yaml`", highlight=False)
+        raise typer.Exit(1)
+    for line in state.lines():
+        Console().print(line, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -196,6 +283,10 @@ def worker(
         float, typer.Option("--idle-timeout", min=0.0, help="--persistent: exit after this many seconds without work.")
     ] = 600.0,
     device: Annotated[str, typer.Option("--device", help="--persistent: auto, cpu or cuda.")] = "auto",
+    store: Annotated[
+        Optional[str],
+        typer.Option("--store", help="--task: JSON of the proxystore mover the task's files travel through."),
+    ] = None,
 ) -> None:
     """Run one job at a facility, or a persistent worker (started by the launcher on every rank)."""
     problem = None
@@ -205,6 +296,8 @@ def worker(
         problem = "--inbox goes with --persistent, not with --task"
     elif persistent and inbox is None:
         problem = "--persistent needs --inbox DIR"
+    elif persistent and store is not None:
+        problem = "--store goes with --task, not with --persistent"
     elif device not in ("auto", "cpu", "cuda"):
         problem = f"--device must be auto, cpu or cuda, not {device!r}"
     if problem is not None:
@@ -213,7 +306,7 @@ def worker(
     if task is not None:
         from fedhpc.worker.main import run_task
 
-        run_task(task)
+        run_task(task, store)
     else:
         from fedhpc.worker.persistent import run_persistent
 
