@@ -67,6 +67,16 @@ class Attempt:
         }
 
 
+def _worker_args(mover: Mover) -> list[str]:
+    """What a mover adds to the worker's command line, if its jobs must be told how to reach their files.
+
+    Optional (the filesystem mover has none): the proxystore mover names its store here,
+    since the job fetches its task and global from it and publishes its update to it.
+    """
+    worker_args = getattr(mover, "worker_args", None)
+    return list(worker_args()) if worker_args is not None else []
+
+
 def attempt_from_record(record: dict[str, Any]) -> Attempt:
     """The `Attempt` an `Attempt.record()` describes, not yet reattached (no handle)."""
     return Attempt(
@@ -169,7 +179,7 @@ class Jobs:
         task_path = mover.facility_path(f"tasks/{attempt.attempt_id}/task.json")
         return JobSpec(
             name=f"{attempt.facility}-{attempt.attempt_id}",
-            argv=[sys.executable, "-m", "fedhpc", "worker", "--task", task_path],
+            argv=[sys.executable, "-m", "fedhpc", "worker", "--task", task_path, *_worker_args(mover)],
             log_dir=self.run_dir.log_dir(attempt.round),
             walltime_s=algorithm.round_timeout,
             task=task_path,

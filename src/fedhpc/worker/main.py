@@ -16,6 +16,12 @@ applies the staged global, trains `local_steps` steps on this facility's data
 and publishes the update. Rank 0 alone logs, rewrites the progress file and
 writes the output. The exit status is the result the server sees: 0 means the
 output directory is published; anything else means it is not.
+
+With ``--store JSON`` (a facility on the proxystore mover) the task's files
+travel through that store (`fedhpc.worker.store`): every rank fetches the task
+(a few KB, read before the process group exists) and each node's first rank the
+global into the mover's ``facility_dir`` before they are read, and rank 0
+publishes its progress and the update after writing them.
 """
 
 from __future__ import annotations
@@ -46,21 +52,25 @@ from fedhpc.worker.distributed import (
     resolve_device,
 )
 from fedhpc.worker.model import add_trainable, apply_global, build_base_model, extract_trainable
+from fedhpc.worker.store import FacilityStore
 from fedhpc.worker.train import TrainResult, train_local_steps
 
 logger = logging.getLogger(__name__)
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
 
 
-def run_task(task_path: Path | str) -> None:
-    """Run one task on this rank; on any failure log it and exit with status 1."""
+def run_task(task_path: Path | str, store: str | None = None) -> None:
+    """Run one task on this rank; on any failure log it and exit with status 1.
+
+    `store`: the ``--store`` JSON of a proxystore mover, through which the task's files travel.
+    """
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     env = RankEnv()
     try:
         env = rank_env()
         # Rank 0 speaks for the job; the others only report their own failures.
         logging.getLogger("fedhpc").setLevel(logging.INFO if env.is_main else logging.ERROR)
-        execute_task(Path(task_path), env)
+        execute_task(Path(task_path), env, FacilityStore.from_json(store) if store is not None else None)
     except FedhpcError as e:  # an expected failure: its message says what to fix
         logger.error("rank %d of %d: task %s failed: %s", env.rank, env.world_size, task_path, e)
         raise SystemExit(1) from e
@@ -69,14 +79,16 @@ def run_task(task_path: Path | str) -> None:
         raise SystemExit(1) from e
 
 
-def execute_task(task_path: Path, env: RankEnv) -> None:
+def execute_task(task_path: Path, env: RankEnv, store: FacilityStore | None = None) -> None:
     """The recipe, top to bottom; raises on failure (`run_task` turns that into the exit status).
 
     The simulated launcher calls this in the server's process, where exiting or
     reconfiguring logging would hit the server itself.
     """
     disable_progress_bar()  # per-tensor loading bars from every rank would drown the job log
-    recipe = RoundRecipe(read_task(task_path), env)
+    if store is not None:  # every rank: the task names the device, which the process group needs first
+        store.fetch(task_path.parent)
+    recipe = RoundRecipe(read_task(task_path), env, store=store)
     recipe.setup()
     recipe.train()
     recipe.save()
@@ -117,9 +129,12 @@ class RoundRecipe:
     `loaded`: a base model already built from `task.model` (a persistent worker's);
     `prepare_task` overwrites every trainable tensor with the global, so nothing of
     an earlier task survives in it, and `train` starts a fresh optimizer.
+    `store`: where the global comes from and the update and progress go (a proxystore mover's).
     """
 
-    def __init__(self, task: WorkerTask, env: RankEnv, loaded: LoadedModel | None = None):
+    def __init__(
+        self, task: WorkerTask, env: RankEnv, loaded: LoadedModel | None = None, store: FacilityStore | None = None
+    ):
         if task.mode == "train":
             for key in ("global_dir", "data", "train"):
                 if getattr(task, key) is None:
@@ -131,14 +146,28 @@ class RoundRecipe:
         self.device = resolve_device(task.device, env)
         self.local_steps = task.train.local_steps if task.train is not None else 0
         self.loaded = loaded
+        self.store = store
         self.loaded_here = False  # whether `load_base` built the model (its time then counts in load_seconds)
         self.result: TrainResult | None = None
 
     def setup(self) -> None:
         """Join the job, build base model + adapters, apply the global, read this rank's data shard."""
         init_process_group(self.env, self.device)
+        self.fetch_global()
         self.load_base()
         self.prepare_task()
+
+    def fetch_global(self) -> None:
+        """With a store: each node's first rank fetches the global, the others wait for it.
+
+        One fetch per node, not per job, so a ``facility_dir`` on node-local disk works too;
+        nodes that share it race for one rename, and the losers find the same files in place.
+        """
+        if self.store is None or self.task.global_dir is None:
+            return
+        if self.env.local_rank == 0:
+            self.store.fetch(self.task.global_dir)
+        barrier()
 
     def load_base(self) -> None:
         """Build base model + adapters, unless the recipe was given them."""
@@ -235,6 +264,8 @@ class RoundRecipe:
                 )
             manifest = write_state_dict(task.update_dir, state, meta, shard_bytes=task.shard_bytes)
             logger.info("wrote %s: %d tensors", task.update_dir, len(manifest.tensors))
+            if self.store is not None:
+                self.store.publish(task.update_dir)
             self._progress("done", step=self.local_steps, loss=last_loss)
 
     def cleanup(self) -> None:
@@ -245,6 +276,8 @@ class RoundRecipe:
     def _progress(self, phase: str, step: int = 0, loss: float | None = None) -> None:
         if self.env.is_main and self.task.progress_file is not None:
             write_progress(self.task.progress_file, self.task.round, step, self.local_steps, loss, phase)
+            if self.store is not None:
+                self.store.publish_progress(self.task.progress_file, phase)
 
 
 def write_progress(path: Path, round_: int, step: int, local_steps: int, loss: float | None, phase: str) -> None:
