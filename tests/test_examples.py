@@ -47,3 +47,11 @@ def test_run_refuses_a_simulated_scenario_and_writes_nothing(tmp_path):
     assert result.returncode == 2, result.stdout + result.stderr
     assert "fedhpc simulate" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_the_globus_example_loads_offline_with_its_facilities_remote():
+    """Its data paths are at the facilities, so they are taken as given; every UUID is checked."""
+    experiment = load_experiment(ROOT / "examples" / "globus" / "experiment.yaml")
+    kinds = {(f.launcher.kind, f.mover.kind) for f in experiment.facilities}
+    assert kinds == {("globus-compute", "globus-transfer")}
+    assert all(f.remote and f.data.is_absolute() for f in experiment.facilities)

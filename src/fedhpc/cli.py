@@ -62,13 +62,16 @@ def validate(
 
     exp = _load(experiment, set_)
     out = Console()
-    out.print(f"[green]ok[/green] {experiment}: experiment {exp.name!r}, {exp.algorithm.rounds} rounds of {exp.algorithm.name}")
-    out.print(f"  model {exp.model.source} ({exp.model.dtype}, peft={exp.model.peft}), run dir {exp.resolved_run_dir()}")
+    out.print(f"[green]ok[/green] {experiment}: experiment {exp.name!r}, {exp.algorithm.rounds} rounds of {exp.algorithm.name}",
+              soft_wrap=True)
+    out.print(f"  model {exp.model.source} ({exp.model.dtype}, peft={exp.model.peft}), run dir {exp.resolved_run_dir()}",
+              soft_wrap=True, highlight=False)
     for facility in exp.facilities:
         out.print(
             f"  facility {facility.name}: {facility.launcher.kind} x{facility.launcher.nprocs}, "
             f"mover {facility.mover.kind}, data {facility.data}"
-            + (", persistent worker" if facility.mode == "persistent" else "")
+            + (", persistent worker" if facility.mode == "persistent" else ""),
+            soft_wrap=True, highlight=False,
         )
         for line in describe(facility):
             out.print(f"    {line}", highlight=False, soft_wrap=True)
