@@ -20,15 +20,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
-import uuid
 from pathlib import Path, PurePosixPath
 from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError
 
 from fedhpc.errors import TransferError
-from fedhpc.exchange.writer import fsync_path
+from fedhpc.exchange.writer import publish_directory
 
 logger = logging.getLogger(__name__)
 
@@ -123,21 +121,17 @@ class DirectoryObjects:
         local_dir = Path(local_dir).absolute()
         if local_dir.exists():
             return self._already_there(local_dir, relative, index, publishing=False)
-        temp = local_dir.parent / f".{local_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            temp.mkdir(parents=True)
-            total = sum(self._unpack(relative, name, entry, temp / name) for name, entry in index.files.items())
-            fsync_path(temp)
-            os.rename(temp, local_dir)
-            fsync_path(local_dir.parent)
+
+        def unpack(temp: Path) -> int:
+            temp.mkdir()
+            return sum(self._unpack(relative, name, entry, temp / name) for name, entry in index.files.items())
+
+        try:  # on a lost race, another fetch of the same directory won the rename
+            total = publish_directory(
+                local_dir, unpack, lambda: self._already_there(local_dir, relative, index, publishing=False)
+            )
         except OSError as e:
-            shutil.rmtree(temp, ignore_errors=True)
-            if local_dir.exists():  # another fetch of the same directory won the rename
-                return self._already_there(local_dir, relative, index, publishing=False)
             raise TransferError(f"cannot fetch {relative} from {self.store.where} into {local_dir}: {e}") from e
-        except BaseException:
-            shutil.rmtree(temp, ignore_errors=True)
-            raise
         logger.debug("fetched %s from %s into %s (%d bytes)", relative, self.store.where, local_dir, total)
         return total
 

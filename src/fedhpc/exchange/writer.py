@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -106,6 +107,33 @@ def _write_shards(
     if leftover is not None:
         raise ExchangeError(f"tensor {leftover[0]!r} was produced but not declared in the layout")
     return Manifest(**meta.model_dump(), tensors=tensor_entries, files=file_entries)
+
+
+def publish_directory(dest: Path, fill: Callable[[Path], int], already_there: Callable[[], int]) -> int:
+    """Build a directory beside `dest` with `fill(temp)` and rename it into place; return `fill`'s bytes.
+
+    Readers see all of `dest` or nothing, and a publisher killed half-way leaves
+    only a hidden ``.<name>.partial-*`` sibling, which nothing reads. `fill`
+    creates `temp` itself. When the rename fails because another publisher of the
+    same directory won it, `already_there()` decides (typically: the same
+    manifest.json, 0 bytes); any other OSError propagates for the caller to word.
+    """
+    temp = dest.parent / f".{dest.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        nbytes = fill(temp)
+        fsync_path(temp)
+        os.rename(temp, dest)
+        fsync_path(dest.parent)
+    except OSError:
+        shutil.rmtree(temp, ignore_errors=True)
+        if dest.exists():
+            return already_there()
+        raise
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return nbytes
 
 
 def _write_durably(path: Path, data: bytes) -> None:

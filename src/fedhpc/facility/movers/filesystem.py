@@ -14,13 +14,12 @@ import errno
 import logging
 import os
 import shutil
-import uuid
 from pathlib import Path, PurePosixPath
 
 from fedhpc.config import FilesystemMoverConfig
 from fedhpc.errors import TransferError
 from fedhpc.exchange.manifest import MANIFEST_NAME
-from fedhpc.exchange.writer import fsync_path
+from fedhpc.exchange.writer import publish_directory
 
 logger = logging.getLogger(__name__)
 
@@ -89,21 +88,13 @@ class FilesystemMover:
             raise TransferError(f"cannot copy {source} to {dest}: the source is not a directory")
         if dest.exists():
             return _already_there(source, dest)
-        temp = dest.parent / f".{dest.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            nbytes = copy_tree(source, temp, hardlink=self.config.hardlink)
-            fsync_path(temp)
-            os.rename(temp, dest)
-            fsync_path(dest.parent)
+            nbytes = publish_directory(
+                dest, lambda temp: copy_tree(source, temp, hardlink=self.config.hardlink),
+                lambda: _already_there(source, dest),  # another transfer of the same directory won the rename
+            )
         except OSError as e:
-            shutil.rmtree(temp, ignore_errors=True)
-            if dest.exists():  # another transfer of the same directory won the rename
-                return _already_there(source, dest)
             raise TransferError(f"cannot copy {source} to {dest}: {e}") from e
-        except BaseException:
-            shutil.rmtree(temp, ignore_errors=True)
-            raise
         logger.debug("published %s at %s (%d bytes)", source, dest, nbytes)
         return nbytes
 

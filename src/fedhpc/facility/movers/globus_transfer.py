@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any
 from fedhpc.config import GlobusTransferMoverConfig
 from fedhpc.errors import AuthError, ConfigError, FedhpcError, TransferError, UpdateRejected
 from fedhpc.exchange import MANIFEST_NAME, ExchangeDir
-from fedhpc.exchange.writer import fsync_path
+from fedhpc.exchange.writer import fsync_path, publish_directory
 from fedhpc.facility.movers.filesystem import copy_tree
 
 if TYPE_CHECKING:
@@ -459,12 +459,10 @@ def _move_into_place(source: Path, dest: Path) -> None:
     except OSError as e:
         if e.errno != errno.EXDEV:
             raise TransferError(f"cannot move the pulled directory into {dest}: {e}") from e
-        temp = dest.parent / f".{dest.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
-            copy_tree(source, temp, hardlink=False)
-            fsync_path(temp)
-            os.rename(temp, dest)
+            publish_directory(dest, lambda temp: copy_tree(source, temp, hardlink=False),
+                              lambda: _already_here(source, dest))
         except OSError as e2:
-            shutil.rmtree(temp, ignore_errors=True)
             raise TransferError(f"cannot copy the pulled directory into {dest}: {e2}") from e2
+        return
     fsync_path(dest.parent)
