@@ -24,24 +24,24 @@ def fedadam(run_dir: Path, rounds: int) -> list[str]:
 
 def test_resumed_fedadam_run_is_bit_identical_to_an_uninterrupted_one(tmp_path: Path) -> None:
     resumed, straight = tmp_path / "A", tmp_path / "B"
-    for args in (fedadam(resumed, 2), fedadam(resumed, 3), fedadam(straight, 3)):
+    for args in (fedadam(resumed, 1), fedadam(resumed, 2), fedadam(straight, 2)):
         result = run_fedhpc(*args)
         assert result.returncode == 0, result.stdout + result.stderr
 
     starts = Ledger(resumed / "ledger.sqlite").events("run_started")
-    assert [e.detail["resumed_from"] for e in starts] == [None, 2]
-    a, b = ExchangeDir(resumed / "global" / "r0003"), ExchangeDir(straight / "global" / "r0003")
+    assert [e.detail["resumed_from"] for e in starts] == [None, 1]
+    a, b = ExchangeDir(resumed / "global" / "r0002"), ExchangeDir(straight / "global" / "r0002")
     assert a.names() == b.names()
     assert all(torch.equal(a.get(name), b.get(name)) for name in a.names())
-    assert not torch.equal(a.get(a.names()[0]), ExchangeDir(resumed / "global" / "r0002").get(a.names()[0]))
+    assert not torch.equal(a.get(a.names()[0]), ExchangeDir(resumed / "global" / "r0001").get(a.names()[0]))
 
     # The state of the latest round only, with both moments of every global tensor, in fp32.
     for run_dir in (resumed, straight):
-        assert sorted(p.name for p in (run_dir / "server_state").iterdir()) == ["r0003"]
-        state = ExchangeDir(run_dir / "server_state" / "r0003")
+        assert sorted(p.name for p in (run_dir / "server_state").iterdir()) == ["r0002"]
+        state = ExchangeDir(run_dir / "server_state" / "r0002")
         state.verify()
         assert state.manifest.metrics == {"content": "server_state", "algorithm": "fedadam"}
         assert sorted(state.names()) == sorted(f"{n}.{k}" for n in a.names() for k in "mv")
         assert {entry.dtype for entry in state.manifest.tensors.values()} == {"float32"}
     aggregated = Ledger(straight / "ledger.sqlite").events("aggregated")
-    assert [e.detail.get("algorithm") for e in aggregated if e.round] == ["fedadam"] * 3
+    assert [e.detail.get("algorithm") for e in aggregated if e.round] == ["fedadam"] * 2
