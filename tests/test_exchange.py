@@ -332,7 +332,7 @@ def test_garbage_manifest(tmp_path: Path, content: bytes):
 def test_manifest_with_unknown_field_or_version(tmp_path: Path):
     write_update(tmp_path / "u")
     manifest = json.loads((tmp_path / "u" / MANIFEST_NAME).read_text())
-    for key, value in (("format_version", 2), ("surprise", 1)):
+    for key, value in (("format_version", 3), ("surprise", 1)):
         (tmp_path / "u" / MANIFEST_NAME).write_text(json.dumps({**manifest, key: value}))
         assert rejection(lambda: read_manifest(tmp_path / "u")) == "bad_manifest"
 

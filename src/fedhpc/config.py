@@ -102,6 +102,35 @@ class TinyLlamaConfig(Frozen):
         return self
 
 
+class FullFinetuneConfig(Frozen):
+    """How a worker trains every weight (`model.peft: none`); LoRA ignores it (docs/full-finetuning.md).
+
+    FSDP2 shards parameters, gradients and optimizer state over the job's ranks,
+    so a model that does not fit one GPU with AdamW (16 bytes per parameter in
+    fp32 master + moments) still trains; DDP keeps a whole copy per rank and is
+    faster for models that fit.
+    """
+
+    sharding: Literal["auto", "fsdp", "ddp"] = Field(
+        "auto", description="auto: FSDP on more than one rank, a single process otherwise; ddp: a copy per rank"
+    )
+    compute_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="FSDP forward/backward dtype; auto: bfloat16 on GPUs, float32 on CPUs"
+    )
+    reduce_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="dtype of FSDP's gradient reduce-scatter"
+    )
+    activation_checkpointing: bool = Field(
+        True, description="recompute each decoder layer in the backward pass: one layer's activations, not all"
+    )
+    cpu_offload: bool = Field(
+        False, description="FSDP keeps parameters, gradients and optimizer state in host memory between uses"
+    )
+    keep_optimizer_state: bool = Field(
+        False, description="a persistent worker keeps AdamW's moments from one task to the next (never shipped)"
+    )
+
+
 class ModelConfig(Frozen):
     source: str = Field(
         "tiny-llama",
@@ -111,6 +140,7 @@ class ModelConfig(Frozen):
     dtype: DType = "float32"
     peft: Literal["lora", "none"] = "lora"
     lora: LoraConfig = LoraConfig()
+    full: FullFinetuneConfig = FullFinetuneConfig()
     cache_dir: RelPath | None = Field(None, description="converted-model cache; default ~/.cache/fedhpc/models")
 
     @field_validator("source")
@@ -129,6 +159,16 @@ class ModelConfig(Frozen):
         candidate = Path(base) / value
         looks_like_path = value.endswith(".gguf") or value.startswith(".") or candidate.exists()
         return str(candidate) if looks_like_path else value
+
+    @model_validator(mode="after")
+    def _full_needs_full_finetuning(self) -> ModelConfig:
+        # Not fields_set: a task.json carries every key, defaults included.
+        if self.full != FullFinetuneConfig() and self.peft != "none":
+            raise KeyedValueError(
+                "model.full", f"configures full fine-tuning, but model.peft is {self.peft!r}; set model.peft: none "
+                "to train every weight, or remove model.full"
+            )
+        return self
 
 
 class DataConfig(Frozen):
@@ -975,6 +1015,9 @@ class FacilityConfig(Frozen):
         "per-round", description="a job per round, or one persistent worker that trains round after round"
     )
     persistent: PersistentConfig = PersistentConfig()
+    gpu_memory: ByteSize | None = Field(
+        None, description="memory of one GPU at the facility, e.g. '40GiB': `fedhpc validate` checks the plan fits"
+    )
 
     @field_validator("mode")
     @classmethod
@@ -1091,6 +1134,9 @@ class ExchangeConfig(Frozen):
         "auto", description="dtype of the global staged for facilities; auto = model.dtype"
     )
     update_dtype: DType = "float32"
+    update_form: Literal["weights", "delta"] = Field(
+        "weights", description="what a facility sends: its trained tensors, or trained minus the global it started from"
+    )
 
     @field_validator("shard_size")
     @classmethod
@@ -1146,6 +1192,16 @@ class Experiment(Frozen):
                 "algorithm.min_facilities",
                 f"is {self.algorithm.min_facilities} but only {len(self.facilities)} facilities are configured; "
                 "lower it or add facilities"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _kept_optimizer_state_needs_a_persistent_worker(self) -> Experiment:
+        if self.model.full.keep_optimizer_state and all(f.mode != "persistent" for f in self.facilities):
+            raise KeyedValueError(
+                "model.full.keep_optimizer_state",
+                "keeps AdamW's moments in a persistent worker between tasks, but no facility has mode: persistent "
+                "(a per-round job starts a fresh process); set a facility's mode to persistent or remove the key",
             )
         return self
 

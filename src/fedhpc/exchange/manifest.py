@@ -10,23 +10,66 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, model_serializer
+from pydantic import model_validator
 
 from fedhpc.errors import UpdateRejected
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "fedhpc-exchange"
 FORMAT_VERSION = 1
+SHARDED_FORMAT_VERSION = 2  # some tensor is stored as row ranges in several files (`TensorEntry.parts`)
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class PartEntry(_Strict):
+    """Rows [start, stop) of a tensor's first dimension, stored in `file` under the tensor's name."""
+
+    file: str
+    rows: tuple[int, int]
+
+
 class TensorEntry(_Strict):
+    """A tensor held whole in `file`, or (format version 2) as `parts` written by the ranks that own them.
+
+    Parts are what FSDP's dim-0 shards are: each rank writes its own rows and
+    nothing is gathered; a reader joins them (`ExchangeDir.get`) or reads just
+    the rows it needs (`ExchangeDir.get_rows`).
+    """
+
     shape: list[int]
     dtype: str
-    file: str
+    file: str | None = None
+    parts: list[PartEntry] | None = None
+
+    @model_validator(mode="after")
+    def _one_place(self) -> TensorEntry:
+        if (self.file is None) == (self.parts is None):
+            raise ValueError("a tensor entry names either one file or its parts, not both or neither")
+        if self.parts is not None:
+            if not self.shape:
+                raise ValueError("a tensor without dimensions cannot be split into row parts")
+            expected = 0
+            for part in self.parts:
+                start, stop = part.rows
+                if start != expected or stop <= start:
+                    raise ValueError(f"parts must cover rows 0..{self.shape[0]} in order without gaps or overlaps")
+                expected = stop
+            if expected != self.shape[0]:
+                raise ValueError(f"parts cover {expected} of {self.shape[0]} rows")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unused_place(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Version-1 entries keep exactly their v1 bytes: no `parts: null`."""
+        data = handler(self)
+        return {key: value for key, value in data.items() if not (key in ("file", "parts") and value is None)}
+
+    def files(self) -> list[str]:
+        return [self.file] if self.file is not None else [part.file for part in self.parts or []]
 
 
 class FileEntry(_Strict):
@@ -45,13 +88,37 @@ class ExchangeMeta(_Strict):
     local_steps: int = Field(0, ge=0)
     base_fingerprint: str
     metrics: dict[str, Any] = Field(default_factory=dict)
+    update_form: Literal["weights", "delta"] = Field(
+        "weights", description="update: 'delta' tensors are trained − the global of based_on_round"
+    )
+
+    @model_validator(mode="after")
+    def _delta_names_its_base(self) -> ExchangeMeta:
+        if self.update_form == "delta" and (self.kind != "update" or self.based_on_round is None):
+            raise ValueError("a delta is an update that names the global it is relative to (based_on_round)")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_default_form(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Weights are what version 1 always held: their manifests keep exactly their v1 bytes."""
+        data = handler(self)
+        if data.get("update_form") == "weights":
+            del data["update_form"]
+        return data
 
 
 class Manifest(ExchangeMeta):
     format: Literal["fedhpc-exchange"] = FORMAT_NAME
-    format_version: Literal[1] = FORMAT_VERSION
+    format_version: Literal[1, 2] = FORMAT_VERSION
     tensors: dict[str, TensorEntry]
     files: dict[str, FileEntry]
+
+    @model_validator(mode="after")
+    def _version_fits_entries(self) -> Manifest:
+        sharded = any(entry.parts is not None for entry in self.tensors.values())
+        if sharded and self.format_version < SHARDED_FORMAT_VERSION:
+            raise ValueError(f"tensors stored in parts need format_version {SHARDED_FORMAT_VERSION}")
+        return self
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=1, sort_keys=False) + "\n"

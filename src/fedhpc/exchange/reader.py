@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
 import torch
 
-from fedhpc.errors import UpdateRejected
-from fedhpc.exchange.manifest import Manifest, read_manifest
-from fedhpc.errors import ExchangeError
+from fedhpc.errors import ExchangeError, UpdateRejected
+from fedhpc.exchange.manifest import Manifest, TensorEntry, read_manifest
 from fedhpc.exchange.safetensors_stream import ShardReader, TensorLayout, dtype_from_name, sha256_of_file
 
 FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -39,10 +39,36 @@ class ExchangeDir:
         ]
 
     def get(self, name: str) -> torch.Tensor:
+        """The whole tensor; one held in parts is joined into one fresh tensor."""
+        entry = self._entry(name)
+        if entry.file is not None:
+            return self._handle(entry.file).read(name)
+        return self.get_rows(name, 0, entry.shape[0])
+
+    def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of the tensor's first dimension, reading only their bytes.
+
+        An FSDP rank loads its shard of a global this way, whether the global
+        was written whole (by the server) or in parts (by another job's ranks).
+        """
+        entry = self._entry(name)
+        if not entry.shape or not 0 <= start <= stop <= entry.shape[0]:
+            raise ExchangeError(f"{self.path}: {name!r} {entry.shape} has no rows [{start}, {stop})")
+        out = torch.empty([stop - start, *entry.shape[1:]], dtype=dtype_from_name(entry.dtype))
+        if entry.file is not None:
+            self._handle(entry.file).read_rows(name, start, out)
+            return out
+        for part in entry.parts or []:
+            first, last = max(start, part.rows[0]), min(stop, part.rows[1])
+            if first < last:
+                self._handle(part.file).read_rows(name, first - part.rows[0], out[first - start : last - start])
+        return out
+
+    def _entry(self, name: str) -> TensorEntry:
         entry = self.manifest.tensors.get(name)
         if entry is None:
             raise UpdateRejected("missing_tensor", f"{self.path}: no tensor {name!r}")
-        return self._handle(entry.file).read(name)
+        return entry
 
     def _handle(self, file_name: str) -> ShardReader:
         if file_name not in self._handles:
@@ -95,27 +121,36 @@ class ExchangeDir:
                 raise UpdateRejected("checksum", f"{path} does not match its sha256 (corrupted in transit?)")
 
     def _verify_headers(self) -> None:
+        held: dict[str, dict[str, list[int]]] = {}  # file -> tensor name -> the shape it must have there
         for name, entry in self.manifest.tensors.items():
-            if entry.file not in self.manifest.files:
-                raise UpdateRejected("bad_manifest", f"{self.path}: tensor {name!r} names unknown file {entry.file}")
             if entry.dtype not in FLOAT_DTYPES:
                 raise UpdateRejected("dtype", f"{self.path}: tensor {name!r} has dtype {entry.dtype}, not a float type")
+            places = [(entry.file, entry.shape)] if entry.file is not None else [
+                (part.file, [part.rows[1] - part.rows[0], *entry.shape[1:]]) for part in entry.parts or []
+            ]
+            for file_name, shape in places:
+                if file_name not in self.manifest.files:
+                    raise UpdateRejected("bad_manifest", f"{self.path}: tensor {name!r} names unknown file {file_name}")
+                if name in held.setdefault(file_name, {}):
+                    raise UpdateRejected("bad_manifest", f"{self.path}: tensor {name!r} has two parts in {file_name}")
+                held[file_name][name] = shape
         for file_name in self.manifest.files:
             handle = self._handle(file_name)
+            expected = held.get(file_name, {})
             for name in handle.keys():
-                entry = self.manifest.tensors.get(name)
-                if entry is None or entry.file != file_name:
+                if name not in expected:
                     raise UpdateRejected("unexpected_tensor", f"{self.path}/{file_name}: {name!r} is not in the manifest")
+                entry = self.manifest.tensors[name]
                 actual_dtype, actual_shape = handle.dtype_name(name), handle.shape(name)
-                if actual_shape != entry.shape or actual_dtype != entry.dtype:
+                if actual_shape != expected[name] or actual_dtype != entry.dtype:
                     raise UpdateRejected(
-                        "shape" if actual_shape != entry.shape else "dtype",
-                        f"{self.path}: {name!r} is {actual_dtype}{actual_shape} in the file "
-                        f"but {entry.dtype}{entry.shape} in the manifest",
+                        "shape" if actual_shape != expected[name] else "dtype",
+                        f"{self.path}: {name!r} is {actual_dtype}{actual_shape} in {file_name} "
+                        f"but {entry.dtype}{expected[name]} in the manifest",
                     )
             present = set(handle.keys())
-            for name, entry in self.manifest.tensors.items():
-                if entry.file == file_name and name not in present:
+            for name in expected:
+                if name not in present:
                     raise UpdateRejected("missing_tensor", f"{self.path}/{file_name}: {name!r} is missing")
 
     def _verify_against(self, expected_shapes: Mapping[str, Sequence[int]]) -> None:

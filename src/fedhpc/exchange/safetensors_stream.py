@@ -181,20 +181,36 @@ class ShardReader:
 
     def read(self, name: str) -> torch.Tensor:
         entry = self.entries[name]
-        dtype = dtype_from_name(self.dtype_name(name))
+        tensor = torch.empty(entry["shape"], dtype=dtype_from_name(self.dtype_name(name)))
         begin, end = entry["data_offsets"]
-        tensor = torch.empty(entry["shape"], dtype=dtype)
         if end - begin != tensor.numel() * tensor.element_size():
             raise ExchangeError(f"{self.path}: {name!r} has {end - begin} bytes for shape {entry['shape']}")
-        if end > begin:
-            view = memoryview(tensor.view(-1).view(torch.uint8).numpy())
-            got = 0
-            while got < len(view):
-                count = os.preadv(self._fd, [view[got:]], self._data_start + begin + got)
-                if count == 0:
-                    raise ExchangeError(f"{self.path}: file ends inside tensor {name!r}")
-                got += count
+        self._read_into(name, tensor, begin)
         return tensor
+
+    def read_rows(self, name: str, start: int, out: torch.Tensor) -> None:
+        """Fill `out` (contiguous, `out.shape[0]` rows of `name`'s shape) from row `start` on.
+
+        Rows of a row-major tensor are one contiguous byte range, so this reads
+        exactly the bytes asked for.
+        """
+        entry = self.entries[name]
+        shape = entry["shape"]
+        if not shape or list(out.shape[1:]) != shape[1:] or not 0 <= start <= start + out.shape[0] <= shape[0]:
+            raise ExchangeError(f"{self.path}: cannot read {list(out.shape)} from row {start} of {name!r} {shape}")
+        if out.dtype != dtype_from_name(self.dtype_name(name)) or not out.is_contiguous():
+            raise ExchangeError(f"{self.path}: rows of {name!r} must be read into a contiguous {self.dtype_name(name)}")
+        row_bytes = out[0:1].numel() * out.element_size() if out.shape[0] else 0
+        self._read_into(name, out, entry["data_offsets"][0] + start * row_bytes)
+
+    def _read_into(self, name: str, tensor: torch.Tensor, begin: int) -> None:
+        view = memoryview(tensor.view(-1).view(torch.uint8).numpy()) if tensor.numel() else memoryview(b"")
+        got = 0
+        while got < len(view):
+            count = os.preadv(self._fd, [view[got:]], self._data_start + begin + got)
+            if count == 0:
+                raise ExchangeError(f"{self.path}: file ends inside tensor {name!r}")
+            got += count
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -42,6 +42,7 @@ class WorkerTask(BaseModel):
     data_config: DataConfig = DataConfig()
     train: TrainSettings | None = None
     update_dtype: DType = "float32"
+    update_form: Literal["weights", "delta"] = "weights"
     shard_bytes: PositiveInt = 2 * 1024**3
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

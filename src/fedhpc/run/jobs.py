@@ -18,6 +18,7 @@ from fedhpc.aggregate import Update
 from fedhpc.config import Experiment, FacilityConfig
 from fedhpc.errors import TransferError, UpdateRejected
 from fedhpc.exchange import ExchangeDir, TrainSettings, WorkerTask
+from fedhpc.exchange.delta import DeltaUpdateDir
 from fedhpc.facility.base import JobHandle, JobSpec, JobState, Launcher, Mover
 from fedhpc.report.progress import ProgressView
 from fedhpc.run.clock import Clock
@@ -168,6 +169,7 @@ class Jobs:
                 proximal_mu=algorithm.proximal_mu,
             ),
             update_dtype=self.experiment.exchange.update_dtype,
+            update_form=self.experiment.exchange.update_form,
             shard_bytes=int(self.experiment.exchange.shard_size),
             device=config.launcher.device,
         )
@@ -308,6 +310,20 @@ class Jobs:
         self.progress.facility_state(attempt.facility, "accepted", round)
         return update
 
+    def _open_update(self, path: Path) -> ExchangeDir:
+        """The update as the facility's weights; a delta is read on top of the global it names as its base."""
+        update_dir = ExchangeDir(path)
+        manifest = update_dir.manifest
+        if manifest.update_form != "delta":
+            return update_dir
+        assert manifest.based_on_round is not None  # the manifest's own validation guarantees it
+        base = self.run_dir.global_dir(manifest.based_on_round)
+        if not base.exists():
+            raise UpdateRejected(
+                "stale", f"{path}: a delta from global {manifest.based_on_round}, which is no longer kept"
+            )
+        return DeltaUpdateDir(path, ExchangeDir(base))
+
     def reject(self, attempt: Attempt, round: int, reason: str, message: str) -> None:
         self.events.record("rejected", round, attempt.facility, reason=reason, message=message,
                            attempt=attempt.attempt_id)
@@ -315,7 +331,7 @@ class Jobs:
 
     def verified(self, path: Path, facility: str | None, trained_round: int, global_: ExchangeDir) -> Update:
         """Verify an update trained for `trained_round` against `global_` (the global it will be aggregated into)."""
-        update_dir = ExchangeDir(path)
+        update_dir = self._open_update(path)
         verify_update(
             update_dir,
             global_,

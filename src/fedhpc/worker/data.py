@@ -184,6 +184,11 @@ class Batch:
         """Loss-bearing tokens in the batch."""
         return int((self.labels != IGNORE_INDEX).sum())
 
+    @property
+    def num_predicted_tokens(self) -> int:
+        """Tokens the causal-LM loss averages over: labels after the shift by one (the first cannot be predicted)."""
+        return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
+
     def model_inputs(self, device: torch.device) -> dict[str, torch.Tensor]:
         inputs = {"input_ids": self.input_ids, "labels": self.labels}
         if self.attention_mask is not None:

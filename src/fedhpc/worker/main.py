@@ -40,8 +40,9 @@ from transformers import PreTrainedTokenizerBase, set_seed
 from transformers.utils.logging import disable_progress_bar
 
 from fedhpc.config import ModelConfig
-from fedhpc.errors import ConfigError, FedhpcError, ModelError
-from fedhpc.exchange import ExchangeDir, ExchangeMeta, WorkerTask, dtype_from_name, write_state_dict
+from fedhpc.errors import ConfigError, ExchangeError, FedhpcError, ModelError
+from fedhpc.exchange import ExchangeDir, ExchangeMeta, Manifest, WorkerTask, dtype_from_name, write_state_dict
+from fedhpc.exchange.sharded import prepare_sharded, publish_sharded, write_rank_part
 from fedhpc.worker.data import batches, read_examples, shard_indices
 from fedhpc.worker.distributed import (
     RankEnv,
@@ -50,6 +51,14 @@ from fedhpc.worker.distributed import (
     init_process_group,
     rank_env,
     resolve_device,
+)
+from fedhpc.worker.fsdp import (
+    all_ranks_agree,
+    apply_global_rows,
+    build_sharded_model,
+    delta_from,
+    sharded_parts,
+    uses_fsdp,
 )
 from fedhpc.worker.model import add_trainable, apply_global, build_base_model, extract_trainable
 from fedhpc.worker.store import FacilityStore
@@ -113,11 +122,20 @@ class LoadedModel:
     fingerprint: str
     config: ModelConfig  # what it was built from: a task with another model section needs a rebuild
     seconds: float  # wall time of the build
+    sharded: bool = False  # FSDP: each rank holds its rows of every parameter (`fedhpc.worker.fsdp`)
+    optimizer: torch.optim.Optimizer | None = None  # kept between tasks with model.full.keep_optimizer_state
 
 
-def load_model(config: ModelConfig) -> LoadedModel:
-    """Build (or load) the base model and add the trainable adapters, seeded: the same at every facility."""
+def load_model(config: ModelConfig, env: RankEnv = RankEnv(), device: torch.device | None = None) -> LoadedModel:
+    """Build (or load) the base model and add the trainable adapters, seeded: the same at every facility.
+
+    Full fine-tuning on several ranks is sharded with FSDP as it loads, so no
+    rank holds the whole model (`uses_fsdp`).
+    """
     start = time.perf_counter()
+    if uses_fsdp(config, env):
+        base = build_sharded_model(config, env, device or torch.device("cpu"))
+        return LoadedModel(base.model, base.tokenizer, base.fingerprint, config, time.perf_counter() - start, True)
     base = build_base_model(config)
     model = add_trainable(base.model, config)
     return LoadedModel(model, base.tokenizer, base.fingerprint, config, time.perf_counter() - start)
@@ -173,7 +191,7 @@ class RoundRecipe:
         """Build base model + adapters, unless the recipe was given them."""
         if self.loaded is None:
             self._progress("loading")
-            self.loaded = load_model(self.task.model)
+            self.loaded = load_model(self.task.model, self.env, self.device)
             self.loaded_here = True
 
     def prepare_task(self) -> None:
@@ -200,7 +218,10 @@ class RoundRecipe:
                 # worker's ranks instead agree to skip the task).
                 if env.is_main:
                     global_.verify(fingerprint=loaded.fingerprint)
-                apply_global(self.model, global_)
+                if loaded.sharded:
+                    apply_global_rows(self.model, global_)
+                else:
+                    apply_global(self.model, global_)
                 self.based_on_round = global_.manifest.round
             finally:
                 global_.close()
@@ -224,49 +245,107 @@ class RoundRecipe:
             self._progress("training", step=step, loss=loss)
 
         self._progress("training")
+        loaded = self.loaded
+        assert loaded is not None
+        keep = self.task.model.full.keep_optimizer_state
         self.result = train_local_steps(
-            self.model, self.batches, settings, self.device, self.env, dtype_from_name(self.task.model.dtype), on_step
+            self.model, self.batches, settings, self.device, self.env, dtype_from_name(self.task.model.dtype), on_step,
+            sharded=loaded.sharded, optimizer=loaded.optimizer if keep else None,
         )
+        loaded.optimizer = self.result.optimizer if keep else None
 
     def save(self) -> None:
-        """Rank 0 publishes the trainable state (atomically, manifest last)."""
-        task = self.task
+        """Publish the trainable state (atomically, manifest last): rank 0 alone, or every FSDP rank its rows."""
         last_loss = self.result.losses[-1] if self.result else None
         if self.env.is_main:
             self._progress("saving", step=self.local_steps, loss=last_loss)
-            if self.result is None:  # init: the round-0 global, an fp32 master copy
-                state = extract_trainable(self.model, torch.float32)
-                meta = ExchangeMeta(
-                    kind="global",
-                    round=0,
-                    base_fingerprint=self.fingerprint,
-                    metrics={"load_seconds": self.load_seconds, "device": self.device.type},
-                )
-            else:
-                state = extract_trainable(self.model, dtype_from_name(task.update_dtype))
-                meta = ExchangeMeta(
-                    kind="update",
-                    round=task.round,
-                    facility=task.facility,
-                    based_on_round=self.based_on_round,
-                    num_samples=self.num_samples,
-                    local_steps=self.local_steps,
-                    base_fingerprint=self.fingerprint,
-                    metrics={
-                        "loss": self.result.losses,
-                        "tokens": self.result.tokens,
-                        "samples_seen": self.result.samples_seen,
-                        "train_seconds": self.result.seconds,
-                        "load_seconds": self.load_seconds,
-                        "world_size": self.env.world_size,
-                        "device": self.device.type,
-                    },
-                )
-            manifest = write_state_dict(task.update_dir, state, meta, shard_bytes=task.shard_bytes)
-            logger.info("wrote %s: %d tensors", task.update_dir, len(manifest.tensors))
+        assert self.loaded is not None
+        if self.loaded.sharded and self.result is not None:
+            manifest = self._save_sharded()
+        elif self.env.is_main:
+            manifest = self._save_whole()
+        else:
+            return
+        if self.env.is_main:
+            logger.info("wrote %s: %d tensors", self.task.update_dir, len(manifest.tensors))
             if self.store is not None:
-                self.store.publish(task.update_dir)
+                self.store.publish(self.task.update_dir)
             self._progress("done", step=self.local_steps, loss=last_loss)
+
+    def _meta(self) -> ExchangeMeta:
+        task = self.task
+        if self.result is None:  # init: the round-0 global, an fp32 master copy
+            return ExchangeMeta(
+                kind="global",
+                round=0,
+                base_fingerprint=self.fingerprint,
+                metrics={"load_seconds": self.load_seconds, "device": self.device.type},
+            )
+        return ExchangeMeta(
+            kind="update",
+            round=task.round,
+            facility=task.facility,
+            based_on_round=self.based_on_round,
+            num_samples=self.num_samples,
+            local_steps=self.local_steps,
+            base_fingerprint=self.fingerprint,
+            update_form=task.update_form,
+            metrics={
+                "loss": self.result.losses,
+                "tokens": self.result.tokens,
+                "samples_seen": self.result.samples_seen,
+                "train_seconds": self.result.seconds,
+                "load_seconds": self.load_seconds,
+                "world_size": self.env.world_size,
+                "device": self.device.type,
+                "sharded": bool(self.loaded and self.loaded.sharded),
+            },
+        )
+
+    def _save_whole(self) -> Manifest:
+        task = self.task
+        if self.result is None:
+            return write_state_dict(
+                task.update_dir, extract_trainable(self.model, torch.float32), self._meta(), task.shard_bytes
+            )
+        dtype = dtype_from_name(task.update_dtype)
+        state = extract_trainable(self.model, torch.float32 if task.update_form == "delta" else dtype)
+        if task.update_form == "delta":
+            assert task.global_dir is not None
+            global_ = ExchangeDir(task.global_dir)
+            try:
+                state = {name: (value - global_.get(name).float()).to(dtype) for name, value in state.items()}
+            finally:
+                global_.close()
+        return write_state_dict(task.update_dir, state, self._meta(), shard_bytes=task.shard_bytes)
+
+    def _save_sharded(self) -> Manifest | None:
+        """Every rank writes its rows; rank 0 writes the manifest once all ranks have (`fedhpc.exchange.sharded`).
+
+        The ranks agree after each step (an all-reduce), so a rank that fails to
+        write makes every rank raise instead of leaving the others in a barrier.
+        """
+        task, env = self.task, self.env
+        dest = task.update_dir
+        if env.is_main:
+            prepare_sharded(dest)
+        barrier()
+        ok, error = True, ""
+        try:
+            delta = None
+            if task.update_form == "delta":
+                assert task.global_dir is not None
+                delta = delta_from(ExchangeDir(task.global_dir))
+            parts = list(sharded_parts(self.model, env.is_main))
+            write_rank_part(dest, env.rank, env.world_size, parts, dtype_from_name(task.update_dtype), delta)
+        except (OSError, FedhpcError) as e:
+            ok, error = False, str(e)
+        if not all_ranks_agree(ok, self.device):
+            raise ExchangeError(f"writing the sharded update failed on rank {env.rank}: {error}" if error
+                                else "another rank failed to write its part of the sharded update; see its log")
+        if env.is_main:
+            return publish_sharded(dest, env.world_size, self._meta(), dtype_from_name(task.update_dtype))
+        return None
 
     def cleanup(self) -> None:
         """Hold every rank until rank 0 has published, then leave the process group."""

@@ -128,6 +128,8 @@ def add_trainable(model: PreTrainedModel, config: ModelConfig) -> nn.Module:
     the base until trained.
     """
     if config.peft == "none":
+        if config.full.activation_checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         return model.requires_grad_(True)
     lora = PeftLoraConfig(
         r=config.lora.r,
@@ -162,23 +164,28 @@ def extract_trainable(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.T
     return {name: tensor.detach().to("cpu", dtype) for name, tensor in trainable_tensors(model).items()}
 
 
-def apply_global(model: nn.Module, source: ExchangeDir) -> None:
-    """Overwrite the trainable tensors with the global's, cast to each parameter's dtype.
+def check_global_names(live: set[str], source: ExchangeDir) -> None:
+    """The global must hold exactly the model's trainable tensors.
 
-    The names must match exactly: a tensor missing on either side means the
-    global was written for another model or adapter layout, and training on a
-    half-applied global would silently diverge.
+    A tensor missing on either side means the global was written for another
+    model or adapter layout, and training on a half-applied global would
+    silently diverge.
     """
-    live = trainable_tensors(model)
     offered = set(source.names())
-    missing = sorted(set(live) - offered)
-    extra = sorted(offered - set(live))
+    missing = sorted(live - offered)
+    extra = sorted(offered - live)
     if missing or extra:
         raise ModelError(
             f"global {source.path} does not fit this model: {len(missing)} trainable tensor(s) missing "
             f"(e.g. {missing[:1]}), {len(extra)} unexpected (e.g. {extra[:1]}); check that model.source, "
             "model.peft and model.lora are the ones the global was written with"
         )
+
+
+def apply_global(model: nn.Module, source: ExchangeDir) -> None:
+    """Overwrite the trainable tensors with the global's, cast to each parameter's dtype (names must match)."""
+    live = trainable_tensors(model)
+    check_global_names(set(live), source)
     with torch.no_grad():
         for name, target in live.items():
             value = source.get(name)

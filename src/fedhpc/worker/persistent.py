@@ -225,7 +225,7 @@ class PersistentWorker:
         self._beat(state="loading")
         self.loaded = None
         gc.collect()
-        self.loaded = load_model(model)
+        self.loaded = load_model(model, self.env, self.device)
         logger.info("base model loaded in %.2f s", self.loaded.seconds)
         self._beat(base_load_seconds=self.loaded.seconds)
 

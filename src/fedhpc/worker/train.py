@@ -2,8 +2,17 @@
 
 Exactly, because the server weighs and schedules updates by their step count
 (FedAvg's `steps` weighting, FedCompass's step assignment); an epoch-based
-loop would make that depend on dataset size. The loss reported per step is the
-mean over ranks, so rank 0 alone can report it.
+loop would make that depend on dataset size.
+
+The loss is the mean over every loss-bearing token of the step on all ranks,
+not the mean of per-rank means: each rank divides its token sum by the job's
+token count / world size (`num_items_in_batch`), so the averaged gradient is
+that of one big batch. A job's update then does not depend on how its batch is
+split over ranks (2 ranks of 4 examples train as 1 rank of 8), and ranks with
+more tokens are not down-weighted. Rank 0 alone reports it.
+
+The model arrives either plain (wrapped here in DDP on more than one rank) or
+already sharded by FSDP (`sharded`), which must not be wrapped again or moved.
 
 FedProx (Li et al., 2020, "Federated Optimization in Heterogeneous Networks"): with
 `settings.proximal_mu` μ > 0 the loss minimised is the task loss + μ/2·Σ‖w − w_global‖² over the
@@ -20,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from fedhpc.errors import ModelError
@@ -30,10 +40,11 @@ from fedhpc.worker.distributed import RankEnv, all_reduce_sum
 
 @dataclass(frozen=True)
 class TrainResult:
-    losses: list[float]  # mean over ranks, one per optimizer step
+    losses: list[float]  # token mean over all ranks, one per optimizer step
     tokens: int  # loss-bearing tokens, all ranks
     samples_seen: int  # examples, all ranks
     seconds: float
+    optimizer: torch.optim.Optimizer  # for a persistent worker that keeps its moments (model.full.keep_optimizer_state)
 
 
 def train_local_steps(
@@ -44,31 +55,43 @@ def train_local_steps(
     env: RankEnv,
     dtype: torch.dtype,
     on_step: Callable[[int, float], None] | None = None,
+    sharded: bool = False,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> TrainResult:
-    """Train `model` in place (it is moved to `device`); `on_step(step, mean_loss)` runs after each step.
+    """Train `model` in place; `on_step(step, mean_loss)` runs after each step.
 
-    AdamW covers the trainable parameters only, and its state starts fresh each
-    round: the moments are local and never travel.
+    AdamW covers the trainable parameters only and starts fresh each round unless
+    `optimizer` (the one a persistent worker kept from its last task) is given:
+    the moments are local and never travel. Fused AdamW on GPUs.
     """
     mu = settings.proximal_mu
-    model.to(device).train()
+    if not sharded:
+        model.to(device)
+    model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ModelError("the model has no trainable parameters; check model.peft and model.lora.target_modules")
     anchors = [p.detach().clone() for p in params] if mu > 0 else []  # w_global, for FedProx
     net: nn.Module = model
-    if env.distributed:
+    if env.distributed and not sharded:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    use_autocast = device.type == "cuda" and dtype == torch.bfloat16
+    if optimizer is None:
+        optimizer = torch.optim.AdamW(
+            params, lr=settings.lr, weight_decay=settings.weight_decay, fused=device.type == "cuda" or None
+        )
+    for group in optimizer.param_groups:  # a kept optimizer trains at this task's settings
+        group.update(lr=settings.lr, weight_decay=settings.weight_decay)
+    use_autocast = device.type == "cuda" and dtype == torch.bfloat16 and not sharded  # FSDP casts by its policy
     losses: list[float] = []
     tokens = samples = 0
     start = time.perf_counter()
     for step in range(1, settings.local_steps + 1):
         batch = next(batches)
+        (job_tokens,) = all_reduce_sum([float(batch.num_predicted_tokens)], device)
+        per_rank = torch.tensor(max(job_tokens, 1.0) / env.world_size, device=device)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_autocast else contextlib.nullcontext()
         with autocast:
-            loss = net(**batch.model_inputs(device), use_cache=False).loss
+            loss = net(**batch.model_inputs(device), use_cache=False, num_items_in_batch=per_rank).loss
         objective = loss + mu / 2 * proximal_term(params, anchors) if mu > 0 else loss
         objective.backward()
         optimizer.step()
@@ -80,13 +103,20 @@ def train_local_steps(
         if on_step is not None:
             on_step(step, losses[-1])
     total_tokens, total_samples = all_reduce_sum([tokens, samples], device)
-    return TrainResult(losses, int(total_tokens), int(total_samples), time.perf_counter() - start)
+    return TrainResult(losses, int(total_tokens), int(total_samples), time.perf_counter() - start, optimizer)
 
 
 def proximal_term(params: list[torch.Tensor], anchors: list[torch.Tensor]) -> torch.Tensor:
     """Σ‖w − w_global‖² over the trainable tensors, in fp32.
 
     Under DDP its gradient μ·(w − w_global) joins the task gradient in the same backward pass,
-    before the all-reduce; it is the same on every rank, so averaging keeps it whole.
+    before the all-reduce; it is the same on every rank, so averaging keeps it whole. Under
+    FSDP each rank adds its own rows' term straight to its gradient shard, after the
+    reduce-scatter has averaged the task gradients, so it is whole there too.
     """
-    return sum(((p.float() - a.float()) ** 2).sum() for p, a in zip(params, anchors, strict=True))
+    return sum(((_local(p).float() - _local(a).float()) ** 2).sum() for p, a in zip(params, anchors, strict=True))
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """An FSDP parameter's rows on this rank (differentiable); a plain tensor as it is."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
