@@ -5,9 +5,10 @@ from __future__ import annotations
 import runpy
 
 import pytest
+import yaml
 
 from conftest import ROOT
-from fedhpc.config import load_experiment
+from fedhpc.config import ExchangeConfig, ModelConfig, load_experiment
 
 ALGORITHMS = ROOT / "examples" / "algorithms"
 
@@ -55,3 +56,20 @@ def test_the_globus_example_loads_offline_with_its_facilities_remote():
     kinds = {(f.launcher.kind, f.mover.kind) for f in experiment.facilities}
     assert kinds == {("globus-compute", "globus-transfer")}
     assert all(f.remote and f.data.is_absolute() for f in experiment.facilities)
+
+
+def test_the_full_finetuning_quickstart_shards_beta_and_sends_bf16_deltas():
+    experiment = load_experiment(ROOT / "examples" / "quickstart" / "full-finetune.yaml")
+    assert experiment.model.peft == "none" and experiment.model.full.sharding == "auto"
+    assert (experiment.exchange.update_form, experiment.exchange.update_dtype) == ("delta", "bfloat16")
+    assert experiment.facility("beta").launcher.nprocs == 2  # FSDP needs more than one rank
+
+
+def test_the_full_finetuning_chem_demo_differs_from_the_lora_demo_only_in_what_trains():
+    """Its data is built by `make demo`, so only the sections it changes are validated here."""
+    chem = ROOT / "examples" / "chem"
+    lora, full = (yaml.safe_load((chem / name).read_text()) for name in ("experiment.yaml", "full-finetune.yaml"))
+    model, exchange = ModelConfig.model_validate(full["model"]), ExchangeConfig.model_validate(full["exchange"])
+    assert model.peft == "none" and model.source == lora["model"]["source"]
+    assert exchange.update_form == "delta"
+    assert full["facilities"] == lora["facilities"] and full["evaluation"] == lora["evaluation"]
