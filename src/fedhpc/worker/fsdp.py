@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -40,6 +41,7 @@ from fedhpc.exchange import ExchangeDir, dtype_from_name
 from fedhpc.exchange.safetensors_stream import ShardReader
 from fedhpc.exchange.sharded import RowPart
 from fedhpc.worker.distributed import RankEnv
+from fedhpc.worker.loss import CausalLMLoss
 from fedhpc.worker.model import TINY_LLAMA, BaseModel, build_base_model, check_global_names
 
 logger = logging.getLogger(__name__)
@@ -66,7 +68,15 @@ def compute_dtype(full: FullFinetuneConfig, device: torch.device) -> torch.dtype
     return dtype_from_name(full.compute_dtype)
 
 
-def build_sharded_model(config: ModelConfig, env: RankEnv, device: torch.device) -> BaseModel:
+@dataclass(frozen=True)
+class ShardedModel:
+    """The sharded base model and the loss module FSDP wraps it in (the one to call for training)."""
+
+    base: BaseModel
+    loss: CausalLMLoss
+
+
+def build_sharded_model(config: ModelConfig, env: RankEnv, device: torch.device) -> ShardedModel:
     """The base model, every weight trainable, sharded over the job's ranks; only this rank's rows in memory."""
     if config.source == TINY_LLAMA:
         base = build_base_model(config)
@@ -91,19 +101,24 @@ def build_sharded_model(config: ModelConfig, env: RankEnv, device: torch.device)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(architecture, dtype=dtype)
     model.requires_grad_(True)
-    shard_model(model, config.full, env, device)
+    loss = CausalLMLoss(model)
+    shard_model(model, loss, config.full, env, device)
     model.to_empty(device="cpu" if config.full.cpu_offload else device)
     with torch.no_grad():
         fill_local_rows(model, rows)
     restore_rotary_buffers(model, "cpu" if config.full.cpu_offload else device)
-    return BaseModel(model, tokenizer, fingerprint)
+    return ShardedModel(BaseModel(model, tokenizer, fingerprint), loss)
 
 
-def shard_model(model: PreTrainedModel, full: FullFinetuneConfig, env: RankEnv, device: torch.device) -> None:
-    """Activation checkpointing per decoder layer, then `fully_shard` per layer and on the root.
+def shard_model(
+    model: PreTrainedModel, loss: CausalLMLoss, full: FullFinetuneConfig, env: RankEnv, device: torch.device
+) -> None:
+    """Activation checkpointing per decoder layer, then `fully_shard` per layer and on `loss` as the root.
 
     Per layer, so the all-gather of layer k+1 overlaps the compute of layer k and
-    at most a couple of layers are ever whole at once.
+    at most a couple of layers are ever whole at once. The root is the loss module
+    around the model, so the embedding, final norm and lm_head are gathered for its
+    forward, which computes the chunked loss (`fedhpc.worker.loss`).
     """
     if full.activation_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -118,7 +133,7 @@ def shard_model(model: PreTrainedModel, full: FullFinetuneConfig, env: RankEnv, 
         options["offload_policy"] = CPUOffloadPolicy()
     for layer in decoder_layers(model):
         fully_shard(layer, **options)
-    fully_shard(model, **options)
+    fully_shard(loss, **options)
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:

@@ -60,6 +60,7 @@ from fedhpc.worker.fsdp import (
     sharded_parts,
     uses_fsdp,
 )
+from fedhpc.worker.loss import CausalLMLoss
 from fedhpc.worker.model import add_trainable, apply_global, build_base_model, extract_trainable
 from fedhpc.worker.store import FacilityStore
 from fedhpc.worker.train import TrainResult, train_local_steps
@@ -122,6 +123,7 @@ class LoadedModel:
     fingerprint: str
     config: ModelConfig  # what it was built from: a task with another model section needs a rebuild
     seconds: float  # wall time of the build
+    loss: CausalLMLoss  # the module training calls: the model inside a chunked loss (FSDP's root when sharded)
     sharded: bool = False  # FSDP: each rank holds its rows of every parameter (`fedhpc.worker.fsdp`)
     optimizer: torch.optim.Optimizer | None = None  # kept between tasks with model.full.keep_optimizer_state
 
@@ -134,11 +136,14 @@ def load_model(config: ModelConfig, env: RankEnv = RankEnv(), device: torch.devi
     """
     start = time.perf_counter()
     if uses_fsdp(config, env):
-        base = build_sharded_model(config, env, device or torch.device("cpu"))
-        return LoadedModel(base.model, base.tokenizer, base.fingerprint, config, time.perf_counter() - start, True)
+        sharded = build_sharded_model(config, env, device or torch.device("cpu"))
+        base = sharded.base
+        return LoadedModel(
+            base.model, base.tokenizer, base.fingerprint, config, time.perf_counter() - start, sharded.loss, True
+        )
     base = build_base_model(config)
     model = add_trainable(base.model, config)
-    return LoadedModel(model, base.tokenizer, base.fingerprint, config, time.perf_counter() - start)
+    return LoadedModel(model, base.tokenizer, base.fingerprint, config, time.perf_counter() - start, CausalLMLoss(model))
 
 
 class RoundRecipe:
@@ -250,7 +255,7 @@ class RoundRecipe:
         keep = self.task.model.full.keep_optimizer_state
         self.result = train_local_steps(
             self.model, self.batches, settings, self.device, self.env, dtype_from_name(self.task.model.dtype), on_step,
-            sharded=loaded.sharded, optimizer=loaded.optimizer if keep else None,
+            loss=loaded.loss, sharded=loaded.sharded, optimizer=loaded.optimizer if keep else None,
         )
         loaded.optimizer = self.result.optimizer if keep else None
 

@@ -36,6 +36,7 @@ from fedhpc.errors import ModelError
 from fedhpc.exchange import TrainSettings
 from fedhpc.worker.data import Batch
 from fedhpc.worker.distributed import RankEnv, all_reduce_sum
+from fedhpc.worker.loss import CausalLMLoss
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,14 @@ def train_local_steps(
     env: RankEnv,
     dtype: torch.dtype,
     on_step: Callable[[int, float], None] | None = None,
+    loss: CausalLMLoss | None = None,
     sharded: bool = False,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> TrainResult:
     """Train `model` in place; `on_step(step, mean_loss)` runs after each step.
+
+    `loss` is the module around `model` that computes the loss (`fedhpc.worker.loss`;
+    built here when not given, and FSDP's root when `sharded`).
 
     AdamW covers the trainable parameters only and starts fresh each round unless
     `optimizer` (the one a persistent worker kept from its last task) is given:
@@ -72,9 +77,9 @@ def train_local_steps(
     if not params:
         raise ModelError("the model has no trainable parameters; check model.peft and model.lora.target_modules")
     anchors = [p.detach().clone() for p in params] if mu > 0 else []  # w_global, for FedProx
-    net: nn.Module = model
+    net: nn.Module = loss if loss is not None else CausalLMLoss(model)
     if env.distributed and not sharded:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     if optimizer is None:
         optimizer = torch.optim.AdamW(
             params, lr=settings.lr, weight_decay=settings.weight_decay, fused=device.type == "cuda" or None
@@ -91,12 +96,12 @@ def train_local_steps(
         per_rank = torch.tensor(max(job_tokens, 1.0) / env.world_size, device=device)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_autocast else contextlib.nullcontext()
         with autocast:
-            loss = net(**batch.model_inputs(device), use_cache=False, num_items_in_batch=per_rank).loss
-        objective = loss + mu / 2 * proximal_term(params, anchors) if mu > 0 else loss
+            value = net(**batch.model_inputs(device), num_items_in_batch=per_rank)
+        objective = value + mu / 2 * proximal_term(params, anchors) if mu > 0 else value
         objective.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        (total,) = all_reduce_sum([loss.item()], device)
+        (total,) = all_reduce_sum([value.item()], device)
         losses.append(total / env.world_size)
         tokens += batch.num_tokens
         samples += batch.num_examples
