@@ -18,6 +18,7 @@ from fedhpc.aggregate.base import Update
 from fedhpc.config import FullFinetuneConfig, ModelConfig, TinyLlamaConfig
 from fedhpc.exchange import ExchangeDir, TrainSettings
 from fedhpc.exchange.delta import DeltaUpdateDir
+from fedhpc.worker.model import add_trainable, build_base_model, extract_trainable
 from tests.test_worker_run import init_global, torchrun, train_task, write_dataset
 
 # Wider than the default tiny model, with row counts that do not split evenly over 2 ranks
@@ -149,7 +150,12 @@ def test_fsdp_ranks_load_their_rows_of_a_pretrained_checkpoint(tmp_path: Path) -
     model = FULL.model_copy(update={"source": str(save_hf_model(tmp_path / "hf"))})
     write_dataset(tmp_path / "data.jsonl", count=16)
     init_global(tmp_path / "global", model)
-    assert "lm_head.weight" not in ExchangeDir(tmp_path / "global" / "r0000").names()  # tied to the embedding
+    streamed = ExchangeDir(tmp_path / "global" / "r0000")
+    assert streamed.manifest.metrics["streamed"] is True  # the server never built the model
+    assert "lm_head.weight" not in streamed.names()  # tied to the embedding
+    built = extract_trainable(add_trainable(build_base_model(model).model, model), torch.float32)
+    assert streamed.names() == list(built)
+    assert all(torch.equal(streamed.get(name), tensor) for name, tensor in built.items())
     updates = [train(tmp_path, f"ranks{n}", n, batch_size=8 // n, model=model) for n in (1, 2)]
     assert updates[1].manifest.format_version == 2
     for name in updates[0].names():

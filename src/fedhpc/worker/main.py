@@ -60,6 +60,7 @@ from fedhpc.worker.fsdp import (
     sharded_parts,
     uses_fsdp,
 )
+from fedhpc.worker.initial_global import streams_from_checkpoint, write_initial_global
 from fedhpc.worker.loss import CausalLMLoss
 from fedhpc.worker.model import add_trainable, apply_global, build_base_model, extract_trainable
 from fedhpc.worker.store import FacilityStore
@@ -98,7 +99,12 @@ def execute_task(task_path: Path, env: RankEnv, store: FacilityStore | None = No
     disable_progress_bar()  # per-tensor loading bars from every rank would drown the job log
     if store is not None:  # every rank: the task names the device, which the process group needs first
         store.fetch(task_path.parent)
-    recipe = RoundRecipe(read_task(task_path), env, store=store)
+    task = read_task(task_path)
+    if task.mode == "init" and streams_from_checkpoint(task.model):
+        manifest = write_initial_global(task)
+        logger.info("wrote %s: %d tensors streamed from the checkpoint", task.update_dir, len(manifest.tensors))
+        return  # the server runs init itself, never through a store
+    recipe = RoundRecipe(task, env, store=store)
     recipe.setup()
     recipe.train()
     recipe.save()
