@@ -160,3 +160,13 @@ def test_fsdp_ranks_load_their_rows_of_a_pretrained_checkpoint(tmp_path: Path) -
     assert updates[1].manifest.format_version == 2
     for name in updates[0].names():
         torch.testing.assert_close(updates[1].get(name), updates[0].get(name), rtol=0, atol=1e-5)
+
+
+def test_cpu_offload_on_a_cpu_job_says_what_to_change() -> None:
+    from fedhpc.errors import ModelError
+    from fedhpc.worker.distributed import RankEnv
+    from fedhpc.worker.fsdp import build_sharded_model
+
+    offloaded = FULL.model_copy(update={"full": FullFinetuneConfig(cpu_offload=True)})
+    with pytest.raises(ModelError, match="model.full.cpu_offload.*device: cuda"):
+        build_sharded_model(offloaded, RankEnv(0, 2, 0), torch.device("cpu"))

@@ -78,6 +78,11 @@ class ShardedModel:
 
 def build_sharded_model(config: ModelConfig, env: RankEnv, device: torch.device) -> ShardedModel:
     """The base model, every weight trainable, sharded over the job's ranks; only this rank's rows in memory."""
+    if config.full.cpu_offload and device.type != "cuda":
+        raise ModelError(
+            "model.full.cpu_offload moves GPU state to host memory between uses, but this job runs on the CPU, "
+            "where everything is in host memory already; remove it, or run the facility on GPUs (device: cuda)"
+        )
     if config.source == TINY_LLAMA:
         base = build_base_model(config)
         state = base.model.state_dict()
