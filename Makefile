@@ -33,8 +33,13 @@ simulate: $(STAMP)
 	$(BIN)/python -m fedhpc simulate examples/simulate/scenario.yaml \
 		--heldout examples/simulate/data/heldout.jsonl --target-loss 2.9 --horizon 7200 --out runs/simulate
 
+# The CPU benchmarks at modest sizes (about 5 minutes on 2 cores; bench/README.md has the full sizes
+# and the figures). Each prints one JSON line. The first run also builds bench/.venv-compare (APPFL, Flower).
 bench: $(STAMP)
-	$(BIN)/python bench/aggregate.py --updates 4 --params 50e6 --dtype bfloat16
+	bash bench/setup-compare.sh
+	$(BIN)/python bench/aggregate_compare.py --updates 2 4 8 --params 50e6 --dtype bfloat16
+	$(BIN)/python bench/exchange.py --gb 1 --repeat 1
+	$(BIN)/python bench/round_overhead.py --rounds 3
 
 clean:
 	rm -rf $(VENV) runs
