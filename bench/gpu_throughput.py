@@ -1,7 +1,7 @@
 """Training throughput on one GPU: tokens/s, MFU and peak memory of a plain transformers + peft loop.
 
     .venv/bin/python bench/gpu_throughput.py [--cases lora-7b lora-7b-ckpt full-1b] [--steps 20]
-        [--peak-flops 989e12] [--loop plain]
+        [--peak-flops 989e12] [--loop plain|fedhpc]
     .venv/bin/python bench/gpu_throughput.py --tiny        # CPU smoke check: a tiny Llama, a few steps
 
 The reference a facility's worker is measured against (issue 8). Models are
@@ -21,9 +21,10 @@ weights (about 4·N) and checkpointing recomputes the forward (about +2·N), so
 the FLOPs actually executed differ: the figure compares runs, it is not a
 hardware efficiency.
 
-`--loop` picks the training loop; `plain` is the only one here. A loop is a
-function (Case, Settings) -> dict in LOOPS; the fedhpc worker's loop will be
-added there, measured by the same cases. `--tiny` swaps every case's model for
+`--loop` picks the training loop: `plain` (transformers + peft as a user would
+write it) or `fedhpc` (the worker's `train_local_steps`: chunked loss, fused
+AdamW); both see the same model, batches and settings, so their ratio is the
+worker's gain. `--tiny` swaps every case's model for
 a 2-layer Llama, sequence 64, micro-batch 2, and runs on the CPU unless CUDA is
 there: it checks the script, not a throughput. Prints one JSON line:
 
@@ -146,7 +147,6 @@ def run_plain(case: Case, settings: Settings) -> dict[str, Any]:
     if settings.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(settings.device)
     model = build_model(case, settings)
-    params = sum(p.numel() for p in model.parameters())
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4, fused=settings.device.type == "cuda")
     next_batch = batches(settings, model.config.vocab_size)
@@ -155,25 +155,67 @@ def run_plain(case: Case, settings: Settings) -> dict[str, Any]:
     start = time.perf_counter()
     losses += [train_step(model, optimizer, next_batch()) for _ in range(settings.steps)]
     synchronize(settings.device)
-    seconds = time.perf_counter() - start
-    tokens_per_s = settings.steps * settings.micro_batch * settings.seq_len / seconds
-    result = {
-        "tokens_per_s": round(tokens_per_s, 1),
-        "mfu": float(f"{6 * params * tokens_per_s / settings.peak_flops:.3g}"),
-        "step_s": round(seconds / settings.steps, 4),
-        "peak_memory_gb": round(peak_memory_gb(settings.device), 2),
-        "params": params,
-        "trainable_params": sum(p.numel() for p in trainable),
-        "loss_first": round(float(losses[0]), 4),
-        "loss_last": round(float(losses[-1]), 4),
-    }
+    result = summarise(model, settings, time.perf_counter() - start, [float(loss) for loss in losses])
     del model, optimizer, trainable
     release(settings.device)
     return result
 
 
-# The training loops a case can be measured with; "fedhpc" (the worker's own loop) is to be added here.
-LOOPS: dict[str, Callable[[Case, Settings], dict[str, Any]]] = {"plain": run_plain}
+def run_fedhpc(case: Case, settings: Settings) -> dict[str, Any]:
+    """fedhpc's worker loop (`fedhpc.worker.train.train_local_steps`) on the same model and batches.
+
+    What the worker adds over the plain loop: the chunked loss (`fedhpc.worker.loss`,
+    no full-vocabulary fp32 logits), the token-mean loss across ranks, fused AdamW
+    on GPUs, and a per-step loss read for the progress file.
+    """
+    from fedhpc.exchange import TrainSettings
+    from fedhpc.worker.data import Batch
+    from fedhpc.worker.distributed import RankEnv
+    from fedhpc.worker.train import train_local_steps
+
+    if settings.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(settings.device)
+    model = build_model(case, settings)
+    next_batch = batches(settings, model.config.vocab_size)
+
+    def worker_batches() -> Any:
+        while True:
+            tokens = next_batch()
+            yield Batch(tokens, tokens, attention_mask=None, position_ids=None, num_examples=settings.micro_batch)
+
+    stream = worker_batches()
+    dtype = torch.bfloat16 if case.lora else torch.float32
+    warmup = train_local_steps(model, stream, TrainSettings(local_steps=settings.warmup, lr=1e-4,
+                                                             batch_size=settings.micro_batch), settings.device,
+                               RankEnv(), dtype)  # fmt: skip
+    synchronize(settings.device)
+    timed = train_local_steps(model, stream, TrainSettings(local_steps=settings.steps, lr=1e-4,
+                                                            batch_size=settings.micro_batch), settings.device,
+                              RankEnv(), dtype, optimizer=warmup.optimizer)  # fmt: skip
+    synchronize(settings.device)
+    result = summarise(model, settings, timed.seconds, warmup.losses + timed.losses)
+    del model, warmup, timed
+    release(settings.device)
+    return result
+
+
+def summarise(model: torch.nn.Module, settings: Settings, seconds: float, losses: list[float]) -> dict[str, Any]:
+    params = sum(p.numel() for p in model.parameters())
+    tokens_per_s = settings.steps * settings.micro_batch * settings.seq_len / seconds
+    return {
+        "tokens_per_s": round(tokens_per_s, 1),
+        "mfu": float(f"{6 * params * tokens_per_s / settings.peak_flops:.3g}"),
+        "step_s": round(seconds / settings.steps, 4),
+        "peak_memory_gb": round(peak_memory_gb(settings.device), 2),
+        "params": params,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "loss_first": round(losses[0], 4),
+        "loss_last": round(losses[-1], 4),
+    }
+
+
+# The training loops a case can be measured with, on the same model, batches and settings.
+LOOPS: dict[str, Callable[[Case, Settings], dict[str, Any]]] = {"plain": run_plain, "fedhpc": run_fedhpc}
 
 
 def release(device: torch.device) -> None:

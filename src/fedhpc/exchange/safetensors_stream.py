@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -73,6 +74,7 @@ class StreamingShardWriter:
         self._next = 0
         self._hash = hashlib.sha256()
         self._file: BinaryIO | None = None
+        self._hashing: ThreadPoolExecutor | None = None
         self._header = self._encode_header(layout, metadata or {"format": "pt"})
         self.nbytes = len(self._header) + sum(item.nbytes for item in layout)
         self.sha256 = ""
@@ -94,13 +96,21 @@ class StreamingShardWriter:
 
     def __enter__(self) -> StreamingShardWriter:
         self._file = open(self.path, "wb")
+        self._hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
         self._emit(self._header)
         return self
 
     def _emit(self, data: bytes | memoryview) -> None:
-        assert self._file is not None
-        self._file.write(data)
-        self._hash.update(data)
+        """Write `data` and hash it at once: the hash runs in a second thread (hashlib releases the GIL).
+
+        It returns only when both are done, so `data` stays valid and the hash sees the bytes in order.
+        """
+        assert self._file is not None and self._hashing is not None
+        hashed = self._hashing.submit(self._hash.update, data)
+        try:
+            self._file.write(data)
+        finally:
+            hashed.result()
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         if self._next >= len(self.layout):
@@ -127,6 +137,8 @@ class StreamingShardWriter:
                 self.sha256 = self._hash.hexdigest()
         finally:
             self._file.close()
+            if self._hashing is not None:
+                self._hashing.shutdown()
             if exc_type is not None or not self.sha256:
                 self.path.unlink(missing_ok=True)
 
