@@ -472,3 +472,16 @@ def test_verify_update_max_norm(tmp_path: Path, global_dir: ExchangeDir):
         verify_update(update, global_dir, expected_round=1, fingerprint=FINGERPRINT, max_norm=4.99)
     assert info.value.reason == "norm"
     assert "5" in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_all_finite_finds_one_bad_value_anywhere(dtype: torch.dtype, bad: float) -> None:
+    from fedhpc.exchange.reader import all_finite
+
+    values = torch.randn(3, 1001).to(dtype)
+    assert all_finite(values) and all_finite(values[:0]) and all_finite(torch.tensor(1.0, dtype=dtype))
+    for index in (0, 1500, 3002):
+        damaged = values.clone()
+        damaged.view(-1)[index] = bad
+        assert not all_finite(damaged), (index, bad)
