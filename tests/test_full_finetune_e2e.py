@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from conftest import ROOT, processes_mentioning, run_fedhpc
 from fedhpc.exchange import ExchangeDir
 from fedhpc.run.ledger import Ledger

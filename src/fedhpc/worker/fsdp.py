@@ -22,7 +22,6 @@ and keeps its rows.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +42,6 @@ from fedhpc.exchange.sharded import RowPart
 from fedhpc.worker.distributed import RankEnv
 from fedhpc.worker.loss import CausalLMLoss
 from fedhpc.worker.model import TINY_LLAMA, BaseModel, build_base_model, check_global_names
-
-logger = logging.getLogger(__name__)
 
 # (tensor name, first row, row after the last) -> those rows; (name, None, None) -> the whole tensor
 RowSource = Callable[[str, int | None, int | None], torch.Tensor]
