@@ -18,16 +18,8 @@ from conftest import QUICKSTART
 from fedhpc.cli import app
 from fedhpc.config import ModelConfig, TinyLlamaConfig
 from fedhpc.errors import ConfigError, ModelError
-from fedhpc.memory_plan import (
-    REFERENCE_SHAPES,
-    ModelShape,
-    describe_plan,
-    format_bytes,
-    model_shape,
-    parse_param_count,
-    plan_memory,
-    shape_for_params,
-)
+from fedhpc.memory_plan import describe_plan, format_bytes, plan_memory
+from fedhpc.model_shape import REFERENCE_SHAPES, ModelShape, model_shape, parse_param_count, shape_for_params
 
 GIB = 1024**3
 LLAMA2_7B = 6_738_415_616

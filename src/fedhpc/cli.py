@@ -107,7 +107,7 @@ def _what_if(params: str | None, gpu_memory: str | None) -> tuple[Any, int | Non
     """`validate`'s --params (a Llama shape of that size) and --gpu-memory (bytes); a bad one exits 2."""
     from pydantic import ByteSize, TypeAdapter, ValidationError
 
-    from fedhpc.memory_plan import parse_param_count, shape_for_params
+    from fedhpc.model_shape import parse_param_count, shape_for_params
 
     try:
         shape = shape_for_params(parse_param_count(params)) if params is not None else None
