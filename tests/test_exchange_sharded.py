@@ -8,6 +8,7 @@ it for real under torchrun.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,32 @@ def test_a_delta_reads_as_the_base_plus_the_change_in_fp32(tmp_path: Path) -> No
 def test_a_delta_must_name_its_base() -> None:
     with pytest.raises(ValueError, match="based_on_round"):
         meta(update_form="delta", based_on_round=None)
+
+
+GOLDEN_V2 = Path(__file__).resolve().parent / "golden" / "exchange_v2"
+
+
+def test_version_2_bytes_are_pinned_by_golden_files(tmp_path: Path) -> None:
+    """Two ranks' files byte for byte, and the manifest but for the ranks' write timings.
+
+    Regenerate (after a deliberate format change) with FEDHPC_REGENERATE_GOLDEN=1.
+    """
+    written = write_sharded(tmp_path / "u", world_size=2).path
+    manifest = json.loads((written / MANIFEST_NAME).read_text())
+    manifest["metrics"]["save"]["seconds"] = [0.0, 0.0]
+    (written / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+    names = sorted(p.name for p in written.iterdir())
+    if os.environ.get("FEDHPC_REGENERATE_GOLDEN"):
+        GOLDEN_V2.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (GOLDEN_V2 / name).write_bytes((written / name).read_bytes())
+    assert names == sorted(p.name for p in GOLDEN_V2.iterdir())
+    for name in names:
+        assert (written / name).read_bytes() == (GOLDEN_V2 / name).read_bytes(), f"{name} differs from tests/golden"
+
+
+def test_version_2_golden_files_still_read() -> None:
+    update = ExchangeDir(GOLDEN_V2)
+    update.verify(expected_shapes={name: tensor.shape for name, tensor in STATE.items()}, fingerprint=FINGERPRINT)
+    for name, tensor in STATE.items():
+        assert torch.equal(update.get(name), tensor)
