@@ -170,3 +170,18 @@ def test_cpu_offload_on_a_cpu_job_says_what_to_change() -> None:
     offloaded = FULL.model_copy(update={"full": FullFinetuneConfig(cpu_offload=True)})
     with pytest.raises(ModelError, match="model.full.cpu_offload.*device: cuda"):
         build_sharded_model(offloaded, RankEnv(0, 2, 0), torch.device("cpu"))
+
+
+def test_fedprox_under_fsdp_pulls_as_it_does_in_one_process(workspace: Path, sharded: ExchangeDir) -> None:
+    """The proximal term's gradient reaches each rank's own rows, undivided by the reduce-scatter."""
+    def fedprox(batch_size: int) -> TrainSettings:
+        return TrainSettings(local_steps=STEPS, lr=1e-3, batch_size=batch_size, seed=0, proximal_mu=50.0)
+
+    one = train(workspace, "prox1", 1, batch_size=8, train=fedprox(8))
+    two = train(workspace, "prox2", 2, batch_size=4, train=fedprox(4))
+    base = ExchangeDir(workspace / "global" / "r0000")
+    pulled = 0
+    for name in one.names():
+        torch.testing.assert_close(two.get(name), one.get(name), rtol=0, atol=1e-5, msg=lambda m: f"{name}: {m}")
+        pulled += int((one.get(name) - base.get(name)).abs().sum() < (sharded.get(name) - base.get(name)).abs().sum())
+    assert pulled > len(one.names()) // 2, "μ=50 should keep most tensors closer to the global"

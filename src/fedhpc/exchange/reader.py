@@ -116,7 +116,7 @@ class ExchangeDir:
             files_checked = hashing.submit(self._verify_files)
             try:
                 self._verify_contents(expected_shapes, fingerprint, check_finite)
-            except UpdateRejected:
+            except Exception:
                 files_checked.result()  # a checksum failure, if any, is the reason to report
                 raise
             files_checked.result()

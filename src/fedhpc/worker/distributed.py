@@ -107,6 +107,13 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
+def summed_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """`value` summed over ranks, left on its device: no wait for the host, unlike `all_reduce_sum`."""
+    if dist.is_initialized():
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

@@ -342,15 +342,19 @@ class RoundRecipe:
             prepare_sharded(dest)
         barrier()
         ok, error = True, ""
+        global_: ExchangeDir | None = None
         try:
-            delta = None
+            parts = list(sharded_parts(self.model, env.is_main))
             if task.update_form == "delta":
                 assert task.global_dir is not None
-                delta = delta_from(ExchangeDir(task.global_dir))
-            parts = list(sharded_parts(self.model, env.is_main))
+                global_ = ExchangeDir(task.global_dir)
+            delta = delta_from(global_) if global_ is not None else None
             write_rank_part(dest, env.rank, env.world_size, parts, dtype_from_name(task.update_dtype), delta)
         except (OSError, FedhpcError) as e:
             ok, error = False, str(e)
+        finally:
+            if global_ is not None:
+                global_.close()
         if not all_ranks_agree(ok, self.device):
             raise ExchangeError(f"writing the sharded update failed on rank {env.rank}: {error}" if error
                                 else "another rank failed to write its part of the sharded update; see its log")

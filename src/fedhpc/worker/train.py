@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from fedhpc.errors import ModelError
 from fedhpc.exchange import TrainSettings
 from fedhpc.worker.data import Batch
-from fedhpc.worker.distributed import RankEnv, all_reduce_sum
+from fedhpc.worker.distributed import RankEnv, all_reduce_sum, summed_over_ranks
 from fedhpc.worker.loss import CausalLMLoss
 
 
@@ -92,8 +92,9 @@ def train_local_steps(
     start = time.perf_counter()
     for step in range(1, settings.local_steps + 1):
         batch = next(batches)
-        (job_tokens,) = all_reduce_sum([float(batch.num_predicted_tokens)], device)
-        per_rank = torch.tensor(max(job_tokens, 1.0) / env.world_size, device=device)
+        # The job's predicted tokens / world size, kept on the device: no host round trip before the forward.
+        job_tokens = summed_over_ranks(torch.tensor(float(batch.num_predicted_tokens), device=device))
+        per_rank = job_tokens.clamp(min=1.0) / env.world_size
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_autocast else contextlib.nullcontext()
         with autocast:
             value = net(**batch.model_inputs(device), num_items_in_batch=per_rank)
