@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fedhpc.errors import ConfigError
-from fedhpc.worker.distributed import RankEnv, init_process_group, rank_env, resolve_device
+from fedhpc.worker.distributed import RankEnv, init_process_group, rank_env, ranks_on_this_node, resolve_device
 
 
 @pytest.mark.parametrize(
@@ -55,6 +55,26 @@ def test_device_choice() -> None:
         assert resolve_device("auto", RankEnv()) == torch.device("cpu")
         with pytest.raises(ConfigError, match="no GPU"):
             resolve_device("cuda", RankEnv())
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [({"LOCAL_WORLD_SIZE": "4"}, 4), ({"OMPI_COMM_WORLD_LOCAL_SIZE": "2"}, 2), ({"PALS_LOCAL_SIZE": "8"}, 8),
+     ({"MPI_LOCALNRANKS": "3"}, 3), ({"SLURM_NTASKS_PER_NODE": "2"}, 2), ({}, None), ({"LOCAL_WORLD_SIZE": "x"}, None)],
+)  # fmt: skip
+def test_ranks_on_this_node_from_each_launcher(environ: dict[str, str], expected: int | None) -> None:
+    assert ranks_on_this_node(environ) == expected
+
+
+def test_more_ranks_than_gpus_trains_on_the_cpu_or_says_what_to_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NCCL refuses two ranks on one GPU: the quickstart's 2-rank facility on a 1-GPU workstation."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    two_on_one = {"LOCAL_WORLD_SIZE": "2"}
+    assert resolve_device("auto", RankEnv(1, 2, 1), two_on_one) == torch.device("cpu")
+    assert resolve_device("auto", RankEnv(0, 2, 0), two_on_one) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="2 ranks on this node but 1 GPU.*nprocs"):
+        resolve_device("cuda", RankEnv(0, 2, 0), two_on_one)
 
 
 def test_process_group_needs_a_rendezvous_address(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,6 +21,7 @@ MASTER_ADDR and MASTER_PORT (rank 0's host and a free port).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ import torch
 import torch.distributed as dist
 
 from fedhpc.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 RANK_VARIABLES: tuple[tuple[str, str, tuple[str, ...], str | None], ...] = (
     # rank, world size, local rank (first one set), and a variable that must also be set (None: none)
@@ -71,14 +74,47 @@ def rank_env(environ: Mapping[str, str] = os.environ) -> RankEnv:
     return RankEnv()
 
 
-def resolve_device(requested: Literal["auto", "cpu", "cuda"], env: RankEnv) -> torch.device:
-    """`auto` means cuda when this node has a GPU; with cuda each rank takes GPU `local_rank`."""
-    use_cuda = requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
+# Ranks on this node, as each launcher names them: torchrun, Open MPI, MPICH (Hydra), Cray PALS, Slurm.
+LOCAL_SIZE_VARIABLES = (
+    "LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "PALS_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE",
+)  # fmt: skip
+
+
+def ranks_on_this_node(environ: Mapping[str, str] = os.environ) -> int | None:
+    """How many of the job's ranks share this node, when the launcher says (None when it does not)."""
+    for key in LOCAL_SIZE_VARIABLES:
+        value = environ.get(key, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return None
+
+
+def resolve_device(
+    requested: Literal["auto", "cpu", "cuda"], env: RankEnv, environ: Mapping[str, str] = os.environ
+) -> torch.device:
+    """`auto` means cuda when this node has a GPU for each of its ranks; with cuda each rank takes GPU `local_rank`.
+
+    NCCL refuses two ranks on one GPU, so with more ranks on the node than GPUs
+    (the quickstart's 2-rank facility on a 1-GPU workstation) `auto` trains on
+    the CPU instead, and `cuda` is an error that says what to change. Every rank
+    reads the same count, so they all choose alike.
+    """
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    local = ranks_on_this_node(environ)
+    shared = local is not None and local > gpus > 0
+    if requested == "auto" and shared:
+        logger.warning("%d ranks on this node but %d GPU(s): training on the CPU (device: auto)", local, gpus)
+    use_cuda = requested == "cuda" or (requested == "auto" and gpus > 0 and not shared)
     if not use_cuda:
         return torch.device("cpu")
-    if not torch.cuda.is_available():
+    if not gpus:
         raise ConfigError("device is 'cuda' but torch sees no GPU on this node; use device: auto or cpu")
-    index = env.local_rank % torch.cuda.device_count()
+    if shared:
+        raise ConfigError(
+            f"device is 'cuda' with {local} ranks on this node but {gpus} GPU(s); NCCL needs a GPU per rank: "
+            "lower the facility's ranks per node (nprocs) to the GPU count, or use device: auto or cpu"
+        )
+    index = env.local_rank % gpus
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
 
