@@ -181,6 +181,18 @@ def test_packing_restarts_positions_and_respects_seq_len(tokenizer) -> None:
     assert short.position_ids[0].tolist() == [0, 1, 2, 3, 0, 1]  # padding is a block of its own
 
 
+def test_gpu_batches_pad_to_a_multiple_of_the_length_but_never_past_seq_len(tokenizer) -> None:
+    """Few distinct shapes on GPUs (cuDNN plans, compiled kernels reused); padding never changes a label."""
+    examples = [Example("a" * 60, "b" * 10), Example("ab", "cd")]
+    plain = next(batches(examples, tokenizer, DataConfig(seq_len=512), batch_size=2))
+    padded = next(batches(examples, tokenizer, DataConfig(seq_len=512), batch_size=2, length_multiple=64))
+    capped = next(batches(examples, tokenizer, DataConfig(seq_len=100), batch_size=2, length_multiple=64))
+    longest = plain.input_ids.shape[1]
+    assert 64 < longest < 100 and padded.input_ids.shape[1] == 128 and capped.input_ids.shape[1] == 100
+    assert padded.num_tokens == plain.num_tokens and padded.attention_mask[:, longest:].sum() == 0
+    assert torch.equal(padded.labels[:, :longest], plain.labels)
+
+
 def test_packed_examples_do_not_attend_to_each_other(tokenizer) -> None:
     """The packing docstring's claim: position restarts without a mask give a block-diagonal mask."""
     model = build_base_model(ModelConfig()).model.eval()

@@ -115,7 +115,7 @@ class FullFinetuneConfig(Frozen):
         "auto", description="auto: FSDP on more than one rank, a single process otherwise; ddp: a copy per rank"
     )
     compute_dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="FSDP forward/backward dtype; auto: bfloat16 on GPUs, float32 on CPUs"
+        "auto", description="forward/backward dtype (autocast on one rank); auto: bfloat16 on GPUs, float32 on CPUs"
     )
     reduce_dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="dtype of FSDP's gradient reduce-scatter"
@@ -141,6 +141,9 @@ class ModelConfig(Frozen):
     peft: Literal["lora", "none"] = "lora"
     lora: LoraConfig = LoraConfig()
     full: FullFinetuneConfig = FullFinetuneConfig()
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="torch.compile each decoder layer; auto: on GPUs only (docs/performance.md)"
+    )
     cache_dir: RelPath | None = Field(None, description="converted-model cache; default ~/.cache/fedhpc/models")
 
     @field_validator("source")

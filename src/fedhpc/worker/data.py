@@ -198,14 +198,25 @@ class Batch:
         return {key: value.to(device, non_blocking=True) for key, value in inputs.items()}
 
 
+# Batch lengths on GPUs are padded up to a multiple of this (never past data.seq_len): with a few
+# distinct shapes instead of one per batch, cuDNN's attention plans, cuBLAS' heuristics and compiled
+# kernels are built once per shape and reused, rather than rebuilt for nearly every step.
+GPU_LENGTH_MULTIPLE = 64
+
+
 def batches(
-    examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, config: DataConfig, batch_size: int
+    examples: Sequence[Example],
+    tokenizer: PreTrainedTokenizerBase,
+    config: DataConfig,
+    batch_size: int,
+    length_multiple: int = 1,
 ) -> Iterator[Batch]:
     """Endless micro-batches of `batch_size` rows, cycling over `examples` in order."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    source = _rows(_cycle_tokenized(examples, tokenizer, config.seq_len), config.seq_len, config.packing)
+    source = pack_rows(_cycle_tokenized(examples, tokenizer, config.seq_len), config.seq_len, config.packing)
     while True:
-        yield collate([next(source) for _ in range(batch_size)], pad_id, packed=config.packing)
+        rows = [next(source) for _ in range(batch_size)]
+        yield collate(rows, pad_id, packed=config.packing, length_multiple=length_multiple, max_length=config.seq_len)
 
 
 def _cycle_tokenized(
@@ -227,7 +238,8 @@ def _cycle_tokenized(
             )
 
 
-def _rows(items: Iterator[Tokenized], seq_len: int, packing: bool) -> Iterator[list[Tokenized]]:
+def pack_rows(items: Iterator[Tokenized], seq_len: int, packing: bool) -> Iterator[list[Tokenized]]:
+    """Rows of one example each, or packed: consecutive examples while they fit in `seq_len` tokens."""
     if not packing:
         for item in items:
             yield [item]
@@ -241,13 +253,18 @@ def _rows(items: Iterator[Tokenized], seq_len: int, packing: bool) -> Iterator[l
         used += len(item.input_ids)
 
 
-def collate(rows: list[list[Tokenized]], pad_id: int, packed: bool) -> Batch:
-    """Right-pad rows to the longest: pad id, label IGNORE_INDEX, attention mask 0.
+def collate(
+    rows: list[list[Tokenized]], pad_id: int, packed: bool, length_multiple: int = 1, max_length: int | None = None
+) -> Batch:
+    """Right-pad rows to the longest, rounded up to `length_multiple` but not past `max_length`.
 
-    Padding in a packed row gets positions restarting at 0, i.e. a block of its
-    own that no real token attends to.
+    Padding is pad id, label IGNORE_INDEX, attention mask 0. Padding in a packed
+    row gets positions restarting at 0, i.e. a block of its own that no real
+    token attends to.
     """
-    length = max(sum(len(item.input_ids) for item in row) for row in rows)
+    longest = max(sum(len(item.input_ids) for item in row) for row in rows)
+    rounded = -(-longest // length_multiple) * length_multiple
+    length = max(longest, min(rounded, max_length if max_length is not None else rounded))
     ids, labels, positions, masks = [], [], [], []
     for row in rows:
         row_ids = [token for item in row for token in item.input_ids]

@@ -43,7 +43,7 @@ from fedhpc.config import ModelConfig
 from fedhpc.errors import ConfigError, ExchangeError, FedhpcError, ModelError
 from fedhpc.exchange import ExchangeDir, ExchangeMeta, Manifest, WorkerTask, dtype_from_name, write_state_dict
 from fedhpc.exchange.sharded import prepare_sharded, publish_sharded, write_rank_part
-from fedhpc.worker.data import batches, read_examples, shard_indices
+from fedhpc.worker.data import GPU_LENGTH_MULTIPLE, batches, read_examples, shard_indices
 from fedhpc.worker.distributed import (
     RankEnv,
     barrier,
@@ -52,10 +52,12 @@ from fedhpc.worker.distributed import (
     rank_env,
     resolve_device,
 )
+from fedhpc.worker.compiled import compile_decoder_layers, wants_compile
 from fedhpc.worker.fsdp import (
     all_ranks_agree,
     apply_global_rows,
     build_sharded_model,
+    compute_dtype,
     delta_from,
     sharded_parts,
     uses_fsdp,
@@ -141,15 +143,28 @@ def load_model(config: ModelConfig, env: RankEnv = RankEnv(), device: torch.devi
     rank holds the whole model (`uses_fsdp`).
     """
     start = time.perf_counter()
+    device = device or torch.device("cpu")
     if uses_fsdp(config, env):
-        sharded = build_sharded_model(config, env, device or torch.device("cpu"))
-        base = sharded.base
-        return LoadedModel(
-            base.model, base.tokenizer, base.fingerprint, config, time.perf_counter() - start, sharded.loss, True
-        )
-    base = build_base_model(config)
-    model = add_trainable(base.model, config)
-    return LoadedModel(model, base.tokenizer, base.fingerprint, config, time.perf_counter() - start, CausalLMLoss(model))
+        sharded = build_sharded_model(config, env, device)
+        base, model, loss = sharded.base, sharded.base.model, sharded.loss
+    else:
+        base = build_base_model(config)
+        model = add_trainable(base.model, config)
+        loss = CausalLMLoss(model)
+    if wants_compile(config.compile, device):
+        compile_decoder_layers(model)
+    return LoadedModel(
+        model, base.tokenizer, base.fingerprint, config, time.perf_counter() - start, loss, uses_fsdp(config, env)
+    )
+
+
+def training_dtype(model: ModelConfig, device: torch.device) -> torch.dtype:
+    """The dtype forward and backward run in (bf16 means autocast on GPUs).
+
+    Full fine-tuning: `model.full.compute_dtype`, bf16 on GPUs by default over fp32
+    master weights, on one rank as under FSDP. LoRA: the base model's `model.dtype`.
+    """
+    return compute_dtype(model.full, device) if model.peft == "none" else dtype_from_name(model.dtype)
 
 
 class RoundRecipe:
@@ -239,7 +254,8 @@ class RoundRecipe:
             examples = read_examples(task.data)
             self.num_samples = len(examples)
             shard = [examples[i] for i in shard_indices(len(examples), env.rank, env.world_size, task.train.seed)]
-            self.batches = batches(shard, loaded.tokenizer, task.data_config, task.train.batch_size)
+            multiple = GPU_LENGTH_MULTIPLE if self.device.type == "cuda" else 1
+            self.batches = batches(shard, loaded.tokenizer, task.data_config, task.train.batch_size, multiple)
             logger.info("%d examples at this facility, %d on rank 0", len(examples), len(shard))
         built_here = loaded.seconds if self.loaded_here else 0.0
         self.load_seconds = built_here + time.perf_counter() - start
@@ -260,7 +276,7 @@ class RoundRecipe:
         assert loaded is not None
         keep = self.task.model.full.keep_optimizer_state
         self.result = train_local_steps(
-            self.model, self.batches, settings, self.device, self.env, dtype_from_name(self.task.model.dtype), on_step,
+            self.model, self.batches, settings, self.device, self.env, training_dtype(self.task.model, self.device), on_step,
             loss=loaded.loss, sharded=loaded.sharded, optimizer=loaded.optimizer if keep else None,
         )
         loaded.optimizer = self.result.optimizer if keep else None

@@ -62,6 +62,8 @@ def train_local_steps(
 ) -> TrainResult:
     """Train `model` in place; `on_step(step, mean_loss)` runs after each step.
 
+    `dtype` is the compute dtype: bfloat16 on a GPU runs forward and backward under
+    autocast (FSDP casts by its own policy instead); otherwise the parameters' dtype.
     `loss` is the module around `model` that computes the loss (`fedhpc.worker.loss`;
     built here when not given, and FSDP's root when `sharded`).
 
@@ -89,6 +91,15 @@ def train_local_steps(
     use_autocast = device.type == "cuda" and dtype == torch.bfloat16 and not sharded  # FSDP casts by its policy
     losses: list[float] = []
     tokens = samples = 0
+    # A step's loss is read from the device only once the next step is queued behind it, so the
+    # host never waits for the GPU to drain before it can launch more work (one step of lag).
+    pending: tuple[int, torch.Tensor] | None = None
+
+    def report(step: int, summed: torch.Tensor) -> None:
+        losses.append(summed.item() / env.world_size)
+        if on_step is not None:
+            on_step(step, losses[-1])
+
     start = time.perf_counter()
     for step in range(1, settings.local_steps + 1):
         batch = next(batches)
@@ -102,12 +113,13 @@ def train_local_steps(
         objective.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        (total,) = all_reduce_sum([value.item()], device)
-        losses.append(total / env.world_size)
+        if pending is not None:
+            report(*pending)
+        pending = (step, summed_over_ranks(value.detach().float().clone()))
         tokens += batch.num_tokens
         samples += batch.num_examples
-        if on_step is not None:
-            on_step(step, losses[-1])
+    if pending is not None:
+        report(*pending)
     total_tokens, total_samples = all_reduce_sum([tokens, samples], device)
     return TrainResult(losses, int(total_tokens), int(total_samples), time.perf_counter() - start, optimizer)
 

@@ -1,0 +1,53 @@
+"""`torch.compile` of the decoder layers: the worker's default on GPUs (`model.compile: auto`).
+
+Between a decoder layer's matmuls sits memory-bound element-wise work that
+eager PyTorch runs as one kernel each, every one a round trip through GPU
+memory: RMSNorm upcast to fp32 and back, rotary embeddings, SiLU·up, residual
+adds, LoRA's scaling and add. Inductor fuses each run of them into one kernel,
+forward and backward; docs/performance.md has the measured gain.
+
+Only each layer's `forward` is compiled ("regional" compilation), not the model:
+- every Llama layer runs the same code, so one graph serves them all (dynamo
+  compiles a second time when it meets the next layer's index, then treats it
+  as dynamic), and compile time is that of one layer, not of 32;
+- what varies or needs eager mode stays outside the graph: the chunked loss,
+  peft's wrapper, and the hooks that wrap a module's `forward` (FSDP's gathers,
+  activation checkpointing's recompute, DDP's gradient hooks);
+- parameter names do not change (no `_orig_mod.` prefix), so the tensors that
+  travel keep their exchange names.
+
+Cost: the first step of a job compiles (tens of seconds for a 7B layer on a GPU).
+Inductor caches compiled kernels on disk (`TORCHINDUCTOR_CACHE_DIR`, by
+default under /tmp), so later jobs on the same node skip most of it. On CPUs
+compiling costs more than it saves for the sizes a CPU trains, hence `auto`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from fedhpc.worker.fsdp import decoder_layers
+from fedhpc.worker.loss import causal_lm_of
+
+logger = logging.getLogger(__name__)
+
+
+def wants_compile(setting: bool | str, device: torch.device) -> bool:
+    """`model.compile`: true, false, or auto (compile on GPUs only)."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
+def compile_decoder_layers(model: nn.Module) -> int:
+    """Replace each decoder layer's `forward` by its compiled version, in place; returns the layers compiled.
+
+    Compilation itself happens lazily at the first forward, so this may run
+    before the model is moved, sharded or given adapters.
+    """
+    layers = decoder_layers(causal_lm_of(model))
+    for layer in layers:
+        layer.forward = torch.compile(layer.forward)
+    logger.info("decoder layers compiled with torch.compile: %d", len(layers))
+    return len(layers)
