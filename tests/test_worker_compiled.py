@@ -16,7 +16,7 @@ from fedhpc.config import ModelConfig
 from fedhpc.exchange import ExchangeDir, TrainSettings
 from fedhpc.worker.compiled import wants_compile
 from fedhpc.worker.main import load_model, run_task
-from tests.test_worker_run import MODEL, init_global, train_task, write_dataset
+from tests.test_worker_run import MODEL, train_task, workspace  # noqa: F401 - workspace: the module's fixture
 
 
 @pytest.mark.parametrize(
@@ -48,14 +48,6 @@ def train_round(root: Path, name: str, model: ModelConfig, device: str) -> Excha
     run_task(train_task(root, global_dir, name, model=model, device=device,
                         train=TrainSettings(local_steps=6, lr=1e-2, batch_size=4, seed=0)))  # fmt: skip
     return ExchangeDir(root / name / "update")
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("compiled")
-    write_dataset(root / "data.jsonl")
-    init_global(root / "global", MODEL)
-    return root
 
 
 def assert_same_training(eager: ExchangeDir, compiled: ExchangeDir, loss_atol: float, change_rtol: float) -> None:
