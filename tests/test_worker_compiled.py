@@ -16,7 +16,7 @@ from fedhpc.config import ModelConfig
 from fedhpc.exchange import ExchangeDir, TrainSettings
 from fedhpc.worker.compiled import wants_compile
 from fedhpc.worker.main import load_model, run_task
-from tests.test_worker_run import MODEL, train_task, workspace  # noqa: F401 - workspace: the module's fixture
+from tests.test_worker_run import MODEL, make_workspace, train_task
 
 
 @pytest.mark.parametrize(
@@ -48,6 +48,11 @@ def train_round(root: Path, name: str, model: ModelConfig, device: str) -> Excha
     run_task(train_task(root, global_dir, name, model=model, device=device,
                         train=TrainSettings(local_steps=6, lr=1e-2, batch_size=4, seed=0)))  # fmt: skip
     return ExchangeDir(root / name / "update")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_workspace(tmp_path_factory.mktemp("compiled"))
 
 
 def assert_same_training(eager: ExchangeDir, compiled: ExchangeDir, loss_atol: float, change_rtol: float) -> None:

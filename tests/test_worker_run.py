@@ -65,12 +65,16 @@ def train_task(root: Path, global_dir: Path, name: str, **changes: object) -> Pa
     return path
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("worker")
+def make_workspace(root: Path) -> Path:
+    """The dataset and the round-0 global (`global/r0000`) that `train_task` expects under `root`."""
     write_dataset(root / "data.jsonl")
     init_global(root / "global", MODEL)
     return root
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_workspace(tmp_path_factory.mktemp("worker"))
 
 
 def test_init_writes_a_verifiable_round_zero_global(workspace: Path) -> None:
