@@ -14,7 +14,7 @@ import torch
 
 from fedhpc.config import ModelConfig
 from fedhpc.exchange import ExchangeDir, TrainSettings
-from fedhpc.worker.compiled import wants_compile
+from fedhpc.worker.compiled import INDUCTOR_CACHE_VARIABLE, keep_compiled_kernels, wants_compile
 from fedhpc.worker.main import load_model, run_task
 from tests.test_worker_run import MODEL, make_workspace, train_task
 
@@ -66,10 +66,21 @@ def assert_same_training(eager: ExchangeDir, compiled: ExchangeDir, loss_atol: f
     assert apart <= change_rtol * moved, (apart, moved)
 
 
-def test_compiled_layers_train_like_eager_ones_on_the_cpu(workspace: Path) -> None:
+def test_compiled_layers_train_like_eager_ones_on_the_cpu(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(INDUCTOR_CACHE_VARIABLE, raising=False)
     eager = train_round(workspace, "eager", MODEL.model_copy(update={"compile": False}), "cpu")
-    compiled = train_round(workspace, "compiled", MODEL.model_copy(update={"compile": True}), "cpu")
+    compiled_model = MODEL.model_copy(update={"compile": True, "cache_dir": tmp_path / "models"})
+    compiled = train_round(workspace, "compiled", compiled_model, "cpu")
     assert_same_training(eager, compiled, loss_atol=1e-4, change_rtol=1e-3)
+    kernels = tmp_path / "models" / "torchinductor"  # where the next job at this facility finds them
+    assert any(path.is_file() for path in kernels.rglob("*")), "inductor cached nothing in the model cache"
+
+
+def test_a_chosen_inductor_cache_is_left_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(INDUCTOR_CACHE_VARIABLE, str(tmp_path / "mine"))
+    assert keep_compiled_kernels(tmp_path / "models") == tmp_path / "mine"
 
 
 @pytest.mark.gpu

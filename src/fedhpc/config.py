@@ -144,7 +144,9 @@ class ModelConfig(Frozen):
     compile: bool | Literal["auto"] = Field(
         "auto", description="torch.compile each decoder layer; auto: on GPUs only (docs/performance.md)"
     )
-    cache_dir: RelPath | None = Field(None, description="converted-model cache; default ~/.cache/fedhpc/models")
+    cache_dir: RelPath | None = Field(
+        None, description="converted-model and compiled-kernel cache; default ~/.cache/fedhpc/models"
+    )
 
     @field_validator("source")
     @classmethod

@@ -52,7 +52,7 @@ from fedhpc.worker.distributed import (
     rank_env,
     resolve_device,
 )
-from fedhpc.worker.compiled import compile_decoder_layers, wants_compile
+from fedhpc.worker.compiled import compile_decoder_layers, keep_compiled_kernels, wants_compile
 from fedhpc.worker.fsdp import (
     all_ranks_agree,
     apply_global_rows,
@@ -152,6 +152,7 @@ def load_model(config: ModelConfig, env: RankEnv = RankEnv(), device: torch.devi
         model = add_trainable(base.model, config)
         loss = CausalLMLoss(model)
     if wants_compile(config.compile, device):
+        keep_compiled_kernels(config.cache_dir)
         compile_decoder_layers(model)
     return LoadedModel(
         model, base.tokenizer, base.fingerprint, config, time.perf_counter() - start, loss, uses_fsdp(config, env)
