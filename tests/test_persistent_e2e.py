@@ -140,6 +140,9 @@ def test_a_sigkilled_worker_is_replaced_and_no_round_is_lost_or_redone(tmp_path:
     assert processes_mentioning(str(run_dir)) == []
 
 
+# Slow (about 40 s); the fast twin is test_facility_persistent's heartbeat test (a stalled heartbeat
+# loses the pilot and its task moves to a new one).
+@pytest.mark.slow
 def test_a_hung_worker_is_caught_by_the_heartbeat_timeout_and_replaced(tmp_path: Path) -> None:
     timeout = 3.0
     _, stopped, ledger = _kill_rank_0_after_round_1(tmp_path, signal.SIGSTOP, timeout)
@@ -151,6 +154,9 @@ def test_a_hung_worker_is_caught_by_the_heartbeat_timeout_and_replaced(tmp_path:
     assert [e.detail["worker"] for e in ledger.events("worker_started") if e.facility == "beta"] == ["w0001", "w0002"]
 
 
+# Slow (about 50 s, a 30 s walltime by design); fast twins: test_facility_local's walltime test (the
+# job is stopped and failed with the reason) and test_facility_persistent's (a failed pilot's task moves on).
+@pytest.mark.slow
 def test_a_worker_out_of_walltime_is_replaced_and_the_run_finishes(tmp_path: Path) -> None:
     """alpha alone, with a 30 s walltime; its first worker hangs in round 2 until the walltime ends it.
 
