@@ -15,7 +15,7 @@ import torch
 from fedhpc.config import ModelConfig
 from fedhpc.exchange import ExchangeDir, TrainSettings
 from fedhpc.worker.compiled import INDUCTOR_CACHE_VARIABLE, keep_compiled_kernels, wants_compile
-from fedhpc.worker.main import load_model, run_task
+from fedhpc.worker.main import load_model, run_task, training_dtype
 from tests.test_worker_run import MODEL, make_workspace, train_task
 
 
@@ -32,6 +32,16 @@ def test_model_compile_accepts_true_false_auto_only() -> None:
     assert ModelConfig().compile == "auto"
     with pytest.raises(ValueError, match="compile"):
         ModelConfig.model_validate({"compile": "sometimes"})
+
+
+def test_full_fine_tuning_computes_in_bf16_on_a_gpu_even_on_one_rank() -> None:
+    """compute_dtype auto: bf16 autocast over fp32 master weights on GPUs (a one-GPU job once ran in fp32)."""
+    full = ModelConfig(peft="none")
+    assert training_dtype(full, torch.device("cuda")) == torch.bfloat16
+    assert training_dtype(full, torch.device("cpu")) == torch.float32
+    assert training_dtype(full.model_copy(update={"dtype": "bfloat16"}), torch.device("cpu")) == torch.float32
+    assert training_dtype(ModelConfig(dtype="bfloat16"), torch.device("cuda")) == torch.bfloat16  # LoRA: model.dtype
+    assert training_dtype(ModelConfig(), torch.device("cuda")) == torch.float32
 
 
 def test_only_the_layers_forward_is_compiled_and_names_do_not_move() -> None:

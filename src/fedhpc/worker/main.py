@@ -43,6 +43,7 @@ from fedhpc.config import ModelConfig
 from fedhpc.errors import ConfigError, ExchangeError, FedhpcError, ModelError
 from fedhpc.exchange import ExchangeDir, ExchangeMeta, Manifest, WorkerTask, dtype_from_name, write_state_dict
 from fedhpc.exchange.sharded import prepare_sharded, publish_sharded, write_rank_part
+from fedhpc.worker.compiled import compile_decoder_layers, keep_compiled_kernels, wants_compile
 from fedhpc.worker.data import GPU_LENGTH_MULTIPLE, batches, read_examples, shard_indices
 from fedhpc.worker.distributed import (
     RankEnv,
@@ -52,7 +53,6 @@ from fedhpc.worker.distributed import (
     rank_env,
     resolve_device,
 )
-from fedhpc.worker.compiled import compile_decoder_layers, keep_compiled_kernels, wants_compile
 from fedhpc.worker.fsdp import (
     all_ranks_agree,
     apply_global_rows,
@@ -276,10 +276,11 @@ class RoundRecipe:
         loaded = self.loaded
         assert loaded is not None
         keep = self.task.model.full.keep_optimizer_state
+        dtype = training_dtype(self.task.model, self.device)
         self.result = train_local_steps(
-            self.model, self.batches, settings, self.device, self.env, training_dtype(self.task.model, self.device), on_step,
-            loss=loaded.loss, sharded=loaded.sharded, optimizer=loaded.optimizer if keep else None,
-        )
+            self.model, self.batches, settings, self.device, self.env, dtype, on_step, loss=loaded.loss,
+            sharded=loaded.sharded, optimizer=loaded.optimizer if keep else None,
+        )  # fmt: skip
         loaded.optimizer = self.result.optimizer if keep else None
 
     def save(self) -> None:
