@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from fedhpc.chem.metrics import score_all
+from fedhpc.chem.release import read_release
 from fedhpc.chem.smolinstruct import load_records, write_split
 from fedhpc.chem.tasks import RECORD_FIELDS
 from fedhpc.errors import DataError
+from smolinstruct_release import write_release
 
 
 def write_jsonl(path: Path, items: list[dict]) -> None:
@@ -18,99 +20,36 @@ def write_jsonl(path: Path, items: list[dict]) -> None:
     path.write_text("".join(json.dumps(item) + "\n" for item in items), encoding="utf-8")
 
 
-def write_json(path: Path, value: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value), encoding="utf-8")
-
-
 @pytest.fixture
 def release(tmp_path: Path) -> Path:
-    """A miniature of osunlp/SMolInstruct's data.zip, laid out as its loading script reads it."""
-    root = tmp_path / "SMolInstruct" / "data"
-    s2f, sider = "name_conversion-s2f", "property_prediction-sider"
-    write_jsonl(
-        root / "raw" / "train" / f"{s2f}.jsonl",
-        [
-            {"input": "C1=CC=CC=C1", "output": "C6H6", "task": s2f, "split": "train"},
-            {"input": "CCO", "output": "C2H6O", "task": s2f, "split": "train"},
-        ],
-    )
-    write_jsonl(root / "raw" / "test" / f"{s2f}.jsonl", [{"input": "C", "output": "CH4", "task": s2f, "split": "test"}])
-    write_jsonl(
-        root / "raw" / "train" / f"{sider}.jsonl",
-        [
-            {
-                "input": "CCN",
-                "output": {"Hepatobiliary disorders": "No", "Cardiac disorders": "Yes"},
-                "task": sider,
-                "split": "train",
-            }
-        ],
-    )
-    smiles_tags = ["<SMILES>", "</SMILES>"]
-    write_json(root / "core_tag" / f"{s2f}.json", {"input": smiles_tags, "output": ["<MOLFORMULA>", "</MOLFORMULA>"]})
-    write_json(root / "core_tag" / f"{sider}.json", {"input": smiles_tags, "output": ["<BOOLEAN>", "</BOOLEAN>"]})
-    write_json(
-        root / "template" / "instruction_tuning" / f"{s2f}.json",
-        [
-            {"input": "What is the molecular formula of <INPUT> ?", "output": "It is <OUTPUT> ."},
-            {"input": "<INPUT> Give its formula.", "output": "<OUTPUT>"},
-        ],
-    )
-    write_json(
-        root / "template" / "instruction_tuning" / f"{sider}.json",
-        [{"input": "Does <INPUT> cause cardiac disorders?", "output": "<OUTPUT>"}],
-    )
-    write_json(
-        root / "sample" / "instruction_tuning" / "train" / f"{s2f}.json",
-        {
-            "task": s2f,
-            "split": "train",
-            "template_name": "instruction_tuning",
-            "samples": [{"idx": 1, "template_id": 0}, {"idx": 0, "template_id": 1}],
-        },
-    )
-    write_json(
-        root / "sample" / "instruction_tuning" / "train" / f"{sider}.json",
-        {
-            "task": sider,
-            "split": "train",
-            "template_name": "instruction_tuning",
-            "samples": [{"idx": 0, "template_id": 0, "target": "Cardiac disorders"}],
-        },
-    )
-    return tmp_path / "SMolInstruct"
+    """The miniature of osunlp/SMolInstruct's data.zip (see smolinstruct_release.py), as its parent folder."""
+    return write_release(tmp_path)
 
 
-def test_reads_the_release_layout_as_its_loading_script_does(release: Path) -> None:
+def test_reads_the_release_as_its_loading_script_does(release: Path) -> None:
     records = load_records(release, "train")  # the parent holding data/ works too
-    assert [r["task"] for r in records] == ["name_conversion-s2f", "name_conversion-s2f", "property_prediction-sider"]
-    first = records[0]
-    assert first == {
-        "input": "What is the molecular formula of <SMILES> CCO </SMILES> ?",
-        "output": "It is <MOLFORMULA> C2H6O </MOLFORMULA> .",
-        "raw_input": "CCO",
-        "raw_output": "C2H6O",
-        "task": "name_conversion-s2f",
-        "split": "train",
-        "input_core_tag_left": "<SMILES>",
-        "input_core_tag_right": "</SMILES>",
-        "output_core_tag_left": "<MOLFORMULA>",
-        "output_core_tag_right": "</MOLFORMULA>",
-        "target": None,
-        "sample_id": None,
-    }
-    assert records[1]["input"] == "<SMILES> C1=CC=CC=C1 </SMILES> Give its formula."
-    assert records[2]["raw_output"] == "Yes" and records[2]["target"] == "Cardiac disorders"
-    assert load_records(release / "data", "train", ["property_prediction-sider"]) == [records[2]]
-    scores = score_all([r["output"] for r in records], records)
-    assert scores["name_conversion-s2f"]["exact_match"] == 1.0
-    assert scores["property_prediction-sider"]["accuracy"] == 1.0
+    assert [r["task"] for r in records] == sorted(r["task"] for r in records)
+    assert records == list(read_release(release / "data", "train"))
+    s2f = [r for r in records if r["task"] == "name_conversion-s2f"]
+    assert [(r["idx"], r["output"]) for r in s2f] == [
+        (2, "<MOLFORMULA> C2H4O2 </MOLFORMULA>"),
+        (0, "The formula is <MOLFORMULA> C2H6O </MOLFORMULA> ."),
+        (3, "<MOLFORMULA> C2H7N </MOLFORMULA>"),
+    ]
+    sider = load_records(release / "data", "train", ["property_prediction-sider"])
+    assert [(r["idx"], r["target"], r["raw_output"]) for r in sider] == [
+        (0, "Cardiac disorders", "Yes"),
+        (0, "Hepatobiliary disorders", "No"),
+        (1, "Cardiac disorders", "No"),
+    ]
 
 
-def test_release_without_samples_gives_bare_tagged_records(release: Path) -> None:
-    records = load_records(release, "test")  # raw/test exists but sample/instruction_tuning/test does not
-    assert [(r["input"], r["output"]) for r in records] == [("<SMILES> C </SMILES>", "<MOLFORMULA> CH4 </MOLFORMULA>")]
+def test_a_release_without_its_sample_files_is_an_error_not_raw_pairs(release: Path) -> None:
+    shutil.rmtree(release / "data" / "sample" / "instruction_tuning" / "test")
+    with pytest.raises(DataError, match=r"sample/instruction_tuning/test: no sample files; .*extract the whole"):
+        load_records(release, "test")
+    with pytest.raises(DataError, match=r"no sample file for \['molecule_generation'\]"):
+        load_records(release, "train", ["molecule_generation"])
 
 
 def test_reads_our_layout_with_split_aliases(tmp_path: Path) -> None:
@@ -130,8 +69,8 @@ def test_reads_our_layout_with_split_aliases(tmp_path: Path) -> None:
     }
     assert write_split(tmp_path, "dev", [record, {**record, "sample_id": "x"}]) == {"property_prediction-logp": 2}
     assert (tmp_path / "dev" / "property_prediction-logp.jsonl").read_text().count("\n") == 2
-    assert load_records(tmp_path, "validation") == [record, {**record, "sample_id": "x"}]
-    assert list(load_records(tmp_path, "dev")[0]) == list(RECORD_FIELDS)
+    assert load_records(tmp_path, "validation") == [{**record, "idx": 0}, {**record, "sample_id": "x", "idx": 1}]
+    assert list(load_records(tmp_path, "dev")[0]) == [*RECORD_FIELDS, "idx"]
     with pytest.raises(DataError, match="no records of split 'train'"):
         load_records(tmp_path, "train")
     with pytest.raises(DataError, match="tasks"):
@@ -159,6 +98,19 @@ def test_reads_plain_jsonl_files_and_task_split_folders(tmp_path: Path) -> None:
     write_jsonl(nested, [{"input": "q", "output": "<NUMBER> 2 </NUMBER>"}])
     records = load_records(tmp_path / "by_task", "test")
     assert [(r["task"], r["split"], r["raw_output"]) for r in records] == [("property_prediction-logp", "test", "2")]
+
+
+def test_plain_records_are_numbered_within_their_task_and_split(tmp_path: Path) -> None:
+    lines = [
+        {"input": "a", "output": "<NUMBER> 1 </NUMBER>", "task": "property_prediction-esol"},
+        {"input": "b", "output": "<BOOLEAN> Yes </BOOLEAN>", "task": "property_prediction-bbbp"},
+        {"input": "c", "output": "<NUMBER> 2 </NUMBER>", "task": "property_prediction-esol", "split": "test"},
+        {"input": "d", "output": "<NUMBER> 3 </NUMBER>", "task": "property_prediction-esol"},
+    ]
+    write_jsonl(tmp_path / "mixed.jsonl", lines)
+    assert [(r["input"], r["idx"]) for r in load_records(tmp_path / "mixed.jsonl")] == [
+        ("a", 0), ("b", 0), ("d", 1)
+    ]  # fmt: skip
 
 
 def test_clear_errors(tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ shares of all records (`[0.5, 0.3, 0.2]`; a sum below 1 leaves the rest unused).
 Without sizes, `iid` splits evenly, `by_task` gives each facility all of its
 tasks' records, and `dirichlet` lets the draw decide. With sizes, `dirichlet`
 keeps the drawn task mixture but scales it to the sizes by iterative proportional
-fitting; `by_task` samples each facility's size from its own tasks.
+fitting; `by_task` samples each facility's size from its own tasks, and there a
+count may be None (`[360, None]`): that facility keeps every record of its tasks.
 
 Everything is a function of (records in order, arguments, seed): same inputs, same split.
 """
@@ -55,19 +56,48 @@ def partition(
     (whichever are given must agree). `task_map=None` with `by_task` deals the
     tasks out in sorted order, round robin. Raises `DataError` on an impossible request.
     """
+    parts = partition_indices(
+        [str(record["task"]) for record in records],
+        scheme,
+        n_facilities=n_facilities,
+        sizes=sizes,
+        task_map=task_map,
+        alpha=alpha,
+        seed=seed,
+    )
+    return [[records[i] for i in part] for part in parts]
+
+
+def partition_indices(
+    tasks: Sequence[str],
+    scheme: Scheme = "iid",
+    *,
+    n_facilities: int | None = None,
+    sizes: Sequence[int | None] | Sequence[float] | None = None,
+    task_map: Sequence[Sequence[str]] | None = None,
+    alpha: float = 0.5,
+    seed: int = 0,
+) -> list[list[int]]:
+    """`partition` on the records' task names alone: positions in `tasks` per facility.
+
+    Needs one string per record, not the records, so that a release of millions
+    of records can be split before any of them is assembled.
+    """
     if scheme not in SCHEMES:
         raise DataError(f"unknown partition scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
-    if not records:
+    if not tasks:
         raise DataError("no records to partition")
     n = _facility_count(n_facilities, sizes, task_map)
+    if sizes is not None and None in sizes and scheme != "by_task":
+        raise DataError(f"a facility without a count keeps all records of its tasks, which only by_task does (not {scheme})")
     rng = np.random.default_rng(seed)
-    targets = _targets(sizes, len(records), n)
+    targets = _targets(sizes, len(tasks), n)
     by_task: dict[str, list[int]] = {}
-    for i, record in enumerate(records):
-        by_task.setdefault(str(record["task"]), []).append(i)
+    for i, task in enumerate(tasks):
+        by_task.setdefault(task, []).append(i)
     if scheme == "iid":
-        order = rng.permutation(len(records))
-        counts = targets if targets is not None else _apportion(np.ones(n), len(records))
+        order = rng.permutation(len(tasks))
+        counts = targets if targets is not None else _apportion(np.ones(n), len(tasks))
         bounds = np.concatenate(([0], np.cumsum(counts)))
         parts = [order[bounds[i] : bounds[i + 1]].tolist() for i in range(n)]
     elif scheme == "by_task":
@@ -76,7 +106,7 @@ def partition(
         if not alpha > 0:
             raise DataError(f"dirichlet alpha must be positive, got {alpha}")
         parts = _dirichlet(by_task, n, alpha, targets, rng)
-    return [[records[i] for i in rng.permutation(part).tolist()] for part in parts]
+    return [rng.permutation(part).tolist() for part in parts]
 
 
 def _facility_count(n: int | None, sizes: Sequence[Any] | None, task_map: Sequence[Any] | None) -> int:
@@ -103,19 +133,25 @@ def _apportion(weights: np.ndarray, total: int) -> np.ndarray:
 
 
 def _targets(sizes: Sequence[Any] | None, n_records: int, n: int) -> np.ndarray | None:
-    """Integer record counts per facility from counts or shares; None when sizes are not given."""
+    """Integer record counts per facility from counts or shares; None when sizes are not given.
+
+    A size of None (by_task only) becomes -1: that facility keeps all its tasks' records.
+    """
     if sizes is None:
         return None
-    if all(isinstance(s, int | np.integer) and not isinstance(s, bool) for s in sizes):
-        counts = np.array(sizes, dtype=int)
-        if counts.sum() > n_records:
-            raise DataError(f"sizes ask for {counts.sum()} records but there are {n_records}")
+    given = [s for s in sizes if s is not None]
+    if all(isinstance(s, int | np.integer) and not isinstance(s, bool) for s in given):
+        counts = np.array([-1 if s is None else s for s in sizes], dtype=int)
+        if counts[counts >= 0].sum() > n_records:
+            raise DataError(f"sizes ask for {counts[counts >= 0].sum()} records but there are {n_records}")
+    elif len(given) < len(sizes):
+        raise DataError(f"sizes {list(sizes)}: beside a facility without a count, give counts, not shares")
     else:
         shares = np.array(sizes, dtype=float)
         if shares.sum() > 1 + 1e-9 or (shares > 1).any():
             raise DataError(f"size shares must sum to at most 1, got {list(sizes)}; give counts as integers")
         counts = _apportion(shares, min(n_records, round(float(shares.sum()) * n_records)))
-    if (counts <= 0).any():
+    if (counts == 0).any() or (counts < -1).any():
         raise DataError(f"every facility needs at least one record; sizes {list(sizes)} give {counts.tolist()}")
     return counts
 
@@ -142,7 +178,8 @@ def _by_task(
         holders = [i for i, tasks in enumerate(task_map) if task in tasks]
         if not holders:
             continue  # a task no facility holds stays out of training (e.g. to test transfer)
-        weights = np.ones(len(holders)) if targets is None else targets[holders].astype(float)
+        counted = targets is not None and bool((targets[holders] >= 0).all())
+        weights = targets[holders].astype(float) if counted else np.ones(len(holders))
         shuffled = rng.permutation(by_task[task])
         bounds = np.concatenate(([0], np.cumsum(_apportion(weights, len(shuffled)))))
         for k, i in enumerate(holders):
@@ -154,7 +191,7 @@ def _by_task(
             raise DataError(
                 f"facility {i} should hold {targets[i]} records but its tasks {list(task_map[i])} give it {len(pool)}"
             )
-    return [rng.permutation(pool)[: targets[i]].tolist() for i, pool in enumerate(pools)]
+    return [pool if targets[i] < 0 else rng.permutation(pool)[: targets[i]].tolist() for i, pool in enumerate(pools)]
 
 
 def _dirichlet(
@@ -215,7 +252,7 @@ class FacilitySpec:
     """Facility names and, optionally, their sizes and tasks (one entry per facility)."""
 
     names: tuple[str, ...]
-    sizes: tuple[int, ...] | tuple[float, ...] | None = None
+    sizes: tuple[int | None, ...] | tuple[float, ...] | None = None  # None entry: all of its tasks' records
     tasks: tuple[tuple[str, ...], ...] | None = None
 
 
@@ -227,8 +264,9 @@ def parse_facilities(spec: str, known_tasks: Sequence[str] = ALL_TASKS) -> Facil
 
     Examples: `3` (facility-1..3), `alcf,olcf,nersc`, `alcf=0.5,olcf=0.3,nersc=0.2`,
     `alcf=1200,olcf=600`, `alcf:s2f,olcf:logp+tpsa,nersc:lipinski`. A task may be
-    named in full or by its unique suffix (`s2f`, `logp`). Sizes and tasks are
-    all-or-none across facilities.
+    named in full or by its unique suffix (`s2f`, `logp`). Tasks are all-or-none
+    across facilities; so are sizes, except that with tasks a count may be left out
+    (`alcf=360:s2f,olcf:esol`): that facility keeps every record of its tasks.
     """
     spec = spec.strip()
     if spec.isdigit():
@@ -246,14 +284,17 @@ def parse_facilities(spec: str, known_tasks: Sequence[str] = ALL_TASKS) -> Facil
         tasks.append(tuple(_resolve_task(t, known_tasks) for t in task_text.split("+")) if task_text else None)
     if len(set(names)) != len(names):
         raise DataError(f"--facilities: a facility name appears twice in {spec!r}")
+    partial_counts = tasks[0] is not None and all(s is None or isinstance(s, int) for s in sizes)
     for what, values in (("sizes", sizes), ("tasks", tasks)):
-        if any(v is None for v in values) and any(v is not None for v in values):
+        if any(v is None for v in values) and any(v is not None for v in values) and not (
+            what == "sizes" and partial_counts
+        ):
             raise DataError(f"--facilities: give {what} for every facility or for none, in {spec!r}")
-    if sizes[0] is not None and len({type(s) for s in sizes}) > 1:
+    if len({type(s) for s in sizes if s is not None}) > 1:
         raise DataError(f"--facilities: sizes must be all shares (0.5) or all counts (1200), in {spec!r}")
     return FacilitySpec(
         names=tuple(names),
-        sizes=tuple(sizes) if sizes[0] is not None else None,  # type: ignore[arg-type]
+        sizes=tuple(sizes) if any(s is not None for s in sizes) else None,  # type: ignore[arg-type]
         tasks=tuple(tasks) if tasks[0] is not None else None,  # type: ignore[arg-type]
     )
 
@@ -278,11 +319,19 @@ def partition_facilities(
     records: Sequence[Record], spec: FacilitySpec, scheme: Scheme | None = None, *, alpha: float = 0.5, seed: int = 0
 ) -> dict[str, list[Record]]:
     """`partition` by name. `scheme=None`: `by_task` when the spec gives tasks, else `iid`."""
+    parts = partition_facility_indices([str(r["task"]) for r in records], spec, scheme, alpha=alpha, seed=seed)
+    return {name: [records[i] for i in part] for name, part in parts.items()}
+
+
+def partition_facility_indices(
+    tasks: Sequence[str], spec: FacilitySpec, scheme: Scheme | None = None, *, alpha: float = 0.5, seed: int = 0
+) -> dict[str, list[int]]:
+    """`partition_indices` by name: positions in `tasks` (one task name per record) per facility."""
     chosen = scheme or ("by_task" if spec.tasks else "iid")
     if spec.tasks and chosen != "by_task":
         raise DataError(f"--facilities gives tasks per facility, which only the by_task scheme uses (not {chosen})")
-    parts = partition(
-        records, chosen, n_facilities=len(spec.names), sizes=spec.sizes, task_map=spec.tasks, alpha=alpha, seed=seed
+    parts = partition_indices(
+        tasks, chosen, n_facilities=len(spec.names), sizes=spec.sizes, task_map=spec.tasks, alpha=alpha, seed=seed
     )
     return dict(zip(spec.names, parts, strict=True))
 

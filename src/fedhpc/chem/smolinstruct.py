@@ -4,24 +4,21 @@ Three layouts are read, tried in this order:
 
 1. **The SMolInstruct release** (osunlp/SMolInstruct on Hugging Face, `data.zip`
    extracted; point at the folder holding `raw/`, or at its parent if that holds
-   `data/`). Its loading script assembles records from
-   `raw/<split>/<task>.jsonl` (one molecule-level item per line: `input`,
-   `output` (a string, or a dict keyed by `target`), `task`, `split`),
-   `core_tag/<task>.json` (`{"input": [left, right], "output": [left, right]}`),
-   `template/<name>/<task>.json` (a list of `{"input": "..<INPUT>..", "output": "..<OUTPUT>.."}`)
-   and `sample/instruction_tuning/<split>/<task>.json` (`template_name` and
-   `samples`: `idx` into the raw file, `template_id`, and `target` for dict
-   outputs). We assemble exactly as that script does (core tags inserted). With
-   `raw/` but no `sample/` and `template/`, records get no question wording: the
-   input and output are the tagged raw strings.
+   `data/`): records assembled exactly as the release's loading script does, by
+   `release.read_release` (see there). `selfies=True` reads `raw_selfies/`.
 2. **Ours**, which mirrors the release's raw tree but holds finished records:
-   `<split>/<task>.jsonl`, splits `train`, `dev`, `test`, every line one record
-   with the fields in `tasks.RECORD_FIELDS`. Per-facility directories are the same
-   with `train/` only.
+   `<split>/<task>.jsonl`, splits `train`, `dev`, `test`, `test_subset`, every
+   line one record with the fields in `tasks.RECORD_FIELDS`. Per-facility
+   directories are the same with `train/` only.
 3. **Plain JSONL**: a `.jsonl` file, or a folder of them, whose lines carry at least
    `input` and `output`. A file named after a split (`test.jsonl`, or
    `<task>/test.jsonl`) holds that split; otherwise a line's `split` field decides,
    and a line without one counts as `train`.
+
+Every record also gets `idx`, what a prediction line names it by: in the
+release, the item's line in `raw/<split>/<task>.jsonl` (as LlaSMol uses it); in
+our layout, the record's 0-based position in its task file; in plain JSONL, its
+position among the records of its task and split, in reading order.
 
 Split names follow the release (`train`, `dev`, `test`, `test_subset`);
 `validation` and `valid` are accepted for `dev`, as the Hugging Face builder names it.
@@ -38,16 +35,16 @@ from pathlib import Path
 from typing import Any
 
 from fedhpc.chem.metrics import extract_core
+from fedhpc.chem.release import read_release, release_root
 from fedhpc.chem.tasks import RECORD_FIELDS, TASKS
 from fedhpc.errors import DataError
 
 SPLITS = ("train", "dev", "test")
 SPLIT_ALIASES = {"validation": "dev", "valid": "dev", "val": "dev"}
 KNOWN_SPLITS = (*SPLITS, "test_subset")
-SAMPLE_GROUP = "instruction_tuning"
 
 EXPECTED_LAYOUTS = (
-    "expected one of: <split>/<task>.jsonl (fedhpc layout, splits train/dev/test); "
+    "expected one of: <split>/<task>.jsonl (fedhpc layout, splits train/dev/test/test_subset); "
     "the SMolInstruct release extracted from data.zip (raw/<split>/<task>.jsonl with core_tag/, "
     "template/ and sample/); or .jsonl files whose lines hold 'input' and 'output'"
 )
@@ -61,11 +58,14 @@ def canonical_split(split: str) -> str:
     return name
 
 
-def load_records(path: Path | str, split: str = "train", tasks: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def load_records(
+    path: Path | str, split: str = "train", tasks: Sequence[str] | None = None, *, selfies: bool = False
+) -> list[dict[str, Any]]:
     """Every record of `split` under `path`, in a deterministic order (task name, then file order).
 
     `tasks=None` means all tasks found. Each record has all of `RECORD_FIELDS`
-    (`sample_id` and unknown core tags may be None). Raises `DataError` naming
+    (`sample_id` and unknown core tags may be None) and `idx` (see the module
+    docstring). `selfies` applies to the release only. Raises `DataError` naming
     the path and the layouts expected when the path is missing or nothing matches.
     """
     root = Path(path)
@@ -73,14 +73,16 @@ def load_records(path: Path | str, split: str = "train", tasks: Sequence[str] | 
         raise DataError(f"{root}: no such file or directory; {EXPECTED_LAYOUTS}")
     split = canonical_split(split)
     wanted = None if tasks is None else set(tasks)
-    release_root = _release_root(root)
-    if release_root is not None:
-        records = list(_read_release(release_root, split, wanted))
-    elif (root / split).is_dir() and any((root / split).glob("*.jsonl")):
+    release = release_root(root)
+    if release is not None:
+        return list(read_release(release, split, tasks, selfies=selfies))
+    if (root / split).is_dir() and any((root / split).glob("*.jsonl")):
         files = sorted((root / split).glob("*.jsonl"))
-        records = [record for file in files for record in _read_jsonl(file, split, file.stem)]
+        records = [
+            {**record, "idx": idx} for file in files for idx, record in enumerate(_read_jsonl(file, split, file.stem))
+        ]
     else:
-        records = list(_read_plain(root, split))
+        records = _numbered(_read_plain(root, split))
     if wanted is not None:
         records = [rec for rec in records if rec["task"] in wanted]
     if not records:
@@ -101,9 +103,13 @@ def write_split(root: Path, split: str, records: Iterable[dict[str, Any]]) -> di
     folder = root / split
     folder.mkdir(parents=True, exist_ok=True)
     for task, items in sorted(by_task.items()):
-        lines = (json.dumps({key: rec.get(key) for key in RECORD_FIELDS}, ensure_ascii=False) for rec in items)
-        (folder / f"{task}.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        (folder / f"{task}.jsonl").write_text("".join(record_line(rec) for rec in items), encoding="utf-8")
     return {task: len(items) for task, items in sorted(by_task.items())}
+
+
+def record_line(record: dict[str, Any]) -> str:
+    """One record as a line of our layout: the `RECORD_FIELDS` in order (`idx` is implied by the position)."""
+    return json.dumps({key: record.get(key) for key in RECORD_FIELDS}, ensure_ascii=False) + "\n"
 
 
 @contextmanager
@@ -132,81 +138,6 @@ def replacing_dir(out: Path, marker: str) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-# --- the release ----------------------------------------------------------------------------------
-
-
-def _release_root(root: Path) -> Path | None:
-    for candidate in (root, root / "data"):
-        if (candidate / "raw").is_dir() and ((candidate / "core_tag").is_dir() or (candidate / "sample").is_dir()):
-            return candidate
-    return None
-
-
-def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: unreadable SMolInstruct file: {e}") from e
-
-
-def _read_release(root: Path, split: str, wanted: set[str] | None) -> Iterator[dict[str, Any]]:
-    """Assemble instruction records the way the release's `SMolInstruct.py` does."""
-    raw_split = "test" if split == "test_subset" else split
-    raw_dir = root / "raw" / raw_split
-    for raw_file in sorted(raw_dir.glob("*.jsonl")):
-        task = raw_file.stem
-        if wanted is not None and task not in wanted:
-            continue
-        tags_file = root / "core_tag" / f"{task}.json"
-        tags = _load_json(tags_file) if tags_file.is_file() else {"input": [None, None], "output": [None, None]}
-        items = [item for _, item in _json_lines(raw_file)]
-        sample_file = root / "sample" / SAMPLE_GROUP / split / f"{task}.json"
-        if sample_file.is_file():
-            sample_record = _load_json(sample_file)
-            templates = _load_json(root / "template" / sample_record["template_name"] / f"{task}.json")
-            for sample in sample_record["samples"]:
-                try:
-                    item = items[sample["idx"]]
-                except IndexError as e:
-                    raise DataError(
-                        f"{sample_file}: sample idx {sample['idx']} beyond {raw_file} ({len(items)} lines)"
-                    ) from e
-                yield _assemble(item, task, split, tags, templates[sample["template_id"]], sample.get("target"))
-        elif split != "test_subset":
-            for item in items:
-                output = item["output"]
-                targets = sorted(output) if isinstance(output, dict) else [None]
-                for target in targets:
-                    yield _assemble(item, task, split, tags, {"input": "<INPUT>", "output": "<OUTPUT>"}, target)
-
-
-def _tagged(left: str | None, core: str, right: str | None) -> str:
-    return core if left is None else f"{left} {core} {right}"
-
-
-def _assemble(
-    item: dict[str, Any], task: str, split: str, tags: dict[str, Any], template: dict[str, str], target: str | None
-) -> dict[str, Any]:
-    in_left, in_right = tags["input"]
-    out_left, out_right = tags["output"]
-    output = item["output"]
-    raw_output = output[target] if isinstance(output, dict) else output
-    return {
-        "input": template["input"].replace("<INPUT>", _tagged(in_left, item["input"], in_right)),
-        "output": template["output"].replace("<OUTPUT>", _tagged(out_left, raw_output, out_right)),
-        "raw_input": item["input"],
-        "raw_output": raw_output,
-        "task": task,
-        "split": split,
-        "input_core_tag_left": in_left,
-        "input_core_tag_right": in_right,
-        "output_core_tag_left": out_left,
-        "output_core_tag_right": out_right,
-        "target": target if isinstance(output, dict) else None,
-        "sample_id": item.get("sample_id"),
-    }
-
-
 # --- ours and plain JSONL -------------------------------------------------------------------------
 
 
@@ -222,6 +153,17 @@ def _read_plain(root: Path, split: str) -> Iterator[dict[str, Any]]:
         for record in _read_jsonl(file, None, None):
             if record["split"] == split:
                 yield record
+
+
+def _numbered(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each record with `idx`: its position among the records of its task (and split), in order."""
+    seen: dict[tuple[str, str], int] = {}
+    numbered = []
+    for record in records:
+        key = (record["task"], record["split"])
+        numbered.append({**record, "idx": seen.get(key, 0)})
+        seen[key] = seen.get(key, 0) + 1
+    return numbered
 
 
 def _json_lines(file: Path) -> Iterator[tuple[int, Any]]:
