@@ -1,0 +1,102 @@
+"""The predictions file: one generated answer per line, addressed to a question of a dataset split.
+
+    {"task": "name_conversion-s2f", "split": "test", "idx": 17, "target": null, "pred": "<raw generated text>"}
+
+`idx` is the question's `idx` in the dataset (for the SMolInstruct release its
+line in `raw/<split>/<task>.jsonl`; for a built dataset its position in
+`<split>/<task>.jsonl`), and `target` names the output key of dict outputs
+(SIDER's side effects), else null. Several lines for the same question are
+several answers to it (LlaSMol's beam returns), kept in file order. `fedhpc eval`
+writes this file beside its scores; `fedhpc score` reads it, so predictions
+made anywhere can be scored the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedhpc.errors import DataError
+
+FIELDS = ("task", "split", "idx", "target", "pred")
+FORMAT = (
+    'each line must be a JSON object {"task": str, "split": str, "idx": int, "target": str or null, '
+    '"pred": str}'
+)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One answer to question (task, split, idx, target); `line` is its 1-based line in the file, for errors."""
+
+    task: str
+    split: str
+    idx: int
+    target: str | None
+    pred: str
+    line: int = 0
+
+    @property
+    def question(self) -> tuple[str, int, str | None]:
+        return self.task, self.idx, self.target
+
+    def as_json(self) -> dict[str, str | int | None]:
+        return {"task": self.task, "split": self.split, "idx": self.idx, "target": self.target, "pred": self.pred}
+
+
+def predictions_path(scores_path: Path) -> Path:
+    """Where the predictions behind `scores_path` go: `eval/r0003.json` -> `eval/r0003.predictions.jsonl`."""
+    return scores_path.with_suffix(".predictions.jsonl")
+
+
+def write_predictions(path: Path, predictions: Iterable[Prediction]) -> None:
+    """Write one line per answer, replacing `path` atomically (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as out:
+        for prediction in predictions:
+            out.write(json.dumps(prediction.as_json(), ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def read_predictions(path: Path) -> list[Prediction]:
+    """Every answer in `path`, in file order; `DataError` names the file and line of a malformed one."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the predictions file: {e}") from e
+    predictions = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{number}: not JSON ({e}); {FORMAT}") from e
+        predictions.append(_prediction(item, path, number))
+    if not predictions:
+        raise DataError(f"{path}: no predictions; {FORMAT}")
+    return predictions
+
+
+def _prediction(item: object, path: Path, number: int) -> Prediction:
+    if not isinstance(item, dict):
+        raise DataError(f"{path}:{number}: not a JSON object; {FORMAT}")
+    problems = [f"'{key}' is missing" for key in FIELDS if key not in item]
+    if not problems:
+        if not isinstance(item["task"], str) or not item["task"]:
+            problems.append("'task' must be a task name")
+        if not isinstance(item["split"], str):
+            problems.append("'split' must be a string")
+        if not isinstance(item["idx"], int) or isinstance(item["idx"], bool) or item["idx"] < 0:
+            problems.append(f"'idx' must be a non-negative integer, got {item['idx']!r}")
+        if item["target"] is not None and not isinstance(item["target"], str):
+            problems.append(f"'target' must be a string or null, got {item['target']!r}")
+        if not isinstance(item["pred"], str):
+            problems.append(f"'pred' must be the generated text, got {item['pred']!r}")
+    if problems:
+        raise DataError(f"{path}:{number}: {'; '.join(problems)}; {FORMAT}")
+    return Prediction(item["task"], item["split"], item["idx"], item["target"], item["pred"], number)
