@@ -37,6 +37,21 @@ facilities:
 """
 
 
+def eval_tasks(r: int) -> dict:
+    """An `eval` event's `tasks` after round `r`: the formula task climbs past its baseline, logP never does."""
+    def entry(primary: str, higher: bool, value: float, half: float, baseline: str, base: float) -> dict:
+        return {"n": 100, "primary": primary, "higher_is_better": higher,
+                "metrics": {primary: {"value": value, "ci95": [value - half, value + half]},
+                            "invalid": {"value": 0.1, "ci95": [0.05, 0.16]}},
+                "baseline": {"name": baseline, "metrics": {primary: {"value": base, "ci95": [base - 0.02, base + 0.02]}}},
+                "beats_baseline": (value - half > base + 0.02) if higher else (value + half < base - 0.02)}  # fmt: skip
+
+    return {
+        "formula": entry("exact_match", True, 0.05 + 0.1 * r, 0.05, "most frequent training answer", 0.03),
+        "logp": entry("rmse", False, 2.4 - 0.1 * r, 0.3, "training mean (2.31)", 1.98),
+    }
+
+
 def write_run(
     run_dir: Path,
     *,
@@ -53,8 +68,7 @@ def write_run(
     with MetricsLog(run_dir / "metrics.jsonl") as log:
         log.emit("run_started", ts=t, name="chem-demo", facilities=facilities, rounds=rounds, resumed_from=0)
         if with_eval:
-            log.emit("eval", ts=t + 6, start=t, seconds=6.0, round=0,
-                     scores={"formula": {"exact_match": 0.05}, "logp": {"rmse": 2.40}})
+            log.emit("eval", ts=t + 6, start=t, seconds=6.0, round=0, tasks=eval_tasks(0), lenient=False)
             t += 6
         for r in range(1, rounds + 1):
             round_start = t
@@ -90,8 +104,7 @@ def write_run(
             log.emit("aggregated", ts=t + 2.5, start=t, seconds=2.5, round=r, num_updates=2, bytes=adapter)
             t += 2.5
             if with_eval:
-                log.emit("eval", ts=t + 5, start=t, seconds=5.0, round=r,
-                         scores={"formula": {"exact_match": 0.05 + 0.1 * r}, "logp": {"rmse": 2.4 - 0.3 * r}})
+                log.emit("eval", ts=t + 5, start=t, seconds=5.0, round=r, tasks=eval_tasks(r), lenient=False)
                 t += 5
             log.emit("round_complete", ts=t, round=r, seconds=t - round_start, mean_loss_first=2.5,
                      mean_loss_last=2.2)
@@ -128,6 +141,44 @@ def test_full_report_has_every_section_and_the_facts(tmp_path: Path) -> None:
     assert "exact_match" in html and "rmse" in html and "(base)" in html
     assert "min_facilities: 2" in html  # the config block
     assert html.count("<svg") >= 6  # 2 loss + 2 eval + timeline + bytes
+    assert "LENIENT" not in html
+
+
+def evaluation_section(html: str) -> str:
+    return html.split('<section id="eval">')[1].split("</section>")[0]
+
+
+def test_evaluation_shows_each_score_beside_its_baseline_interval_and_n(tmp_path: Path) -> None:
+    section = evaluation_section(write_report(write_run(tmp_path / "run")).read_text())
+    verdicts = section.split("</table>")[0]
+    rows = {row.split("</td>")[0].split(">")[-1]: row for row in verdicts.split("<tr>")[2:]}
+    formula, logp = rows["formula"], rows["logp"]
+    # round 3: formula 0.35 [0.3, 0.4] beats the baseline's [0.01, 0.05]; logP 2.1 [1.8, 2.4] vs [1.96, 2.0] does not
+    for cell in ("0.35", "[0.3, 0.4]", "100", "most frequent training answer", "0.03", "[0.01, 0.05]", ">yes<"):
+        assert cell in formula, cell
+    for cell in ("2.1", "[1.8, 2.4]", "training mean (2.31)", "1.98", "[1.96, 2]", ">no<"):
+        assert cell in logp, cell
+    assert "exact_match ↑" in formula and "rmse ↓" in logp
+    assert ">0.05<" in formula  # the base model's score (round 0) beside the last round's
+    assert section.count("stroke-dasharray") >= 2  # each chart draws its baseline dashed
+
+
+def test_lenient_rounds_are_labelled(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run", rounds=1)
+    with MetricsLog(run / "metrics.jsonl") as log:
+        log.emit("eval", round=2, tasks=eval_tasks(2), lenient=True)
+    section = evaluation_section(write_report(run).read_text())
+    assert "LENIENT extraction (not LlaSMol's)" in section.replace("&#x27;", "'") and "round(s) 2" in section
+
+
+def test_a_run_logged_before_baselines_still_shows_its_scores(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with MetricsLog(run / "metrics.jsonl") as log:
+        log.emit("run_started", name="old", facilities=["a"], rounds=1, resumed_from=0)
+        log.emit("eval", round=0, scores={"formula": {"exact_match": 0.05, "n": 24}})
+        log.emit("eval", round=1, scores={"formula": {"exact_match": 0.25, "n": 24}})
+    section = evaluation_section(write_report(run).read_text())
+    assert "exact_match" in section and "0.25" in section and "baseline" not in section
 
 
 def test_report_to_another_path(tmp_path: Path) -> None:

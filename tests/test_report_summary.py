@@ -116,3 +116,31 @@ def test_example_counts_in_eval_scores_are_not_plotted_as_metrics() -> None:
     run = summarize(events)
     assert set(run.evals[4]["logp"]) == {"rmse", "unparseable"}
     assert run.evals[4]["logp"]["rmse"] == 2.7
+
+
+def test_eval_events_with_baselines_fold_into_verdicts_and_metric_values() -> None:
+    tasks = {
+        "bbbp": {"n": 120, "primary": "accuracy", "higher_is_better": True,
+                 "metrics": {"accuracy": {"value": 0.81, "ci95": [0.74, 0.88]}, "mcc": {"value": None, "ci95": None}},
+                 "baseline": {"name": "majority class (Yes)", "metrics": {"accuracy": {"value": 0.6, "ci95": [0.51, 0.69]}}},
+                 "beats_baseline": True},
+        "esol": {"primary": "rmse", "higher_is_better": False, "metrics": {"rmse": {"value": "n/a", "ci95": [1]}},
+                 "baseline": "not a dict", "beats_baseline": "yes"},
+        "junk": 3,
+    }  # fmt: skip
+    run = summarize([{"event": "eval", "round": 2, "tasks": tasks, "lenient": True}])
+    bbbp, esol = run.eval_tasks[2]["bbbp"], run.eval_tasks[2]["esol"]
+    assert (bbbp.value, bbbp.ci95, bbbp.n, bbbp.baseline) == (0.81, (0.74, 0.88), 120, "majority class (Yes)")
+    assert (bbbp.baseline_value, bbbp.baseline_ci95, bbbp.beats_baseline) == (0.6, (0.51, 0.69), True)
+    assert (esol.value, esol.ci95, esol.baseline, esol.beats_baseline, esol.higher_is_better) == (
+        None, None, "?", False, False)  # fmt: skip
+    assert run.evals[2]["bbbp"] == {"accuracy": 0.81, "mcc": None}
+    assert run.lenient_rounds == {2} and "junk" not in run.eval_tasks[2]
+
+
+def test_interval_bars_are_drawn_and_fit_inside_the_axis() -> None:
+    svg = line_chart([Series("a", "#123456", [(0, 1.0), (1, 2.0)], intervals=[(0.5, 1.5), None])],
+                     x_ticks=[(0.0, "0"), (1.0, "1")])
+    bars = [line for line in svg.split("<line") if 'stroke="#123456"' in line and 'stroke-width="1.2"' in line]
+    assert len(bars) == 1  # the point without an interval has no bar
+    assert ">0.4<" in svg or ">0.5<" in svg  # the axis reaches down to the interval's low end, below every point

@@ -76,6 +76,7 @@ class Series:
     dashed: bool = False
     stroke_width: float = 2.0
     labels: list[str] = field(default_factory=list)  # hover text per point; default "name: y"
+    intervals: list[tuple[float, float] | None] = field(default_factory=list)  # error bar per point, e.g. a 95% CI
 
 
 @dataclass
@@ -153,6 +154,8 @@ def line_chart(
 ) -> str:
     """Lines with optional markers; `x_ticks` are (value, label); `separators` are faint vertical rules."""
     ys = [y for s in series for _, y in s.points if y is not None and math.isfinite(y)]
+    ys += [bound for s in series for interval in s.intervals if interval is not None for bound in interval
+           if math.isfinite(bound)]
     xs = [x for s in series for x, _ in s.points] + [value for value, _ in x_ticks]
     if not ys:
         return _empty(width, height, empty_note)
@@ -180,6 +183,10 @@ def line_chart(
                     f'<polyline points="{path}" fill="none" stroke="{s.color}" stroke-width="{s.stroke_width}" '
                     f'stroke-linejoin="round" stroke-linecap="round"{dash}/>'
                 )
+        for (x, _), interval in zip(s.points, s.intervals):
+            if interval is not None and all(math.isfinite(b) for b in interval):
+                cx, lo, hi = _num(frame.x(x)), _num(frame.y(interval[0])), _num(frame.y(interval[1]))
+                parts.append(f'<line x1="{cx}" x2="{cx}" y1="{lo}" y2="{hi}" stroke="{s.color}" stroke-width="1.2"/>')
         if s.markers or len(s.points) == 1:
             for index, (x, y) in enumerate(s.points):
                 if y is None or not math.isfinite(y):

@@ -43,6 +43,21 @@ class Problem:
 
 
 @dataclass
+class TaskEval:
+    """One task's evaluation in one round: its primary metric beside the trivial baseline's (None: not known)."""
+
+    primary: str
+    higher_is_better: bool
+    n: int | None
+    value: float | None
+    ci95: tuple[float, float] | None
+    baseline: str
+    baseline_value: float | None
+    baseline_ci95: tuple[float, float] | None
+    beats_baseline: bool
+
+
+@dataclass
 class RunSummary:
     name: str = "unnamed run"
     rounds_planned: int | None = None
@@ -61,6 +76,8 @@ class RunSummary:
     outcomes: dict[str, dict[int, str]] = field(default_factory=lambda: defaultdict(dict))
     problems: list[Problem] = field(default_factory=list)
     evals: dict[int, dict[str, dict[str, float | None]]] = field(default_factory=dict)
+    eval_tasks: dict[int, dict[str, TaskEval]] = field(default_factory=dict)
+    lenient_rounds: set[int] = field(default_factory=set)  # rounds scored with lenient (not LlaSMol's) extraction
     spans: list[Span] = field(default_factory=list)
     samples: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     tokens: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -213,8 +230,12 @@ def summarize(events: list[dict[str, Any]]) -> RunSummary:
                 if ts is not None:
                     run.round_end_ts[r] = ts
         elif kind == "eval":
-            scores = event.get("scores")
-            if r is not None and isinstance(scores, dict):
+            scores = event.get("scores")  # written by fedhpc before results carried intervals and baselines
+            if r is not None and isinstance(event.get("tasks"), dict):
+                _fold_eval_tasks(run, r, event["tasks"])
+                if event.get("lenient") is True:
+                    run.lenient_rounds.add(r)
+            elif r is not None and isinstance(scores, dict):
                 into = run.evals.setdefault(r, {})
                 for task, metrics in scores.items():
                     if isinstance(metrics, dict):
@@ -234,6 +255,44 @@ def summarize(events: list[dict[str, Any]]) -> RunSummary:
         run.spans.extend(_split_job(job, *accepted_times.get(key, (None, None)), queue_waits.get(key)))
     run.spans.sort(key=lambda s: s.start)
     return run
+
+
+def _fold_eval_tasks(run: RunSummary, r: int, tasks: dict[str, Any]) -> None:
+    """An `eval` event's `tasks` ({task: {"primary", "metrics": {m: {"value", "ci95"}}, "baseline", ...}})."""
+    values = run.evals.setdefault(r, {})
+    verdicts = run.eval_tasks.setdefault(r, {})
+    for task, entry in tasks.items():
+        if not isinstance(entry, dict):
+            continue
+        metrics = entry.get("metrics") if isinstance(entry.get("metrics"), dict) else {}
+        values.setdefault(str(task), {}).update({str(m): number(_field(v, "value")) for m, v in metrics.items()})
+        primary = entry.get("primary")
+        if not isinstance(primary, str):
+            continue
+        baseline = entry.get("baseline") if isinstance(entry.get("baseline"), dict) else {}
+        theirs = baseline.get("metrics") if isinstance(baseline.get("metrics"), dict) else {}
+        verdicts[str(task)] = TaskEval(
+            primary=primary,
+            higher_is_better=entry.get("higher_is_better") is not False,
+            n=integer(entry.get("n")),
+            value=number(_field(metrics.get(primary), "value")),
+            ci95=_interval(_field(metrics.get(primary), "ci95")),
+            baseline=str(baseline.get("name", "?")),
+            baseline_value=number(_field(theirs.get(primary), "value")),
+            baseline_ci95=_interval(_field(theirs.get(primary), "ci95")),
+            beats_baseline=entry.get("beats_baseline") is True,
+        )
+
+
+def _field(value: Any, key: str) -> Any:
+    return value.get(key) if isinstance(value, dict) else None
+
+
+def _interval(value: Any) -> tuple[float, float] | None:
+    if not isinstance(value, list) or len(value) != 2:
+        return None
+    lo, hi = number(value[0]), number(value[1])
+    return None if lo is None or hi is None else (lo, hi)
 
 
 def _split_job(job: Span, load: float | None, train: float | None, queue_wait: float | None = None) -> list[Span]:
