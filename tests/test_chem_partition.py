@@ -171,3 +171,20 @@ def test_partition_facilities_and_their_folders(records: list[dict], tmp_path: P
     assert sorted(p.name for p in (tmp_path / "fac").iterdir()) == ["c", "partition_info.json"]
     with pytest.raises(DataError, match="only train"):
         write_facility_dirs({"x": [{**records[0], "split": "test"}]}, tmp_path / "other")
+
+
+def test_by_task_a_facility_without_a_count_keeps_all_of_its_tasks(records: list[dict]) -> None:
+    spec = parse_facilities("a=50:s2f+logp,b:tpsa+lipinski")
+    assert spec.sizes == (50, None)
+    a, b = partition_facilities(records, spec, seed=1).values()
+    assert len(a) == 50 and {r["task"] for r in a} <= {"name_conversion-s2f", "property_prediction-logp"}
+    assert Counter(r["task"] for r in b) == {"property_prediction-tpsa": 60, "property_prediction-lipinski": 40}
+    shared = partition(records, "by_task", sizes=[30, None], task_map=[["name_conversion-s2f"]] * 2, seed=1)
+    assert [len(p) for p in shared] == [30, 60]  # the task is halved, then the counted facility samples its half
+    assert_disjoint(shared)
+    with pytest.raises(DataError, match="only by_task"):
+        partition(records, "iid", sizes=[30, None])
+    with pytest.raises(DataError, match="give counts, not shares"):
+        partition(records, "by_task", sizes=[0.5, None], task_map=[["name_conversion-s2f"]] * 2)
+    with pytest.raises(DataError, match="--facilities: give sizes for every facility"):
+        parse_facilities("a=50,b")  # without tasks a missing count means nothing

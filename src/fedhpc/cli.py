@@ -375,3 +375,40 @@ def data_chem(
         raise _fail(e) from e
     Console().print(f"wrote {out}/dataset (train/dev/test) and {out}/facilities/<name>/train")
     Console().print_json(data={k: v for k, v in result.items() if k in ("facilities", "counts", "scheme")})
+
+
+@data_app.command("smolinstruct")
+def data_smolinstruct(
+    release: Annotated[
+        Path, typer.Option("--release", help="The extracted SMolInstruct data.zip (data/ or its parent).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Output directory (replaced if fedhpc wrote it before).")],
+    facilities: Annotated[
+        str,
+        typer.Option(help="'a,b' | 'a=0.5,b=0.3' | 'a=1200,b=600' | 'a=360:s2f+esol,b:sider' (tasks; a count left "
+                          "out: every record of them)"),
+    ],
+    partition: Annotated[
+        Optional[str],
+        typer.Option(help="by_task | iid | dirichlet:ALPHA (default: by_task when tasks are named, else iid)"),
+    ] = None,
+    seed: int = 0,
+    selfies: Annotated[bool, typer.Option("--selfies", help="Read raw_selfies/ (SELFIES) instead of raw/.")] = False,
+) -> None:
+    """Build training and evaluation data from the real SMolInstruct release, split across facilities."""
+    from fedhpc.chem.release_build import build_from_release, summary_lines
+    from fedhpc.errors import DataError
+
+    try:
+        result = build_from_release(release, out, facilities, partition=partition, seed=seed, selfies=selfies)
+    except DataError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from e
+    except FedhpcError as e:
+        raise _fail(e) from e
+    Console().print(
+        f"wrote {out}/dataset (train, dev, test, test_subset) and {out}/facilities/<name>/train "
+        f"({result['scheme']}, seed {seed}{', SELFIES' if selfies else ''})", highlight=False, soft_wrap=True
+    )
+    for line in summary_lines(result):
+        Console().print(line, highlight=False, soft_wrap=True)

@@ -1,0 +1,149 @@
+"""`fedhpc data smolinstruct` end to end through the CLI, on the hand-written miniature release."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fedhpc.chem.release import read_release
+from fedhpc.chem.smolinstruct import load_records
+from fedhpc.cli import app
+from smolinstruct_release import TASKS, write_release
+
+runner = CliRunner()
+TRAIN_COUNTS = {task: len(spec["samples"]["train"]) for task, spec in TASKS.items()}
+
+
+@pytest.fixture
+def release(tmp_path: Path) -> Path:
+    return write_release(tmp_path)
+
+
+def build(release: Path, out: Path, *args: str):
+    return runner.invoke(app, ["data", "smolinstruct", "--release", str(release), "--out", str(out), *args])
+
+
+def key(record: dict) -> tuple:
+    """What identifies a train record of the miniature: task, question and answer (SIDER: and target)."""
+    return record["task"], record["input"], record["output"], record["target"]
+
+
+def facility_records(out: Path, name: str) -> list[dict]:
+    return load_records(out / "facilities" / name, "train")
+
+
+def test_by_task_with_a_count_and_a_missing_count(release: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    spec = "polaris=2:s2f+esol,aurora:sider+captioning+retrosynthesis+bbbp"  # aurora: no count, all of its tasks
+    result = build(release, out, "--facilities", spec, "--seed", "3")
+    assert result.exit_code == 0, result.output
+    polaris, aurora = facility_records(out, "polaris"), facility_records(out, "aurora")
+    assert len(polaris) == 2 and {r["task"] for r in polaris} <= {"name_conversion-s2f", "property_prediction-esol"}
+    aurora_tasks = ("property_prediction-sider", "molecule_captioning", "retrosynthesis", "property_prediction-bbbp")
+    assert Counter(r["task"] for r in aurora) == {task: TRAIN_COUNTS[task] for task in aurora_tasks}
+    release_train = {key(r) for r in read_release(release / "data", "train")}
+    assert {key(r) for r in polaris + aurora} <= release_train
+    lines = result.output.splitlines()
+    assert lines[1].split() == ["task", "polaris", "aurora", "dataset/train", "dataset/dev", "dataset/test",
+                                "dataset/test_subset"]  # fmt: skip
+    assert "property_prediction-sider 0 3 3 1 2 1" in [" ".join(line.split()) for line in lines]
+    info = json.loads((out / "facilities" / "partition_info.json").read_text())
+    assert info["scheme"] == "by_task" and info["facilities"]["polaris"] == Counter(r["task"] for r in polaris)
+
+
+def test_the_dataset_holds_every_split_as_the_release_gives_it(release: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert build(release, out, "--facilities", "a,b").exit_code == 0
+    for split in ("train", "dev", "test", "test_subset"):
+        built = load_records(out / "dataset", split)
+        original = list(read_release(release / "data", split))
+        assert [{**r, "idx": None} for r in built] == [{**r, "idx": None} for r in original], split
+        for task in TASKS:  # a built record's idx is its line in the task file
+            assert [r["idx"] for r in built if r["task"] == task] == list(range(sum(r["task"] == task for r in built)))
+    info = json.loads((out / "dataset" / "dataset_info.json").read_text())
+    assert info["dataset"]["retrosynthesis"] == {"train": 1, "dev": 1, "test": 3, "test_subset": 2}
+
+
+def test_iid_gives_every_train_record_to_exactly_one_facility(release: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert build(release, out, "--facilities", "a,b,c", "--partition", "iid").exit_code == 0
+    parts = [facility_records(out, name) for name in ("a", "b", "c")]
+    assert sorted(len(p) for p in parts) == [5, 5, 5]
+    every = Counter(key(r) for part in parts for r in part)
+    assert every == Counter(key(r) for r in read_release(release / "data", "train"))
+
+
+def test_dirichlet_is_seeded_and_covers_train(release: Path, tmp_path: Path) -> None:
+    def split(out: Path, seed: str) -> list[list[tuple]]:
+        assert build(release, out, "--facilities", "a,b", "--partition", "dirichlet:0.3", "--seed", seed).exit_code == 0
+        return [sorted(key(r) for r in facility_records(out, name)) for name in ("a", "b")]
+
+    first, again, other = split(tmp_path / "one", "7"), split(tmp_path / "two", "7"), split(tmp_path / "three", "8")
+    assert first == again and first != other
+    assert sum(len(part) for part in first) == sum(TRAIN_COUNTS.values())
+    assert json.loads((tmp_path / "one" / "facilities" / "partition_info.json").read_text())["alpha"] == 0.3
+
+
+def test_selfies_builds_from_raw_selfies(release: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert build(release, out, "--facilities", "a:s2f,b:retrosynthesis", "--selfies").exit_code == 0
+    (record,) = facility_records(out, "b")
+    assert record["output"] == "From <SELFIES> [C][C][O].[C][I] </SELFIES> ."
+    assert all("SMILES" not in r["input"] for r in load_records(out / "dataset", "test"))
+    assert json.loads((out / "dataset" / "dataset_info.json").read_text())["selfies"] is True
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--facilities", "a:s2f,b:nope"], "unknown task 'nope'"),
+        (["--facilities", "a=0.5:s2f,b:esol"], "give sizes for every facility or for none"),
+        (["--facilities", "a=99:s2f,b:esol"], "sizes ask for 99 records but there are 6"),
+        (["--facilities", "a,b", "--partition", "random"], "use by_task, iid or dirichlet:ALPHA"),
+        (["--facilities", "a,b", "--partition", "dirichlet:0"], "ALPHA must be a positive number"),
+        (["--facilities", "a:s2f,b:esol", "--partition", "iid"], "only the by_task scheme"),
+    ],
+)
+def test_bad_arguments_exit_2_and_write_nothing(release: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    result = build(release, tmp_path / "out", *args)
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_or_partial_release_is_named(tmp_path: Path) -> None:
+    result = build(tmp_path / "absent", tmp_path / "out", "--facilities", "a,b")
+    assert result.exit_code == 2 and "no such directory; download data.zip" in " ".join(result.output.split())
+    (tmp_path / "plain").mkdir()
+    result = build(tmp_path / "plain", tmp_path / "out", "--facilities", "a,b")
+    assert result.exit_code == 2 and "not an extracted SMolInstruct release" in " ".join(result.output.split())
+    release = write_release(tmp_path, tasks=("name_conversion-s2f",))
+    result = build(release, tmp_path / "out", "--facilities", "a,b", "--selfies")
+    assert result.exit_code == 0  # the miniature has raw_selfies/
+    (release / "data" / "raw_selfies").rename(release / "data" / "elsewhere")
+    result = build(release, tmp_path / "out2", "--facilities", "a,b", "--selfies")
+    assert result.exit_code == 2 and "no raw_selfies/ folder" in result.output
+    assert not (tmp_path / "out2").exists()
+
+
+def test_a_bad_record_mid_build_leaves_the_previous_output(release: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert build(release, out, "--facilities", "a,b").exit_code == 0
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    raw = release / "data" / "raw" / "test" / "retrosynthesis.jsonl"
+    raw.write_text(raw.read_text().replace('"split": "test"', '"split": "dev"', 1))
+    result = build(release, out, "--facilities", "a,b", "--seed", "1")
+    assert result.exit_code == 2 and "retrosynthesis.jsonl:1: item of task" in " ".join(result.output.split())
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []  # no half-written folder left
+
+
+def test_an_unrelated_folder_is_never_replaced(release: Path, tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("years of work")
+    result = build(release, tmp_path / "mine", "--facilities", "a,b")
+    assert result.exit_code == 2 and "was not written by fedhpc" in " ".join(result.output.split())
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "years of work"
