@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,8 +21,12 @@ from fedhpc.worker.data import (
     read_examples,
     shard_indices,
 )
+from fedhpc.chem.release import read_release
+from fedhpc.chem.release_build import build_from_release
 from fedhpc.worker.model import build_base_model
+from fedhpc.worker.records import check_examples
 from fedhpc.worker.tokenizer import build_byte_tokenizer
+from smolinstruct_release import write_release
 
 
 def write_jsonl(path: Path, records: list[object]) -> Path:
@@ -202,3 +208,74 @@ def test_packed_examples_do_not_attend_to_each_other(tokenizer) -> None:
         joint = model(**packed.model_inputs(torch.device("cpu")), use_cache=False).logits[0]
         alone = model(input_ids=torch.tensor([b.input_ids]), use_cache=False).logits[0]
     assert torch.allclose(joint[len(a.input_ids) :], alone, atol=1e-5)
+
+
+def pairs(records) -> list[Example]:
+    return [Example(r["input"], r["output"]) for r in records]
+
+
+def test_the_release_itself_trains_on_its_assembled_train_split(tmp_path: Path) -> None:
+    release = write_release(tmp_path)
+    root = release / "data"
+    expected = pairs(read_release(root, "train"))
+    assert read_examples(release) == read_examples(root) == read_examples(root / "raw") == expected
+    assert Example("Is <SMILES> CCO </SMILES> known for this kind of side effect?", "<BOOLEAN> No </BOOLEAN>") in expected
+    assert not any(e.prompt == "CCO" for e in expected)  # never a bare raw pair
+    assert not any("SELFIES" in e.prompt for e in expected)  # raw_selfies/ is not read unless asked
+    assert read_examples(root / "raw_selfies") == pairs(read_release(root, "train", selfies=True))
+
+
+@pytest.mark.parametrize("where", ["data/raw/train", "data/raw/train/property_prediction-sider.jsonl", "."])
+def test_a_raw_release_file_is_never_read_as_plain_records(tmp_path: Path, where: str) -> None:
+    release = write_release(tmp_path / "scratch")
+    with pytest.raises(DataError, match=r"\.jsonl: a raw file of the SMolInstruct release at .*Point data at") as info:
+        read_examples(release / where if where != "." else tmp_path)
+    assert str(release / "data") in str(info.value)
+
+
+def test_a_built_smolinstruct_dataset_trains_on_its_records(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    build_from_release(write_release(tmp_path), out, "a:s2f+esol,b:sider+captioning+retrosynthesis+bbbp")
+    facility = [json.loads(line) for f in sorted((out / "facilities" / "b" / "train").glob("*.jsonl"))
+                for line in f.read_text().splitlines()]  # fmt: skip
+    assert read_examples(out / "facilities" / "b") == pairs(facility)
+    assert read_examples(out / "dataset") == pairs(read_release(tmp_path / "SMolInstruct" / "data", "train"))
+    with pytest.raises(DataError, match=r"a `fedhpc data` output folder; .*facilities\)?/<name>"):
+        read_examples(out)
+
+
+def test_a_record_it_cannot_use_names_file_line_and_what_was_expected(tmp_path: Path) -> None:
+    good = {"input": "Q <SMILES> C </SMILES>", "output": "<BOOLEAN> Yes </BOOLEAN>", "task": "t", "split": "train"}
+    dict_output = {**good, "output": {"Cardiac disorders": "Yes"}}
+    path = write_jsonl(tmp_path / "train" / "property_prediction-sider.jsonl", [good, dict_output])
+    with pytest.raises(DataError, match=r"sider\.jsonl:2: 'output' must be a string, got dict"):
+        read_examples(tmp_path)
+    path.write_text(json.dumps(good) + "\n" + json.dumps({"smiles": "C", "label": 1}) + "\n")
+    with pytest.raises(DataError, match=r"sider\.jsonl:2: unknown record layout with keys \['label', 'smiles'\]"):
+        read_examples(path)
+
+
+def test_check_reads_only_the_first_records_and_raises_what_training_would(tmp_path: Path) -> None:
+    records = [{"prompt": str(i), "completion": "c"} for i in range(30)]
+    path = write_jsonl(tmp_path / "d.jsonl", records)
+    path.write_text(path.read_text() + "{broken\n")  # line 31: beyond a check of 20
+    assert check_examples(path, limit=20) == "1 train file(s), the first 20 records of each: 20 examples"
+    with pytest.raises(DataError, match=r"d\.jsonl:31: not valid JSON"):
+        read_examples(path)
+    with pytest.raises(DataError, match=r"d\.jsonl:31: not valid JSON"):
+        check_examples(path, limit=40)
+    release = write_release(tmp_path / "r")
+    assert "SMolInstruct release" in check_examples(release) and "its 6 tasks" in check_examples(release)
+    sample = release / "data" / "sample" / "instruction_tuning" / "train" / "retrosynthesis.json"
+    sample.write_text(sample.read_text().replace('"idx": 0', '"idx": 7'))
+    with pytest.raises(DataError, match=r"retrosynthesis\.json: samples\[0\]: idx 7 is beyond"):
+        check_examples(release)
+
+
+def test_the_worker_reads_data_without_rdkit_and_validate_without_torch() -> None:
+    code = (
+        "import sys, fedhpc.worker.records; assert 'torch' not in sys.modules, 'torch'; "
+        "import fedhpc.worker.data; assert 'rdkit' not in sys.modules, 'rdkit'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -1,16 +1,8 @@
-"""A facility's instruction data: reading, tokenising with loss masks, sharding over ranks, batching.
+"""A facility's instruction data: tokenising with loss masks, sharding over ranks, batching.
 
-Record layouts (one JSON object per line; detected per record):
-
-    {"prompt": ..., "completion": ...}
-    {"instruction": ..., "input": ..., "output": ...}   prompt = instruction + "\\n\\n" + input (input optional)
-    {"input": ..., "output": ...}                        SMolInstruct: prompt = input, completion = output
-
-Only the train split is used. A directory is read recursively (``*.jsonl``); if
-any file sits in a split-named place (``<task>/train.jsonl``,
-``train/<task>.jsonl``, also dev/val/validation/test), only the train ones
-count. A record with a ``split`` field counts only when it is ``"train"``.
-
+Which records are read, and how each becomes a (prompt, completion) pair, is
+`records` (plain JSONL, our SMolInstruct records, the SMolInstruct release
+itself); `read_examples` is re-exported here for the worker's entry point.
 The whole dataset is read (it gives `num_samples` and a rank-independent
 shuffle), but only examples a rank actually reaches are tokenised.
 
@@ -27,109 +19,25 @@ restarts would let examples see each other.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from fedhpc.config import DataConfig
 from fedhpc.errors import DataError
+from fedhpc.worker.records import Example
+from fedhpc.worker.records import read_examples as read_examples  # re-exported: the worker's entry point reads here
 
 IGNORE_INDEX = -100  # label value the Hugging Face causal-LM loss skips
-SPLIT_NAMES = frozenset({"train", "dev", "val", "valid", "validation", "test"})
-LAYOUTS = '{"prompt", "completion"}, {"instruction", "input", "output"} or SMolInstruct {"input", "output"}'
-
-
-@dataclass(frozen=True)
-class Example:
-    prompt: str
-    completion: str
 
 
 @dataclass(frozen=True)
 class Tokenized:
     input_ids: list[int]
     labels: list[int]  # IGNORE_INDEX over the prompt; the completion's ids (and EOS) elsewhere
-
-
-def read_examples(path: Path) -> list[Example]:
-    """Every train example under `path` (a JSONL file or a directory), in a fixed order."""
-    examples: list[Example] = []
-    for file in train_files(path):
-        examples.extend(_read_jsonl(file))
-    if not examples:
-        raise DataError(f"{path}: no train examples found (empty files, or every record has a non-train split)")
-    return examples
-
-
-def train_files(path: Path) -> list[Path]:
-    """The JSONL files that hold the train split, sorted so every rank sees the same order."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise DataError(f"{path}: no such data file or directory; check the facility's `data` path")
-    files = sorted(path.rglob("*.jsonl"))
-    if not files:
-        raise DataError(f"{path}: the directory holds no *.jsonl files")
-    splits = {file: _split_names(file.relative_to(path)) for file in files}
-    if not any(splits.values()):
-        return files
-    train = [file for file in files if "train" in splits[file]]
-    if not train:
-        raise DataError(f"{path}: files are split into {sorted(set().union(*splits.values()))} but none is 'train'")
-    return train
-
-
-def _split_names(relative: Path) -> set[str]:
-    return {part.lower() for part in (*relative.parent.parts, relative.stem)} & SPLIT_NAMES
-
-
-def _read_jsonl(file: Path) -> Iterator[Example]:
-    try:
-        with open(file, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{file}:{number}: not valid JSON ({e.msg}); each line must be one object") from e
-                example = parse_record(record, f"{file}:{number}")
-                if example is not None:
-                    yield example
-    except UnicodeDecodeError as e:
-        raise DataError(f"{file}: not UTF-8 text ({e.reason})") from e
-    except OSError as e:
-        raise DataError(f"{file}: cannot read: {e.strerror}") from e
-
-
-def parse_record(record: object, where: str) -> Example | None:
-    """One record as an `Example`; `None` for a record of another split. `where` is "file:line"."""
-    if not isinstance(record, dict):
-        raise DataError(f"{where}: expected a JSON object with keys {LAYOUTS}, got {type(record).__name__}")
-    if record.get("split", "train") != "train":
-        return None
-    if "prompt" in record and "completion" in record:
-        return Example(_text(record, "prompt", where), _text(record, "completion", where))
-    if "instruction" in record and "output" in record:
-        prompt = _text(record, "instruction", where)
-        extra = _text(record, "input", where) if record.get("input") is not None else ""
-        return Example(f"{prompt}\n\n{extra}" if extra else prompt, _text(record, "output", where))
-    if "input" in record and "output" in record:
-        return Example(_text(record, "input", where), _text(record, "output", where))
-    raise DataError(f"{where}: unknown record layout with keys {sorted(record)[:10]}; expected {LAYOUTS}")
-
-
-def _text(record: dict[str, object], key: str, where: str) -> str:
-    value = record[key]
-    if not isinstance(value, str):
-        raise DataError(f"{where}: {key!r} must be a string, got {type(value).__name__}")
-    return value
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
