@@ -12,7 +12,11 @@ from typer.testing import CliRunner
 from fedhpc.chem.release import read_release
 from fedhpc.chem.smolinstruct import load_records
 from fedhpc.cli import app
+from fedhpc.config import DataConfig
+from fedhpc.exchange import ExchangeDir, TrainSettings
+from fedhpc.worker.main import run_task
 from smolinstruct_release import TASKS, write_release
+from test_worker_run import MODEL, init_global, train_task
 
 runner = CliRunner()
 TRAIN_COUNTS = {task: len(spec["samples"]["train"]) for task, spec in TASKS.items()}
@@ -147,3 +151,64 @@ def test_an_unrelated_folder_is_never_replaced(release: Path, tmp_path: Path) ->
     result = build(release, tmp_path / "mine", "--facilities", "a,b")
     assert result.exit_code == 2 and "was not written by fedhpc" in " ".join(result.output.split())
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "years of work"
+
+
+def write_experiment(path: Path, facilities: dict[str, Path]) -> Path:
+    entries = "".join(f"  - name: {name}\n    data: {data}\n" for name, data in facilities.items())
+    path.write_text(
+        "name: chem\nmodel: {source: tiny-llama}\nalgorithm: {name: fedavg, rounds: 1, local_steps: 2}\n"
+        f"run_dir: {path.parent / 'run'}\nfacilities:\n{entries}"
+    )
+    return path
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_validate_reads_each_facilitys_data_and_rejects_a_bad_record(release: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert build(release, out, "--facilities", "a:s2f+esol,b:sider").exit_code == 0
+    bad = tmp_path / "bad" / "train" / "property_prediction-sider.jsonl"
+    bad.parent.mkdir(parents=True)
+    good_line = (out / "facilities" / "b" / "train" / "property_prediction-sider.jsonl").read_text().splitlines()[0]
+    bad.write_text(good_line + "\n" + good_line.replace('"output": "', '"output": {"Cardiac disorders": "', 1)
+                   .replace('", "raw_input"', '"}, "raw_input"', 1) + "\n")  # fmt: skip
+    experiment = write_experiment(tmp_path / "exp.yaml", {"a": out / "facilities" / "a", "raw": release})
+    result = runner.invoke(app, ["validate", str(experiment)])
+    assert result.exit_code == 0, result.output
+    assert "data ok: 1 train file(s)" not in result.output and "data ok: 2 train file(s)" in result.output
+    assert "data ok: SMolInstruct release" in " ".join(result.output.split())
+
+    before = listing(tmp_path)
+    experiment = write_experiment(tmp_path / "exp.yaml", {"a": out / "facilities" / "a", "b": bad.parent.parent})
+    result = runner.invoke(app, ["validate", str(experiment)])
+    assert result.exit_code == 2
+    assert f"facility b: {bad}:2: 'output' must be a string, got dict" in " ".join(result.output.split())
+    assert listing(tmp_path) == before  # nothing written, no run directory
+
+
+def test_validate_checks_a_remote_facilitys_data_only_where_this_machine_reaches_it(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "globus" / "experiment.yaml"
+    result = runner.invoke(app, ["validate", str(example)])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "data not checked: /lus/eagle/projects/chem/fedhpc/data/polaris is not reachable from here" in text
+    broken = tmp_path / "polaris.jsonl"
+    broken.write_text('{"prompt": "p", "completion": "c"}\n{"prompt": "p"}\n')
+    result = runner.invoke(app, ["validate", str(example), "--set", f"facilities.0.data={broken}"])
+    assert result.exit_code == 2
+    assert f"facility polaris: {broken}:2: unknown record layout" in " ".join(result.output.split())
+
+
+def test_a_tiny_model_trains_on_a_built_dataset_and_on_the_release_itself(release: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert build(release, out, "--facilities", "a:s2f+esol+bbbp,b:sider+captioning+retrosynthesis").exit_code == 0
+    global_dir = init_global(tmp_path / "global", MODEL)
+    settings = TrainSettings(local_steps=8, lr=1e-2, batch_size=4, seed=0)
+    for name, data, count in (("built", out / "facilities" / "b", 6), ("release", release, 15)):
+        run_task(train_task(tmp_path, global_dir, name, data=data, data_config=DataConfig(seq_len=160), train=settings))
+        update = ExchangeDir(tmp_path / name / "update")
+        assert update.manifest.num_samples == count, name
+        losses = update.manifest.metrics["loss"]
+        assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, (name, losses)

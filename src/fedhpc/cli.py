@@ -79,6 +79,7 @@ def validate(
               soft_wrap=True)
     out.print(f"  model {exp.model.source} ({exp.model.dtype}, peft={exp.model.peft}), run dir {exp.resolved_run_dir()}",
               soft_wrap=True, highlight=False)
+    data_problems: list[str] = []
     for facility in exp.facilities:
         out.print(
             f"  facility {facility.name}: {facility.launcher.kind} x{facility.launcher.nprocs}, "
@@ -88,6 +89,11 @@ def validate(
         )
         for line in describe(facility):
             out.print(f"    {line}", highlight=False, soft_wrap=True)
+        data_problems += _check_data(facility, out)
+    if data_problems:
+        for problem in data_problems:
+            console.print(f"[red]error:[/red] {problem}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
     for line in describe_memory(exp, shape, gpus=gpus, gpu_memory=memory):
         out.print(line, highlight=False, soft_wrap=True)
     if online:
@@ -101,6 +107,25 @@ def validate(
             out.print("no Globus endpoint or collection to check online")
         if not all(check.ok for check in checks):
             raise typer.Exit(1)
+
+
+def _check_data(facility: Any, out: Console) -> list[str]:
+    """`validate`: read the first records of a facility's data as its worker will, if this machine can reach it.
+
+    Returns the problem (the worker's own `DataError`, naming file and line) or nothing; writes nothing.
+    """
+    from fedhpc.errors import DataError
+    from fedhpc.worker.records import check_examples
+
+    if not Path(facility.data).exists():
+        out.print(f"    data not checked: {facility.data} is not reachable from here (read at the facility)",
+                  highlight=False, soft_wrap=True)
+        return []
+    try:
+        out.print(f"    data ok: {check_examples(Path(facility.data))}", highlight=False, soft_wrap=True)
+    except DataError as e:
+        return [f"facility {facility.name}: {e}"]
+    return []
 
 
 def _what_if(params: str | None, gpu_memory: str | None) -> tuple[Any, int | None]:
