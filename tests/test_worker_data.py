@@ -219,7 +219,8 @@ def test_the_release_itself_trains_on_its_assembled_train_split(tmp_path: Path) 
     root = release / "data"
     expected = pairs(read_release(root, "train"))
     assert read_examples(release) == read_examples(root) == read_examples(root / "raw") == expected
-    assert Example("Is <SMILES> CCO </SMILES> known for this kind of side effect?", "<BOOLEAN> No </BOOLEAN>") in expected
+    sider = Example("Is <SMILES> CCO </SMILES> known for this kind of side effect?", "<BOOLEAN> No </BOOLEAN>")
+    assert sider in expected  # a dict output, one record per target
     assert not any(e.prompt == "CCO" for e in expected)  # never a bare raw pair
     assert not any("SELFIES" in e.prompt for e in expected)  # raw_selfies/ is not read unless asked
     assert read_examples(root / "raw_selfies") == pairs(read_release(root, "train", selfies=True))

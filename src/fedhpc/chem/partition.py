@@ -89,7 +89,9 @@ def partition_indices(
         raise DataError("no records to partition")
     n = _facility_count(n_facilities, sizes, task_map)
     if sizes is not None and None in sizes and scheme != "by_task":
-        raise DataError(f"a facility without a count keeps all records of its tasks, which only by_task does (not {scheme})")
+        raise DataError(
+            f"a facility without a count keeps all records of its tasks, which only by_task does (not {scheme})"
+        )
     rng = np.random.default_rng(seed)
     targets = _targets(sizes, len(tasks), n)
     by_task: dict[str, list[int]] = {}
