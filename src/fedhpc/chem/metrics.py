@@ -1,226 +1,245 @@
-"""Score generated answers against SMolInstruct-style records.
+"""Scoring generated answers the way LlaSMol scores SMolInstruct (Yu et al. 2024, arXiv:2402.09391).
 
-The answer is whatever the model wrote between the record's output core tags
-(`<NUMBER> 1.32 </NUMBER>`), as in LlaSMol's evaluation (`extract_answer_part`),
-with two tolerances a small model needs: the tags are matched case-insensitively,
-and a missing right tag is forgiven (the answer then runs to the next `<` or line
-end, which also drops end-of-turn tokens such as `<|im_end|>`, less the " ." that
-ends SMolInstruct's sentences). No left tag, or nothing between the tags, is
-*unparseable*. LlaSMol itself scores a missing right tag as no answer.
+Two steps, so that bootstrap intervals stay cheap:
 
-Per kind of task (`task_kind`):
+- `prepare(task, preds, golds)` does all the costly work once: cutting each
+  answer out of its text (`extraction.extract_answer`, LlaSMol's strict rule
+  unless `lenient=True`), reading it (RDKit canonicalisation and InChI,
+  fingerprints, formula counts, numbers, tokenising captions) and comparing it
+  with the question's gold answers;
+- `aggregate(prepared, indices)` turns per-question columns into the task's
+  metrics over any selection of questions (with repeats, for resampling),
+  with plain array arithmetic.
 
-- formula: exact match of element counts (`canonical_formula`), unparseable = wrong;
-- regression: RMSE and MAE over the parseable answers only, plus the share unparseable;
-  RMSE/MAE are NaN when no answer parses (there is nothing to average);
-- classification: accuracy over all answers (Yes/No, case-insensitive; unparseable = wrong).
-
-Every result also carries `n` (number of answers) and `unparseable` (a share in [0, 1]).
-Nothing here needs RDKit.
+Each task belongs to a *family* that fixes its metrics (see `molecule_scores`,
+`name_scores`, `label_scores`, `text_metrics` for the definitions and the LlaSMol
+function each follows). `preds[i]` holds question i's answers in rank order
+(several for LlaSMol's beam-search "top-k"); families with one answer per
+question (numbers, yes/no, captions) score the first and ignore the rest, as
+LlaSMol's single-sequence settings do. A question without any answer (an empty
+list) counts as "no answer". Undefined values are NaN, never 0.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import re
-from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from fedhpc.chem.tasks import KIND_BY_OUTPUT_TAG, RELEASE_TASK_KINDS, TASKS, TaskKind
+import numpy as np
+
+from fedhpc.chem.extraction import extract_answer, extract_core
+from fedhpc.chem.formulas import canonical_formula
+from fedhpc.chem.label_scores import (
+    boolean_columns,
+    boolean_summary,
+    number_columns,
+    number_summary,
+    parse_boolean,
+    parse_number,
+)
+from fedhpc.chem.legacy_scores import score, score_all, task_kind
+from fedhpc.chem.molecule_scores import smiles_columns, smiles_summary
+from fedhpc.chem.name_scores import formula_columns, formula_summary, iupac_columns, iupac_summary
+from fedhpc.chem.tasks import BOOLEAN_TAGS, FORMULA_TAGS, NUMBER_TAGS, SMILES_TAGS, TASKS
+from fedhpc.chem.text_metrics import caption_columns, caption_summary
 from fedhpc.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-ELEMENTS = frozenset(
-    """H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se Br Kr
-    Rb Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er Tm Yb
-    Lu Hf Ta W Re Os Ir Pt Au Hg Tl Pb Bi Po At Rn Fr Ra Ac Th Pa U Np Pu Am Cm Bk Cf Es Fm Md No Lr Rf
-    Db Sg Bh Hs Mt Ds Rg Cn Nh Fl Mc Lv Ts Og D T""".split()
-)
+Family = Literal["smiles", "formula", "iupac", "number", "boolean", "text"]
+IUPAC_TAGS = ("<IUPAC>", "</IUPAC>")
 
-Formula = tuple[tuple[str, int], ...]
+#: LlaSMol's 14 tasks (`config.py`: `TASKS`, `TASK_TAGS`) and the family of their answers.
+LLASMOL_TASKS: dict[str, tuple[Family, tuple[str | None, str | None]]] = {
+    "forward_synthesis": ("smiles", SMILES_TAGS),
+    "retrosynthesis": ("smiles", SMILES_TAGS),
+    "molecule_captioning": ("text", (None, None)),
+    "molecule_generation": ("smiles", SMILES_TAGS),
+    "name_conversion-i2f": ("formula", FORMULA_TAGS),
+    "name_conversion-i2s": ("smiles", SMILES_TAGS),
+    "name_conversion-s2f": ("formula", FORMULA_TAGS),
+    "name_conversion-s2i": ("iupac", IUPAC_TAGS),
+    "property_prediction-esol": ("number", NUMBER_TAGS),
+    "property_prediction-lipo": ("number", NUMBER_TAGS),
+    "property_prediction-bbbp": ("boolean", BOOLEAN_TAGS),
+    "property_prediction-clintox": ("boolean", BOOLEAN_TAGS),
+    "property_prediction-hiv": ("boolean", BOOLEAN_TAGS),
+    "property_prediction-sider": ("boolean", BOOLEAN_TAGS),
+}
+#: LlaSMol scores reactant sets of these tasks by overlap too (`compute_metrics.py`: "multiple_match").
+MULTIPLE_MATCH_TASKS = frozenset({"retrosynthesis"})
+FAMILY_BY_KIND: dict[str, Family] = {"formula": "formula", "regression": "number", "classification": "boolean"}
+FAMILY_BY_TAG: dict[str, Family] = {
+    SMILES_TAGS[0]: "smiles",
+    FORMULA_TAGS[0]: "formula",
+    IUPAC_TAGS[0]: "iupac",
+    NUMBER_TAGS[0]: "number",
+    BOOLEAN_TAGS[0]: "boolean",
+}
+#: Each family's headline metric (the one LlaSMol's paper reports first) and whether higher is better.
+PRIMARY: dict[Family, tuple[str, bool]] = {
+    "smiles": ("exact_match", True),
+    "formula": ("element_match", True),
+    "iupac": ("split_match", True),
+    "number": ("rmse", False),
+    "boolean": ("accuracy", True),
+    "text": ("meteor", True),
+}
+RANKED_FAMILIES = frozenset({"smiles", "formula", "iupac"})
+
+__all__ = [
+    "PreparedTask",
+    "aggregate",
+    "answer_tags",
+    "canonical_formula",
+    "extract_core",
+    "parse_boolean",
+    "parse_number",
+    "prepare",
+    "primary_metric",
+    "score",
+    "score_all",
+    "score_task",
+    "task_family",
+    "task_kind",
+]
 
 
-def task_kind(task: str, record: Mapping[str, Any] | None = None) -> TaskKind:
-    """"formula", "regression" or "classification" for one of our tasks or the release's scorable ones.
-
-    For any other task name, the output core tag of `record` decides
-    (`<MOLFORMULA>`, `<NUMBER>`, `<BOOLEAN>`); without one, `DataError`.
-    """
+def task_family(task: str, record: Mapping[str, Any] | None = None) -> Family:
+    """The family of `task`'s answers: LlaSMol's tasks and ours by name, any other by `record`'s output core tag."""
+    if task in LLASMOL_TASKS:
+        return LLASMOL_TASKS[task][0]
     if task in TASKS:
-        return TASKS[task].kind
-    if task in RELEASE_TASK_KINDS:
-        return RELEASE_TASK_KINDS[task]
+        return FAMILY_BY_KIND[TASKS[task].kind]
     tag = (record or {}).get("output_core_tag_left")
-    if tag in KIND_BY_OUTPUT_TAG:
-        return KIND_BY_OUTPUT_TAG[tag]
-    known = sorted({*TASKS, *RELEASE_TASK_KINDS})
-    raise DataError(f"task {task!r} has no formula, number or yes/no answer to score; scorable tasks: {known}")
+    if tag in FAMILY_BY_TAG:
+        return FAMILY_BY_TAG[tag]
+    known = sorted({*LLASMOL_TASKS, *TASKS})
+    raise DataError(
+        f"task {task!r} is not one fedhpc can score: its output core tag {tag!r} is none of "
+        f"{sorted(FAMILY_BY_TAG)}; known tasks: {known}"
+    )
 
 
-def extract_core(text: str, left: str | None, right: str | None) -> str | None:
-    """The text between the first `left` tag and the `right` tag after it, stripped; None if absent or empty.
+def answer_tags(task: str, record: Mapping[str, Any] | None = None) -> tuple[str | None, str | None]:
+    """The output core tags answers of `task` are cut out between (both None: the whole text)."""
+    if task in LLASMOL_TASKS:
+        return LLASMOL_TASKS[task][1]
+    if task in TASKS:
+        return TASKS[task].output_tags
+    record = record or {}
+    return record.get("output_core_tag_left"), record.get("output_core_tag_right")
 
-    `left=None` (a task without core tags) takes the whole text.
+
+def primary_metric(task: str, record: Mapping[str, Any] | None = None) -> tuple[str, bool]:
+    """(metric name, higher is better) of the number that stands for `task`."""
+    return PRIMARY[task_family(task, record)]
+
+
+@dataclass(frozen=True)
+class PreparedTask:
+    """One task's answers, read and compared once; `aggregate` makes metrics of any selection of its questions.
+
+    `columns` hold one row per question. `top_k` is the most answers any
+    question has (1 for one-answer families). `notes` say why a metric is NaN
+    for want of a resource, e.g. `{"meteor_unavailable": "WordNet is not installed ..."}`.
     """
-    if left is None:
-        core = text
+
+    task: str
+    family: Family
+    n: int
+    top_k: int
+    lenient: bool
+    columns: Mapping[str, np.ndarray]
+    notes: Mapping[str, str] = field(default_factory=dict)
+
+
+def prepare(
+    task: str,
+    preds: Sequence[Sequence[str]],
+    golds: Sequence[Sequence[str]],
+    *,
+    record: Mapping[str, Any] | None = None,
+    lenient: bool = False,
+) -> PreparedTask:
+    """Read and compare every answer of `task`: `preds[i]` are question i's generated texts, `golds[i]` its
+    gold raw answers. `record` is any record of the task (its core tags decide for unknown tasks)."""
+    if len(preds) != len(golds):
+        raise ValueError(f"{task}: {len(preds)} questions answered but {len(golds)} have gold answers")
+    for i, gold in enumerate(golds):
+        if not gold:
+            raise DataError(f"{task}: question {i} has no gold answer")
+    family = task_family(task, record)
+    left, right = answer_tags(task, record)
+    cores = [[extract_answer(text, left, right, lenient=lenient) for text in answers] for answers in preds]
+    top_k = max((len(answers) for answers in cores), default=1) if family in RANKED_FAMILIES else 1
+    top_k = max(top_k, 1)
+    notes: dict[str, str] = {}
+    if family == "smiles":
+        columns = smiles_columns(task, cores, golds, multiple_match=task in MULTIPLE_MATCH_TASKS)
+    elif family == "formula":
+        columns = formula_columns(task, cores, golds, lenient=lenient)
+    elif family == "iupac":
+        columns = iupac_columns(task, cores, golds)
     else:
-        lowered = text.lower()
-        start = lowered.find(left.lower())
-        if start < 0:
-            return None
-        start += len(left)
-        end = lowered.find(right.lower(), start) if right else -1
-        if end >= 0:
-            core = text[start:end]
-        else:  # no right tag: up to the next tag, special token or line break, less a closing " ."
-            core = re.split(r"[<\n]", text[start:], maxsplit=1)[0].strip().removesuffix(".")
-    core = core.strip()
-    return core or None
-
-
-_FORMULA_TOKEN = re.compile(r"([A-Z][a-z]?)(\d*)|\((?=.)|\)(\d*)")
-
-
-def canonical_formula(text: str) -> Formula | None:
-    """Element counts of a molecular formula as a sorted tuple, or None if it does not parse.
-
-    What is made equal: whitespace anywhere (`C6 H6 O` == `C6H6O`), element order
-    (`H6C6O` == `C6H6O`, Hill order is not required), explicit ones (`O1` == `O`),
-    repeated elements (`CH3CH2OH` == `C2H6O`), parenthesised groups with a
-    multiplier (`C(CH3)4` == `C5H12`) and zero counts (dropped). A net charge
-    written at the end as RDKit and SMolInstruct do (`+`, `-`, `+2`) is kept as
-    a `("charge", n)` entry, so `C4H12N+` != `C4H12N`. What is not made equal:
-    letter case (`CO` is carbon monoxide, `Co` cobalt), and isotopes written as
-    `D`/`T`, which stay distinct from `H`. Unknown element symbols do not parse.
-    """
-    body = re.sub(r"\s+", "", text)
-    charge = 0
-    match = re.search(r"([+-])(\d*)$", body)
-    if match:
-        charge = int(match.group(2) or 1) * (1 if match.group(1) == "+" else -1)
-        body = body[: match.start()]
-    if not body:
-        return None
-    stack: list[Counter[str]] = [Counter()]
-    pos = 0
-    while pos < len(body):
-        token = _FORMULA_TOKEN.match(body, pos)
-        if token is None:
-            return None
-        pos = token.end()
-        element, count, close_count = token.group(1), token.group(2), token.group(3)
-        if element is not None:
-            if element not in ELEMENTS:
-                return None
-            stack[-1][element] += int(count or 1)
-        elif token.group(0) == "(":
-            stack.append(Counter())
+        firsts = _first_answers(task, cores)
+        if family == "number":
+            columns = number_columns(task, firsts, golds, lenient=lenient)
+        elif family == "boolean":
+            columns = boolean_columns(task, firsts, golds, lenient=lenient)
         else:
-            if len(stack) == 1:
-                return None
-            group = stack.pop()
-            for name, n in group.items():
-                stack[-1][name] += n * int(close_count or 1)
-    if len(stack) != 1:
-        return None
-    counts = {name: n for name, n in stack[0].items() if n}
-    if charge:
-        counts["charge"] = charge
-    return tuple(sorted(counts.items())) or None
+            columns, notes = caption_columns(firsts, [_caption_gold(task, i, g) for i, g in enumerate(golds)])
+    return PreparedTask(task, family, len(preds), top_k, lenient, columns, notes)
 
 
-def parse_number(text: str | None) -> float | None:
-    """A finite float from the core, or None; a Unicode minus sign is read as '-'."""
-    if text is None:
-        return None
-    try:
-        value = float(text.replace("\u2212", "-"))
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
+def _first_answers(task: str, cores: list[list[str | None]]) -> list[str | None]:
+    extra = sum(1 for answers in cores if len(answers) > 1)
+    if extra:
+        logger.warning("%s: %d questions have several answers; only the first of each is scored", task, extra)
+    return [answers[0] if answers else None for answers in cores]
 
 
-def parse_boolean(text: str | None) -> bool | None:
-    """Yes -> True, No -> False (case-insensitive, trailing full stop allowed), else None."""
-    if text is None:
-        return None
-    return {"yes": True, "no": False}.get(text.strip().rstrip(".").strip().lower())
+def _caption_gold(task: str, question: int, golds: Sequence[str]) -> str:
+    """LlaSMol scores a caption against one gold caption: the question's first (its own `raw_output`)."""
+    gold = golds[0].strip()
+    if not gold:
+        raise DataError(f"{task}: question {question} has an empty gold caption")
+    return gold
 
 
-def _tags(record: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    left, right = record.get("output_core_tag_left"), record.get("output_core_tag_right")
-    spec = TASKS.get(str(record.get("task")))
-    if left is None and spec is not None:
-        left, right = spec.output_tags
-    return left, right
-
-
-def _reference(record: Mapping[str, Any]) -> str:
-    raw = record.get("raw_output")
-    if raw is None:
-        left, right = _tags(record)
-        raw = extract_core(str(record.get("output", "")), left, right)
-    if raw is None:
-        raise DataError(f"reference record {record.get('sample_id') or record.get('input')!r} has no answer to score")
-    return str(raw)
-
-
-def _parse(kind: TaskKind, core: str | None) -> Any:
-    if kind == "formula":
-        return None if core is None else canonical_formula(core)
-    if kind == "regression":
-        return parse_number(core)
-    return parse_boolean(core)
-
-
-def score(task: str, predictions: Sequence[str], references: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Metrics of one task: see the module docstring for keys. `references` are records of `task`."""
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
-    kind = task_kind(task, references[0] if references else None)
-    n = len(predictions)
-    preds, golds = [], []
-    for prediction, record in zip(predictions, references, strict=True):
-        left, right = _tags(record)
-        preds.append(_parse(kind, extract_core(prediction, left, right)))
-        gold = _parse(kind, _reference(record))
-        if gold is None:
-            raise DataError(f"reference answer {_reference(record)!r} of task {task!r} is not a valid {kind} answer")
-        golds.append(gold)
-    unparseable = sum(p is None for p in preds)
-    result = {"n": float(n), "unparseable": unparseable / n if n else math.nan}
-    if kind == "regression":
-        errors = [p - g for p, g in zip(preds, golds, strict=True) if p is not None]
-        result["rmse"] = math.sqrt(sum(e * e for e in errors) / len(errors)) if errors else math.nan
-        result["mae"] = sum(abs(e) for e in errors) / len(errors) if errors else math.nan
+def aggregate(prepared: PreparedTask, indices: Sequence[int] | None = None) -> dict[str, float]:
+    """The task's metrics over the questions at `indices` (all when None; repeats count again), with "n"."""
+    idx = np.arange(prepared.n) if indices is None else np.asarray(indices, dtype=np.intp).reshape(-1)
+    cols = dict(prepared.columns)
+    if prepared.family == "smiles":
+        metrics = smiles_summary(cols, idx, prepared.top_k)
+    elif prepared.family == "formula":
+        metrics = formula_summary(cols, idx, prepared.top_k)
+    elif prepared.family == "iupac":
+        metrics = iupac_summary(cols, idx, prepared.top_k)
+    elif prepared.family == "number":
+        metrics = number_summary(cols, idx)
+    elif prepared.family == "boolean":
+        metrics = boolean_summary(cols, idx)
     else:
-        correct = sum(p is not None and p == g for p, g in zip(preds, golds, strict=True))
-        result["exact_match" if kind == "formula" else "accuracy"] = correct / n if n else math.nan
-    return result
+        metrics = caption_summary(cols, idx)
+    return {"n": float(len(idx)), **metrics}
 
 
-def score_all(predictions: Sequence[str], references: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
-    """`score` per task over a mix of tasks, keyed by task name in sorted order.
+def score_task(
+    task: str,
+    preds: Sequence[Sequence[str]],
+    golds: Sequence[Sequence[str]],
+    *,
+    record: Mapping[str, Any] | None = None,
+    lenient: bool = False,
+) -> dict[str, float | str]:
+    """`aggregate(prepare(...))`: the task's metrics over all its questions, plus the prepared task's notes.
 
-    Records of tasks with nothing to score this way (SMILES or text answers) are
-    skipped with a warning rather than failing a whole evaluation.
+    A metric that is NaN for want of a resource comes with a `<metric>_unavailable`
+    key whose value (a string) says why and how to install it.
     """
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
-    groups: dict[str, list[int]] = {}
-    for i, record in enumerate(references):
-        groups.setdefault(str(record["task"]), []).append(i)
-    scores: dict[str, dict[str, float]] = {}
-    for task in sorted(groups):
-        idx = groups[task]
-        try:
-            task_kind(task, references[idx[0]])
-        except DataError:
-            logger.warning("not scoring %d answers of task %s: no formula, number or yes/no answer", len(idx), task)
-            continue
-        scores[task] = score(task, [predictions[i] for i in idx], [references[i] for i in idx])
-    return scores
+    prepared = prepare(task, preds, golds, record=record, lenient=lenient)
+    return {**aggregate(prepared), **prepared.notes}
