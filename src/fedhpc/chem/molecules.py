@@ -25,6 +25,7 @@ scorer stays fast and works where the `chem` extra is not installed.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -47,8 +48,12 @@ class Molecule:
         return tuple(sorted(set(self.inchis)))
 
 
+@functools.lru_cache(maxsize=65536)
 def read_molecule(smiles: str) -> Molecule | None:
-    """The canonical form and InChIs of a SMILES answer, or None when LlaSMol counts it invalid."""
+    """The canonical form and InChIs of a SMILES answer, or None when LlaSMol counts it invalid.
+
+    Cached: gold answers recur across questions, and a baseline gives one answer to all of them.
+    """
     from rdkit import Chem, rdBase
 
     with rdBase.BlockLogs():
