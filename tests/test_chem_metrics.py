@@ -213,8 +213,8 @@ def test_number_rmse_over_valid_answers_with_no_answer_and_invalid_shares() -> N
 
 
 def test_number_with_nothing_valid_is_nan_and_gold_errors() -> None:
-    result = score_task("property_prediction-lipo", [["no idea"]], [["1.0"]])
-    assert math.isnan(result["rmse"]) and result["no_answer"] == 1.0
+    result = score_task("property_prediction-lipo", [["no idea"], [N(" ")]], [["1.0"], ["2.0"]])
+    assert math.isnan(result["rmse"]) and result["no_answer"] == 1.0  # an empty core is no answer too
     with pytest.raises(DataError, match="exactly one gold answer"):
         prepare("property_prediction-lipo", [[N("1")]], [["1.0", "2.0"]])
     with pytest.raises(DataError, match="not a finite number"):
