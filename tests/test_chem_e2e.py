@@ -41,10 +41,12 @@ def test_chem_run_evaluates_base_and_final_round_and_reports(tmp_path: Path) -> 
 
     run_dir = tmp_path / "run"
     ledger = Ledger(run_dir / "ledger.sqlite")
-    evaluated = {event.round: event.detail["scores"] for event in ledger.events("eval")}
+    evaluated = {event.round: event.detail["tasks"] for event in ledger.events("eval")}
     assert set(evaluated) == {0, 1}
     assert set(evaluated[1]) == TASKS
     assert evaluated[1]["property_prediction-lipinski"]["n"] == 3
+    assert evaluated[1]["property_prediction-logp"]["baseline"]["name"].startswith("training mean (")
+    assert (run_dir / "eval" / "r0001.predictions.jsonl").is_file()
     report = (run_dir / "report.html").read_text()
     assert "property_prediction-logp" in report
 
@@ -52,8 +54,8 @@ def test_chem_run_evaluates_base_and_final_round_and_reports(tmp_path: Path) -> 
     again = run_fedhpc("eval", "--model", f"{run_dir}:1", "--limit", "2", "--out", str(out))
     assert again.returncode == 0, again.stderr
     scores = json.loads(out.read_text())
-    assert scores["round"] == 1 and set(scores["scores"]) == TASKS
-    assert all(metrics["n"] == 2 for metrics in scores["scores"].values())
+    assert scores["round"] == 1 and set(scores["tasks"]) == TASKS
+    assert all(entry["n"] == 2 for entry in scores["tasks"].values())
 
 
 def test_eval_of_a_missing_round_says_so(tmp_path: Path) -> None:

@@ -37,6 +37,8 @@ from fedhpc.errors import ConfigError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 DType = Literal["float32", "bfloat16", "float16"]
+#: What kind of answer a task asks for; evaluation budgets and scores answers per family.
+AnswerFamily = Literal["smiles", "formula", "iupac", "number", "boolean", "text"]
 MODEL_NAMES = ("tiny-llama", "smollm2-135m-instruct")
 
 
@@ -1161,7 +1163,13 @@ class EvaluationConfig(Frozen):
     include_base: bool = Field(True, description="also evaluate round 0 (the base model) for a before/after table")
     limit_per_task: PositiveInt | None = Field(None, description="seeded sample of at most this many per task")
     batch_size: PositiveInt = 16
-    max_new_tokens: PositiveInt = 32
+    num_beams: PositiveInt = Field(1, description="beam width of generation; 1 is greedy decoding")
+    max_new_tokens: PositiveInt | dict[AnswerFamily, PositiveInt] | None = Field(
+        None,
+        description="generation budget: one number for every task, or per answer family (smiles, formula, iupac, "
+        "number, boolean, text) over the defaults in fedhpc.evaluation.decoding",
+    )
+    lenient: bool = Field(False, description="tolerant answer extraction instead of LlaSMol's strict one")
     device: Literal["cpu", "cuda"] = "cpu"
 
 

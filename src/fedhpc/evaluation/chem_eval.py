@@ -1,4 +1,9 @@
-"""Score a global model on a chemistry dataset's test split, the way SMolInstruct's evaluation does."""
+"""Score a global model on a chemistry dataset's split, the way LlaSMol scores SMolInstruct.
+
+The answers are generated task by task (each task has its own budget of new
+tokens, `decoding.max_new_tokens_for`), written as a predictions file, and
+scored by the same code `fedhpc score` uses, so the two commands compose.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,18 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fedhpc.chem.metrics import score_all
 from fedhpc.chem.smolinstruct import load_records
 from fedhpc.config import ModelConfig
+from fedhpc.evaluation.decoding import max_new_tokens_for
 from fedhpc.evaluation.generation import generate_answers, load_model
+from fedhpc.evaluation.predictions import Prediction
+from fedhpc.evaluation.results import samples, score_questions, training_answers
 
 log = logging.getLogger(__name__)
 
@@ -42,26 +49,56 @@ def evaluate_chem(
     split: str = "test",
     limit_per_task: int | None = None,
     batch_size: int = 16,
-    max_new_tokens: int = 32,
+    num_beams: int = 1,
+    max_new_tokens: int | Mapping[str, int] | None = None,
+    lenient: bool = False,
     device: str = "cpu",
     on_batch: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
-    """{"scores": {task: {metric: value}}, "examples": n, "seconds": s, "samples": [first few answers]}."""
+) -> tuple[dict[str, Any], list[Prediction]]:
+    """The results document (less `round`, `data` and `split`) and the answers it scored, in question order.
+
+    `max_new_tokens`: one budget for every task, per-family overrides, or None for
+    the defaults (`decoding`). `on_batch(done, total)` reports generation progress.
+    """
     started = time.time()
-    records = sample_per_task(load_records(data, split=split), limit_per_task)
+    split_records = load_records(data, split=split)
+    questions = sample_per_task(split_records, limit_per_task)
     model, tokenizer = load_model(model_config, global_dir, torch.device(device))
-    predictions = generate_answers(
-        model,
-        tokenizer,
-        [record["input"] for record in records],
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        on_batch=on_batch,
+    by_task: dict[str, list[int]] = defaultdict(list)
+    for i, question in enumerate(questions):
+        by_task[question["task"]].append(i)
+    budgets = {task: max_new_tokens_for(task, questions[ids[0]], max_new_tokens) for task, ids in by_task.items()}
+    texts: list[str] = [""] * len(questions)
+    done = 0
+    for task in sorted(by_task):
+        ids = by_task[task]
+        answers = generate_answers(
+            model,
+            tokenizer,
+            [questions[i]["input"] for i in ids],
+            batch_size=batch_size,
+            max_new_tokens=budgets[task],
+            num_beams=num_beams,
+            on_batch=None if on_batch is None else lambda d, _, base=done: on_batch(base + d, len(questions)),
+        )
+        for i, text in zip(ids, answers, strict=True):
+            texts[i] = text
+        done += len(ids)
+    answers_per_question = [[text] for text in texts]
+    tasks = score_questions(
+        questions, answers_per_question, split_records, training_answers(data, sorted(by_task)), lenient=lenient
     )
-    scores = score_all(predictions, records)
-    log.info("evaluated %d examples in %.1f s", len(records), time.time() - started)
-    samples = [
-        {"task": r["task"], "input": r["input"], "reference": r["output"], "prediction": p}
-        for r, p in list(zip(records, predictions))[:: max(1, len(records) // 8)]
+    log.info("evaluated %d questions in %.1f s", len(questions), time.time() - started)
+    predictions = [
+        Prediction(str(q["task"]), str(q["split"]), int(q["idx"]), q.get("target"), text)
+        for q, text in zip(questions, texts, strict=True)
     ]
-    return {"scores": scores, "examples": len(records), "seconds": round(time.time() - started, 2), "samples": samples}
+    result = {
+        "examples": len(questions),
+        "seconds": round(time.time() - started, 2),
+        "lenient": lenient,
+        "decoding": {"num_beams": num_beams, "max_new_tokens": dict(sorted(budgets.items()))},
+        "tasks": tasks,
+        "samples": samples(questions, answers_per_question),
+    }
+    return result, predictions

@@ -1,4 +1,4 @@
-"""Greedy, batched answer generation from the base model plus a global's trainable tensors.
+"""Batched answer generation (greedy or beam search) from the base model plus a global's trainable tensors.
 
 Prompts are encoded exactly as the worker encodes them for training (chat
 template when the tokenizer has one), so evaluation sees the training format.
@@ -47,9 +47,10 @@ def generate_answers(
     *,
     batch_size: int = 16,
     max_new_tokens: int = 32,
+    num_beams: int = 1,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> list[str]:
-    """Greedy completions, in the order of `prompts`.
+    """Completions in the order of `prompts`: greedy, or the best of a `num_beams`-wide beam search.
 
     Prompts are sorted by length before batching (left padding), which keeps
     padding, and so wasted compute, small; `on_batch(done, total)` reports progress.
@@ -73,6 +74,7 @@ def generate_answers(
             attention_mask=attention.to(device),
             max_new_tokens=max_new_tokens,
             do_sample=False,
+            num_beams=num_beams,
             pad_token_id=pad_id,
             eos_token_id=tokenizer.eos_token_id,
         )

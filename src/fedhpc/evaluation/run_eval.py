@@ -1,6 +1,9 @@
-"""`fedhpc eval`: which global, which data, with which settings, and the scores table.
+"""`fedhpc eval`: which global, which data, with which settings; the results file and its predictions.
 
-Scores that cannot be computed (RMSE when no answer parses) are written as JSON null.
+The results document is `fedhpc.evaluation.results`'s; values that cannot be
+computed (RMSE when no answer parses) are JSON null. The answers scored are
+written beside it (`eval/r0003.json` -> `eval/r0003.predictions.jsonl`), so
+`fedhpc score` can score them again, or anyone can score them their own way.
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ import yaml
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from fedhpc.config import Experiment
 from fedhpc.errors import ConfigError, FedhpcError
 from fedhpc.evaluation.chem_eval import evaluate_chem
+from fedhpc.evaluation.predictions import predictions_path, write_predictions
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,9 @@ class EvalRequest:
     split: str
     limit_per_task: int | None
     batch_size: int
-    max_new_tokens: int
+    num_beams: int
+    max_new_tokens: int | dict[str, int] | None
+    lenient: bool
     device: str
 
     @property
@@ -48,7 +53,13 @@ class EvalRequest:
         batch_size: int | None,
         max_new_tokens: int | None,
         device: str | None,
+        num_beams: int | None = None,
+        lenient: bool = False,
     ) -> EvalRequest:
+        """Command-line values where given, else the run's `evaluation` settings, else their defaults.
+
+        `--lenient` can only turn lenient extraction on; the run's `evaluation.lenient: true` also does.
+        """
         run_text, _, round_text = model.rpartition(":") if _has_round(model) else (model, "", "")
         run_dir = Path(run_text)
         experiment = _read_run_experiment(run_dir)
@@ -64,7 +75,9 @@ class EvalRequest:
             split=split or (settings.split if settings else "test"),
             limit_per_task=limit if limit is not None else (settings.limit_per_task if settings else None),
             batch_size=batch_size or (settings.batch_size if settings else 16),
-            max_new_tokens=max_new_tokens or (settings.max_new_tokens if settings else 32),
+            num_beams=num_beams or (settings.num_beams if settings else 1),
+            max_new_tokens=max_new_tokens or (settings.max_new_tokens if settings else None),
+            lenient=lenient or (settings.lenient if settings else False),
             device=device or (settings.device if settings else "cpu"),
         )
         if not request.global_dir.exists():
@@ -95,6 +108,7 @@ def _last_global_round(run_dir: Path) -> int:
 
 
 def evaluate_run(request: EvalRequest, out: Path | None) -> dict[str, Any]:
+    """Generate and score; with `out`, write the results there and the predictions beside it (atomically)."""
     console = Console(stderr=True)
     with Progress(
         TextColumn(f"eval round {request.round}"),
@@ -106,36 +120,24 @@ def evaluate_run(request: EvalRequest, out: Path | None) -> dict[str, Any]:
         disable=not console.is_terminal,
     ) as progress:
         bar = progress.add_task("generate", total=None)
-        result = evaluate_chem(
+        scored, predictions = evaluate_chem(
             request.experiment.model,
             request.global_dir,
             request.data,
             split=request.split,
             limit_per_task=request.limit_per_task,
             batch_size=request.batch_size,
+            num_beams=request.num_beams,
             max_new_tokens=request.max_new_tokens,
+            lenient=request.lenient,
             device=request.device,
             on_batch=lambda done, total: progress.update(bar, completed=done, total=total),
         )
-    result = {"round": request.round, "data": str(request.data), "split": request.split, **result}
-    result["scores"] = {
-        task: {metric: None if value != value else value for metric, value in metrics.items()}
-        for task, metrics in result["scores"].items()
-    }
+    result = {"round": request.round, "data": str(request.data), "split": request.split, **scored}
     if out is not None:
+        write_predictions(predictions_path(out), predictions)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         tmp.write_text(json.dumps(result, indent=1))
         tmp.replace(out)
     return result
-
-
-def print_scores(console: Console, result: dict[str, Any]) -> None:
-    table = Table(title=f"round {result['round']}: {result['examples']} examples, {result['seconds']} s")
-    table.add_column("task")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for task, metrics in result["scores"].items():
-        for metric, value in metrics.items():
-            table.add_row(task, metric, "n/a" if value is None else f"{value:.4g}")
-    console.print(table)

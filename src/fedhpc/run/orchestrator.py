@@ -189,9 +189,9 @@ class Orchestrator:
             self.progress.message(f"evaluation of round {round} failed: {failure.splitlines()[0]}")
             return
         result = json.loads(out.read_text())
-        events.record("eval", round, scores=result["scores"], examples=result["examples"],
+        events.record("eval", round, tasks=result["tasks"], lenient=result["lenient"], examples=result["examples"],
                       seconds=self.clock.now() - started, start=started)
-        self.progress.message(f"round {round} scores: {_brief_scores(result['scores'])}")
+        self.progress.message(f"round {round} scores: {_brief_scores(result['tasks'])}")
 
 
 def _close_launchers(facilities: dict[str, Facility]) -> None:
@@ -206,13 +206,14 @@ def _close_launchers(facilities: dict[str, Facility]) -> None:
             log.exception("could not stop the jobs of facility %s", name)
 
 
-def _brief_scores(scores: dict[str, dict[str, float]]) -> str:
-    headline = ("exact_match", "accuracy", "rmse")
+def _brief_scores(tasks: dict[str, dict]) -> str:
+    """Each task's primary metric, and whether it beats its baseline, on one line."""
     parts = []
-    for task, metrics in scores.items():
-        key = next((k for k in headline if k in metrics), None)
-        if key is not None and metrics[key] is not None:
-            parts.append(f"{task} {key}={metrics[key]:.3g}")
+    for task, entry in tasks.items():
+        value = entry["metrics"].get(entry["primary"], {}).get("value")
+        shown = "n/a" if value is None else f"{value:.3g}"
+        verdict = "beats baseline" if entry["beats_baseline"] else "not above baseline"
+        parts.append(f"{task} {entry['primary']}={shown} ({verdict})")
     return ", ".join(parts)
 
 
