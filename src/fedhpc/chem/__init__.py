@@ -6,6 +6,9 @@
 - `partition`: `iid`, `by_task` and `dirichlet` splits across facilities, and their folders.
 - `smolinstruct`: `load_records` for our layout, the real SMolInstruct release and plain JSONL.
 - `metrics`: answer extraction between core tags, `score` / `score_all` per task.
+- `baselines`: each task's trivial baseline (majority class, training mean, echoed input or most
+  frequent training answer), answered as tagged text and scored like a model.
+- `bootstrap`: 95% percentile bootstrap intervals over questions, paired with the baseline's.
 
 RDKit is needed only to build; importing this package does not import it.
 """
