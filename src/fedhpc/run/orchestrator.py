@@ -191,7 +191,8 @@ class Orchestrator:
         result = json.loads(out.read_text())
         events.record("eval", round, tasks=result["tasks"], lenient=result["lenient"], examples=result["examples"],
                       seconds=self.clock.now() - started, start=started)
-        self.progress.message(f"round {round} scores: {_brief_scores(result['tasks'])}")
+        label = " (LENIENT extraction, not LlaSMol's)" if result["lenient"] else ""
+        self.progress.message(f"round {round} scores{label}: {_brief_scores(result['tasks'])}")
 
 
 def _close_launchers(facilities: dict[str, Facility]) -> None:
