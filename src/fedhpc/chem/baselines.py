@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedhpc.chem.metrics import PreparedTask, aggregate, answer_tags, prepare, primary_metric, task_family
+from fedhpc.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,9 @@ def choose_baseline(
         label = "training mean"
         if mean is None:
             mean, label = TrainingAnswers([g[0] for g in golds if g]).mean(), "mean of the evaluated answers"
-        value = "nan" if mean is None else format(mean, ".6g")
-        candidates = [(f"{label} ({'n/a' if mean is None else format(mean, '.3g')})", [value] * len(questions))]
+        if mean is None:
+            raise DataError(f"task {task!r}: no gold answer reads as a number, so there is no mean to answer with")
+        candidates = [(f"{label} ({format(mean, '.3g')})", [format(mean, ".6g")] * len(questions))]
     else:
         frequent = train.most_frequent() if train is not None else None
         label = "most frequent training answer"
