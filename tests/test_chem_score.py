@@ -106,7 +106,8 @@ def test_lenient_extraction_is_opt_in_and_labelled(tmp_path: Path, release: Path
 def test_a_built_dataset_numbers_questions_by_position(tmp_path: Path) -> None:
     def record(split: str, smiles: str, formula: str) -> dict[str, Any]:
         return {"input": f"Formula of <SMILES> {smiles} </SMILES> ?", "raw_input": smiles, "raw_output": formula,
-                "output": f"<MOLFORMULA> {formula} </MOLFORMULA>", "task": "name_conversion-s2f", "split": split}  # fmt: skip
+                "output": f"<MOLFORMULA> {formula} </MOLFORMULA>", "task": "name_conversion-s2f",
+                "split": split}  # fmt: skip
 
     data = tmp_path / "dataset"
     write_split(data, "train", [record("train", "CCO", "C2H6O"), record("train", "OCC", "C2H6O")])
@@ -125,7 +126,8 @@ def test_a_built_dataset_numbers_questions_by_position(tmp_path: Path) -> None:
     ("bad", "message"),
     [
         ({"task": "name_conversion-i2s", "idx": 0}, "unknown task 'name_conversion-i2s'"),
-        ({"task": "name_conversion-s2f", "idx": 3}, "unknown idx 3 of task 'name_conversion-s2f' (3 questions, idx 0..2)"),
+        ({"task": "name_conversion-s2f", "idx": 3},
+         "unknown idx 3 of task 'name_conversion-s2f' (3 questions, idx 0..2)"),
         ({"task": "property_prediction-sider", "idx": 0, "target": None}, "has no target None"),
         ({"task": "name_conversion-s2f", "idx": 0, "split": "dev"}, "pass --split dev"),
         ({"task": "name_conversion-s2f", "idx": "zero"}, "'idx' must be a non-negative integer"),

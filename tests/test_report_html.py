@@ -43,7 +43,8 @@ def eval_tasks(r: int) -> dict:
         return {"n": 100, "primary": primary, "higher_is_better": higher,
                 "metrics": {primary: {"value": value, "ci95": [value - half, value + half]},
                             "invalid": {"value": 0.1, "ci95": [0.05, 0.16]}},
-                "baseline": {"name": baseline, "metrics": {primary: {"value": base, "ci95": [base - 0.02, base + 0.02]}}},
+                "baseline": {"name": baseline,
+                             "metrics": {primary: {"value": base, "ci95": [base - 0.02, base + 0.02]}}},
                 "beats_baseline": (value - half > base + 0.02) if higher else (value + half < base - 0.02)}  # fmt: skip
 
     return {
