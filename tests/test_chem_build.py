@@ -15,7 +15,7 @@ from rdkit import Chem  # noqa: E402
 from rdkit.Chem import Crippen, Descriptors, rdMolDescriptors  # noqa: E402
 
 from fedhpc.chem.build import build_dataset, build_federated  # noqa: E402
-from fedhpc.chem.metrics import extract_core, score_all  # noqa: E402
+from fedhpc.chem.metrics import extract_core, score_task  # noqa: E402
 from fedhpc.chem.smolinstruct import load_records  # noqa: E402
 from fedhpc.chem.tasks import ALL_TASKS, RECORD_FIELDS, TASKS  # noqa: E402
 from fedhpc.errors import DataError  # noqa: E402
@@ -137,12 +137,20 @@ def test_tags_present_and_extraction_round_trips(built: tuple[Path, dict]) -> No
         assert extract_core(record["output"], left, right) == record["raw_output"]
         templates_seen.setdefault(record["task"], set()).add(record["input"].replace(record["raw_input"], "X"))
     assert all(len(seen) > 1 for seen in templates_seen.values()), "several templates per task"
-    scores = score_all([r["output"] for r in records], records)
-    assert scores["name_conversion-s2f"]["exact_match"] == 1.0
+    scores = {
+        task: score_task(
+            task,
+            [[r["output"]] for r in records if r["task"] == task],
+            [[r["raw_output"]] for r in records if r["task"] == task],
+        )
+        for task in TASKS
+    }
+    assert scores["name_conversion-s2f"]["element_match"] == 1.0
     assert scores["property_prediction-logp"]["rmse"] == 0.0
     assert scores["property_prediction-tpsa"]["mae"] == 0.0
     assert scores["property_prediction-lipinski"]["accuracy"] == 1.0
-    assert all(s["unparseable"] == 0.0 for s in scores.values())
+    assert all(s["no_answer"] == 0.0 for s in scores.values())
+    assert all(s["n"] == sum(r["task"] == task for r in records) for task, s in scores.items())
 
 
 def test_subset_of_tasks_and_bad_arguments(tmp_path: Path) -> None:

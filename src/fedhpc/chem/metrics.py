@@ -39,7 +39,6 @@ from fedhpc.chem.label_scores import (
     parse_boolean,
     parse_number,
 )
-from fedhpc.chem.legacy_scores import score, score_all, task_kind
 from fedhpc.chem.molecule_scores import smiles_columns, smiles_summary
 from fedhpc.chem.name_scores import formula_columns, formula_summary, iupac_columns, iupac_summary
 from fedhpc.chem.tasks import BOOLEAN_TAGS, FORMULA_TAGS, NUMBER_TAGS, SMILES_TAGS, TASKS
@@ -99,11 +98,8 @@ __all__ = [
     "parse_number",
     "prepare",
     "primary_metric",
-    "score",
-    "score_all",
     "score_task",
     "task_family",
-    "task_kind",
 ]
 
 
