@@ -38,6 +38,10 @@ def test_chem_run_evaluates_base_and_final_round_and_reports(tmp_path: Path) -> 
 
     result = run_fedhpc("run", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
+    shown = result.stdout + result.stderr
+    for brief in ("name_conversion-s2f element_match=", "property_prediction-logp rmse=",
+                  "property_prediction-lipinski accuracy="):
+        assert brief in shown, f"the run's progress shows each task's primary metric: {brief!r} missing"
 
     run_dir = tmp_path / "run"
     ledger = Ledger(run_dir / "ledger.sqlite")
