@@ -75,6 +75,10 @@ def test_reads_our_layout_with_split_aliases(tmp_path: Path) -> None:
         load_records(tmp_path, "train")
     with pytest.raises(DataError, match="tasks"):
         load_records(tmp_path, "dev", ["name_conversion-s2f"])
+    (tmp_path / "dev" / "property_prediction-tpsa.jsonl").write_text("{half a line\n")
+    assert len(load_records(tmp_path, "dev", ["property_prediction-logp"])) == 2, "other tasks' files are not read"
+    with pytest.raises(DataError, match=r"property_prediction-tpsa\.jsonl:1"):
+        load_records(tmp_path, "dev")
 
 
 def test_reads_plain_jsonl_files_and_task_split_folders(tmp_path: Path) -> None:

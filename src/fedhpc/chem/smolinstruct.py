@@ -77,7 +77,8 @@ def load_records(
     if release is not None:
         return list(read_release(release, split, tasks, selfies=selfies))
     if (root / split).is_dir() and any((root / split).glob("*.jsonl")):
-        files = sorted((root / split).glob("*.jsonl"))
+        # our layout keeps a task's records in <split>/<task>.jsonl: other tasks' files are not even read
+        files = [file for file in sorted((root / split).glob("*.jsonl")) if wanted is None or file.stem in wanted]
         records = [
             {**record, "idx": idx} for file in files for idx, record in enumerate(_read_jsonl(file, split, file.stem))
         ]
