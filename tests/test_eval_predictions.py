@@ -35,7 +35,7 @@ def test_written_predictions_read_back_in_order_with_line_numbers(tmp_path: Path
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("not json", "not JSON"),
+        ("not json", "not valid JSON"),
         ('["a list"]', "not a JSON object"),
         ('{"task": "t", "split": "test", "idx": 1, "target": null}', "'pred' is missing"),
         ('{"task": "t", "split": "test", "idx": "3", "target": null, "pred": ""}', "'idx' must be a non-negative"),

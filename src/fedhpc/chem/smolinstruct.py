@@ -38,6 +38,7 @@ from fedhpc.chem.metrics import extract_core
 from fedhpc.chem.release import read_release, release_root
 from fedhpc.chem.tasks import RECORD_FIELDS, TASKS
 from fedhpc.errors import DataError
+from fedhpc.json_lines import read_json_lines
 
 SPLITS = ("train", "dev", "test")
 SPLIT_ALIASES = {"validation": "dev", "valid": "dev", "val": "dev"}
@@ -167,23 +168,9 @@ def _numbered(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return numbered
 
 
-def _json_lines(file: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed value) of each non-blank line; DataError names the file and line."""
-    try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{file}: cannot read: {e}") from e
-    for number, line in enumerate(lines, start=1):
-        if line.strip():
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{file}:{number}: not a JSON object ({e}); {EXPECTED_LAYOUTS}") from e
-
-
 def _read_jsonl(file: Path, split: str | None, default_task: str | None) -> Iterator[dict[str, Any]]:
     """Records of one JSONL file, completed to all fields; `split=None` keeps each line's own split."""
-    for number, item in _json_lines(file):
+    for number, item in read_json_lines(file, EXPECTED_LAYOUTS):
         if not isinstance(item, dict) or not isinstance(item.get("input"), str) or "output" not in item:
             raise DataError(f"{file}:{number}: a record needs string fields 'input' and 'output'; {EXPECTED_LAYOUTS}")
         yield _complete(item, split, default_task, file, number)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedhpc.errors import DataError
+from fedhpc.json_lines import read_json_lines
 
 FIELDS = ("task", "split", "idx", "target", "pred")
 FORMAT = (
@@ -64,19 +65,7 @@ def write_predictions(path: Path, predictions: Iterable[Prediction]) -> None:
 
 def read_predictions(path: Path) -> list[Prediction]:
     """Every answer in `path`, in file order; `DataError` names the file and line of a malformed one."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read the predictions file: {e}") from e
-    predictions = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{number}: not JSON ({e}); {FORMAT}") from e
-        predictions.append(_prediction(item, path, number))
+    predictions = [_prediction(item, path, number) for number, item in read_json_lines(path, FORMAT)]
     if not predictions:
         raise DataError(f"{path}: no predictions; {FORMAT}")
     return predictions

@@ -30,7 +30,6 @@ facility's data with it before anything is submitted.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -39,6 +38,7 @@ from pathlib import Path
 from fedhpc.chem.partition import PARTITION_INFO
 from fedhpc.chem.release import RAW_DIRS, read_release, release_root
 from fedhpc.errors import DataError
+from fedhpc.json_lines import read_json_lines
 
 SPLIT_NAMES = frozenset({"train", "dev", "val", "valid", "validation", "test"})
 LAYOUTS = '{"prompt", "completion"}, {"instruction", "input", "output"} or SMolInstruct {"input", "output"}'
@@ -148,22 +148,10 @@ def _split_names(relative: Path) -> set[str]:
 
 
 def _read_jsonl(file: Path) -> Iterator[Example]:
-    try:
-        with open(file, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{file}:{number}: not valid JSON ({e.msg}); each line must be one object") from e
-                example = parse_record(record, f"{file}:{number}")
-                if example is not None:
-                    yield example
-    except UnicodeDecodeError as e:
-        raise DataError(f"{file}: not UTF-8 text ({e.reason})") from e
-    except OSError as e:
-        raise DataError(f"{file}: cannot read: {e.strerror}") from e
+    for number, record in read_json_lines(file, "each line must be one object"):
+        example = parse_record(record, f"{file}:{number}")
+        if example is not None:
+            yield example
 
 
 def parse_record(record: object, where: str) -> Example | None:
