@@ -92,6 +92,14 @@ def _recompute(task: str, mol: Chem.Mol) -> str:
         return f"{Crippen.MolLogP(mol):.2f}".replace("-0.00", "0.00")
     if task == "property_prediction-tpsa":
         return f"{rdMolDescriptors.CalcTPSA(mol):.2f}"
+    if task == "property_prediction-halogen":
+        return "Yes" if any(atom.GetAtomicNum() in (9, 17, 35, 53) for atom in mol.GetAtoms()) else "No"
+    if task == "property_prediction-aromatic":
+        return "Yes" if rdMolDescriptors.CalcNumAromaticRings(mol) > 0 else "No"
+    if task == "property_prediction-ringcount":
+        return str(mol.GetRingInfo().NumRings())
+    if task == "property_prediction-heavyatoms":
+        return str(sum(atom.GetAtomicNum() > 1 for atom in mol.GetAtoms()))
     assert task == "property_prediction-lipinski"
     ok = (
         Descriptors.MolWt(mol) <= 500
@@ -198,7 +206,7 @@ def test_build_federated_writes_facility_dirs(tmp_path: Path) -> None:
         load_records(tmp_path / "fed" / "facilities" / "b", "test")
     again = build_federated(tmp_path / "fed", "3", scheme="dirichlet", alpha=0.5, max_molecules=40)
     assert sorted(again["facilities"]) == ["facility-1", "facility-2", "facility-3"]
-    assert sum(sum(c.values()) for c in again["facilities"].values()) == 4 * 32
+    assert sum(sum(c.values()) for c in again["facilities"].values()) == len(ALL_TASKS) * 32
     assert again["alpha"] == 0.5 and again["scheme"] == "dirichlet"
 
 
@@ -208,3 +216,23 @@ def test_full_build_is_fast(tmp_path: Path) -> None:
     info = build_dataset(tmp_path / "full")
     assert time.perf_counter() - start < 30
     assert info["molecules"]["kept"] > 4500
+
+
+def test_balanced_build_has_as_many_yes_as_no_in_every_split(tmp_path: Path) -> None:
+    info = build_dataset(tmp_path / "b", tasks=["property_prediction-halogen", "property_prediction-ringcount"],
+                         max_molecules=300, balanced=True)
+    assert info["balanced"] is True
+    for split in ("train", "dev", "test"):
+        answers = [r["raw_output"] for r in load_records(tmp_path / "b", split, ["property_prediction-halogen"])]
+        assert answers.count("Yes") == answers.count("No") > 0, split
+        assert info["counts"]["property_prediction-halogen"][split] == len(answers)
+        # a count task keeps every molecule of the split
+        assert info["counts"]["property_prediction-ringcount"][split] == info["molecules_per_split"][split]
+    assert info["counts"]["property_prediction-halogen"]["train"] < info["molecules_per_split"]["train"]
+
+
+def test_federated_build_holds_only_the_tasks_the_facilities_name(tmp_path: Path) -> None:
+    result = build_federated(tmp_path / "fed", "a:halogen,b:ringcount", max_molecules=60)
+    assert sorted(result["dataset"]["tasks"]) == ["property_prediction-halogen", "property_prediction-ringcount"]
+    assert sorted(p.stem for p in (tmp_path / "fed" / "dataset" / "test").glob("*.jsonl")) == [
+        "property_prediction-halogen", "property_prediction-ringcount"]

@@ -15,10 +15,14 @@ from fedhpc.chem.partition import (
     write_facility_dirs,
 )
 from fedhpc.chem.smolinstruct import load_records
-from fedhpc.chem.tasks import ALL_TASKS
 from fedhpc.errors import DataError
 
-TASK_SIZES = dict(zip(ALL_TASKS, (120, 80, 60, 40), strict=True))
+TASK_SIZES = {
+    "name_conversion-s2f": 120,
+    "property_prediction-logp": 80,
+    "property_prediction-tpsa": 60,
+    "property_prediction-lipinski": 40,
+}
 
 
 @pytest.fixture

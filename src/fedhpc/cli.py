@@ -429,12 +429,19 @@ def data_chem(
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration (smaller: more skewed)")] = 0.5,
     seed: int = 0,
     max_molecules: Annotated[Optional[int], typer.Option(help="Use only the first N molecules")] = None,
+    balanced: Annotated[
+        bool, typer.Option("--balanced", help="As many Yes as No records in every split of each yes/no task")
+    ] = False,
 ) -> None:
-    """Build a SMolInstruct-format chemistry dataset from RDKit's molecules, split across facilities."""
+    """Build a SMolInstruct-format chemistry dataset from RDKit's molecules, split across facilities.
+
+    With tasks named in --facilities, only those tasks are built."""
     from fedhpc.chem.build import build_federated
 
     try:
-        result = build_federated(out, facilities, scheme=scheme, alpha=alpha, seed=seed, max_molecules=max_molecules)
+        result = build_federated(
+            out, facilities, scheme=scheme, alpha=alpha, seed=seed, max_molecules=max_molecules, balanced=balanced
+        )
     except FedhpcError as e:
         raise _fail(e) from e
     Console().print(f"wrote {out}/dataset (train/dev/test) and {out}/facilities/<name>/train")

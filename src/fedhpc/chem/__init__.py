@@ -1,6 +1,6 @@
 """The flagship domain: SMolInstruct-format chemistry tasks, their dataset, its split, and scoring.
 
-- `tasks`: the four tasks (question templates, core tags, RDKit-computed answers).
+- `tasks`: the RDKit-answered tasks (question templates, core tags, answers computed from the molecule).
 - `build`: `build_dataset` writes `<out>/<split>/<task>.jsonl` from RDKit's NCI molecules;
   `build_federated` writes `<out>/dataset/` and `<out>/facilities/<name>/train/`.
 - `partition`: `iid`, `by_task` and `dirichlet` splits across facilities, and their folders.

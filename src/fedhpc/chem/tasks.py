@@ -53,6 +53,8 @@ LIPINSKI_MAX_LOGP = 5.0
 LIPINSKI_MAX_HBD = 5
 LIPINSKI_MAX_HBA = 10
 
+HALOGENS = frozenset({"F", "Cl", "Br", "I"})
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -206,28 +208,84 @@ LIPINSKI = TaskSpec(
     ),
 )
 
-TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (S2F, LOGP, TPSA, LIPINSKI)}
+def has_halogen(mol: Mol) -> str:
+    """"Yes" when any atom is fluorine, chlorine, bromine or iodine, else "No"."""
+    return "Yes" if any(atom.GetSymbol() in HALOGENS for atom in mol.GetAtoms()) else "No"
+
+
+def has_aromatic_ring(mol: Mol) -> str:
+    """"Yes" when RDKit's aromaticity model marks any atom aromatic, else "No".
+
+    The record's SMILES is Kekulé (alternating single and double bonds, as
+    SMolInstruct writes them), so the answer is not a matter of spotting lowercase letters.
+    """
+    return "Yes" if any(atom.GetIsAromatic() for atom in mol.GetAtoms()) else "No"
+
+
+def ring_count(mol: Mol) -> str:
+    """Number of rings in RDKit's smallest set of smallest rings (`CalcNumRings`)."""
+    from rdkit.Chem import rdMolDescriptors
+
+    return str(rdMolDescriptors.CalcNumRings(mol))
+
+
+def heavy_atom_count(mol: Mol) -> str:
+    """Number of non-hydrogen atoms (`GetNumHeavyAtoms`)."""
+    return str(mol.GetNumHeavyAtoms())
+
+
+HALOGEN = TaskSpec(
+    name="property_prediction-halogen",
+    kind="classification",
+    output_tags=BOOLEAN_TAGS,
+    answer=has_halogen,
+    templates=(
+        ("Does the molecule <INPUT> contain a halogen atom (F, Cl, Br or I)?", "<OUTPUT>"),
+        ("Is there any fluorine, chlorine, bromine or iodine atom in <INPUT> ?", "<OUTPUT>"),
+        ("<INPUT> Is this compound halogenated?", "<OUTPUT>"),
+    ),
+)
+
+AROMATIC = TaskSpec(
+    name="property_prediction-aromatic",
+    kind="classification",
+    output_tags=BOOLEAN_TAGS,
+    answer=has_aromatic_ring,
+    templates=(
+        ("Does the molecule <INPUT> contain an aromatic ring?", "<OUTPUT>"),
+        ("Is any ring of <INPUT> aromatic?", "<OUTPUT>"),
+        ("<INPUT> Does this compound have an aromatic ring system?", "<OUTPUT>"),
+    ),
+)
+
+RINGS = TaskSpec(
+    name="property_prediction-ringcount",
+    kind="regression",
+    output_tags=NUMBER_TAGS,
+    answer=ring_count,
+    templates=(
+        ("How many rings does the molecule <INPUT> have?", "<OUTPUT>"),
+        ("Count the rings in <INPUT> .", "<OUTPUT>"),
+        ("<INPUT> How many rings are in this structure?", "<OUTPUT>"),
+    ),
+)
+
+HEAVY_ATOMS = TaskSpec(
+    name="property_prediction-heavyatoms",
+    kind="regression",
+    output_tags=NUMBER_TAGS,
+    answer=heavy_atom_count,
+    templates=(
+        ("How many heavy (non-hydrogen) atoms does the molecule <INPUT> have?", "<OUTPUT>"),
+        ("Count the non-hydrogen atoms of <INPUT> .", "<OUTPUT>"),
+        ("<INPUT> How many heavy atoms does this compound contain?", "<OUTPUT>"),
+    ),
+)
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec for spec in (S2F, LOGP, TPSA, LIPINSKI, HALOGEN, AROMATIC, RINGS, HEAVY_ATOMS)
+}
 ALL_TASKS: tuple[str, ...] = tuple(TASKS)
-
-#: Kinds of the SMolInstruct release's scorable tasks, so that real data scores too.
-RELEASE_TASK_KINDS: dict[str, TaskKind] = {
-    "name_conversion-i2f": "formula",
-    "name_conversion-s2f": "formula",
-    "property_prediction-esol": "regression",
-    "property_prediction-lipo": "regression",
-    "property_prediction-bbbp": "classification",
-    "property_prediction-clintox": "classification",
-    "property_prediction-hiv": "classification",
-    "property_prediction-sider": "classification",
-}
-
-#: A record's output core tag says what kind of answer it holds; used for tasks we do not know by name.
-KIND_BY_OUTPUT_TAG: dict[str, TaskKind] = {
-    FORMULA_TAGS[0]: "formula",
-    NUMBER_TAGS[0]: "regression",
-    BOOLEAN_TAGS[0]: "classification",
-}
-
 
 def stable_int(*parts: object) -> int:
     """A 64-bit integer from sha256 of the parts: same on every machine and Python (unlike `hash`)."""
