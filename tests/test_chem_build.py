@@ -96,6 +96,18 @@ def _recompute(task: str, mol: Chem.Mol) -> str:
         return "Yes" if any(atom.GetAtomicNum() in (9, 17, 35, 53) for atom in mol.GetAtoms()) else "No"
     if task == "property_prediction-aromatic":
         return "Yes" if rdMolDescriptors.CalcNumAromaticRings(mol) > 0 else "No"
+    if task == "property_prediction-carbonyl":
+        carbonyls = [
+            bond for bond in mol.GetBonds()
+            if bond.GetBondType() == Chem.BondType.DOUBLE
+            and sorted((bond.GetBeginAtom().GetSymbol(), bond.GetEndAtom().GetSymbol())) == ["C", "O"]
+            and all(atom.GetTotalDegree() == (3 if atom.GetSymbol() == "C" else 1)
+                    for atom in (bond.GetBeginAtom(), bond.GetEndAtom()))
+        ]
+        return "Yes" if carbonyls else "No"
+    if task == "property_prediction-oxygens":
+        found = re.search(r"O(\d*)(?![a-z])", rdMolDescriptors.CalcMolFormula(mol))
+        return "0" if found is None else found.group(1) or "1"
     if task == "property_prediction-ringcount":
         return str(mol.GetRingInfo().NumRings())
     if task == "property_prediction-heavyatoms":

@@ -222,6 +222,23 @@ def has_aromatic_ring(mol: Mol) -> str:
     return "Yes" if any(atom.GetIsAromatic() for atom in mol.GetAtoms()) else "No"
 
 
+#: A carbon with three connections (aliphatic or, as in pyridones, aromatic) double-bonded to an oxygen
+#: with no other neighbour: ketones, aldehydes, acids, esters and amides alike; S=O and P=O are not carbonyls.
+CARBONYL_SMARTS = "[#6X3]=[OX1]"
+
+
+def has_carbonyl(mol: Mol) -> str:
+    """"Yes" when the molecule matches `CARBONYL_SMARTS`, else "No"."""
+    from rdkit import Chem
+
+    return "Yes" if mol.HasSubstructMatch(Chem.MolFromSmarts(CARBONYL_SMARTS)) else "No"
+
+
+def oxygen_count(mol: Mol) -> str:
+    """Number of oxygen atoms."""
+    return str(sum(atom.GetAtomicNum() == 8 for atom in mol.GetAtoms()))
+
+
 def ring_count(mol: Mol) -> str:
     """Number of rings in RDKit's smallest set of smallest rings (`CalcNumRings`)."""
     from rdkit.Chem import rdMolDescriptors
@@ -258,6 +275,30 @@ AROMATIC = TaskSpec(
     ),
 )
 
+CARBONYL = TaskSpec(
+    name="property_prediction-carbonyl",
+    kind="classification",
+    output_tags=BOOLEAN_TAGS,
+    answer=has_carbonyl,
+    templates=(
+        ("Does the molecule <INPUT> contain a carbonyl group (C=O)?", "<OUTPUT>"),
+        ("Is there a C=O carbonyl in <INPUT> ?", "<OUTPUT>"),
+        ("<INPUT> Does this compound have a carbonyl group?", "<OUTPUT>"),
+    ),
+)
+
+OXYGENS = TaskSpec(
+    name="property_prediction-oxygens",
+    kind="regression",
+    output_tags=NUMBER_TAGS,
+    answer=oxygen_count,
+    templates=(
+        ("How many oxygen atoms does the molecule <INPUT> have?", "<OUTPUT>"),
+        ("Count the oxygen atoms in <INPUT> .", "<OUTPUT>"),
+        ("<INPUT> How many oxygen atoms are in this compound?", "<OUTPUT>"),
+    ),
+)
+
 RINGS = TaskSpec(
     name="property_prediction-ringcount",
     kind="regression",
@@ -283,7 +324,8 @@ HEAVY_ATOMS = TaskSpec(
 )
 
 TASKS: dict[str, TaskSpec] = {
-    spec.name: spec for spec in (S2F, LOGP, TPSA, LIPINSKI, HALOGEN, AROMATIC, RINGS, HEAVY_ATOMS)
+    spec.name: spec
+    for spec in (S2F, LOGP, TPSA, LIPINSKI, HALOGEN, AROMATIC, CARBONYL, RINGS, OXYGENS, HEAVY_ATOMS)
 }
 ALL_TASKS: tuple[str, ...] = tuple(TASKS)
 
