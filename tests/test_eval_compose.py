@@ -74,3 +74,18 @@ def test_beam_search_and_lenient_extraction_from_the_command_line(evaluated_run:
     assert result["lenient"] is True and "LENIENT extraction (not LlaSMol's)" in evaluated.stdout
     assert all(entry["n"] == 1 for entry in result["tasks"].values())
     assert (run_dir / "beam.predictions.jsonl").is_file()
+
+
+def test_bad_data_is_exit_2_naming_file_and_line_and_writes_nothing(
+    evaluated_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run_dir, _ = evaluated_run
+    bad = tmp_path / "data" / "test" / "name_conversion-s2f.jsonl"
+    bad.parent.mkdir(parents=True)
+    bad.write_text('{"input": "<SMILES> C </SMILES>", "output": "<MOLFORMULA> CH4 </MOLFORMULA>"}\n{"input": 3}\n')
+    out = tmp_path / "scores.json"
+    evaluated = CliRunner().invoke(app, ["eval", "--model", f"{run_dir}:0", "--data", str(bad.parents[1]),
+                                         "--out", str(out)])  # fmt: skip
+    assert evaluated.exit_code == 2, evaluated.output
+    assert f"{bad}:2" in evaluated.output and "'input' and 'output'" in evaluated.output
+    assert not out.exists() and not out.with_suffix(".predictions.jsonl").exists()

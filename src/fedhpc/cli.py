@@ -1,7 +1,7 @@
 """The `fedhpc` command: thin commands that parse, load the config and call the library.
 
 Exit codes: 0 success, 1 a run-time failure (a facility, the quorum, a
-mismatched run directory), 2 a bad experiment file or bad arguments.
+mismatched run directory), 2 a bad experiment file, bad arguments or bad data.
 """
 
 from __future__ import annotations
@@ -310,6 +310,7 @@ def evaluate(
     ] = None,
 ) -> None:
     """Generate answers for a test split with a run's global model and score them (LlaSMol's metrics)."""
+    from fedhpc.errors import DataError
     from fedhpc.evaluation.run_eval import EvalRequest, evaluate_run
     from fedhpc.evaluation.table import print_results
 
@@ -317,6 +318,9 @@ def evaluate(
         request = EvalRequest.from_cli(model, data, split, limit, batch_size, max_new_tokens, device, num_beams,
                                        lenient)
         result = evaluate_run(request, out)
+    except (ConfigError, DataError) as e:  # bad arguments or data: exit 2, as `score` and `validate` do
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from e
     except FedhpcError as e:
         raise _fail(e) from e
     print_results(Console(), result)
