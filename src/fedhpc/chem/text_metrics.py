@@ -132,7 +132,7 @@ def caption_columns(
         notes["meteor_unavailable"] = why_wordnet
     for reason in dict.fromkeys(notes.values()):
         names = ", ".join(key.removesuffix("_unavailable") for key, why in notes.items() if why == reason)
-        logger.warning("captioning: %s set to NaN: %s", names, reason)
+        _warn_unavailable(names, reason)
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES))
     for i, (answer, gold) in enumerate(zip(answers, golds, strict=True)):
         if answer is None:
@@ -150,6 +150,13 @@ def caption_columns(
         if wordnet is not None:
             cols["meteor"][i] = meteor_score([gold_tokens], answer_tokens, wordnet=wordnet)
     return cols, notes
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_unavailable(names: str, reason: str) -> None:
+    """Log a missing resource once per process: a task's answers and each baseline candidate are prepared
+    separately, and the same warning three times over would bury the results."""
+    logger.warning("captioning: %s set to NaN: %s", names, reason)
 
 
 def corpus_bleu(matches: np.ndarray, totals: np.ndarray, answer_len: int, gold_len: int, order: int) -> float:
