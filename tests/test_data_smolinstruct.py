@@ -106,7 +106,9 @@ def test_selfies_builds_from_raw_selfies(release: Path, tmp_path: Path) -> None:
     [
         (["--facilities", "a:s2f,b:nope"], "unknown task 'nope'"),
         (["--facilities", "a=0.5:s2f,b:esol"], "give sizes for every facility or for none"),
-        (["--facilities", "a=99:s2f,b:esol"], "sizes ask for 99 records but there are 6"),
+        (["--facilities", "a=99:s2f,b:esol"], "--facilities: sizes ask for 99 records but there are 6"),
+        (["--facilities", "a=1:s2f,b=4:esol"], "--facilities: facility b should hold 4 records but its tasks "
+                                               "['property_prediction-esol'] give it 3"),  # fmt: skip
         (["--facilities", "a,b", "--partition", "random"], "use by_task, iid or dirichlet:ALPHA"),
         (["--facilities", "a,b", "--partition", "dirichlet:0"], "ALPHA must be a positive number"),
         (["--facilities", "a:s2f,b:esol", "--partition", "iid"], "only the by_task scheme"),

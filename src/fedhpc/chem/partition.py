@@ -77,11 +77,13 @@ def partition_indices(
     task_map: Sequence[Sequence[str]] | None = None,
     alpha: float = 0.5,
     seed: int = 0,
+    names: Sequence[str] | None = None,
 ) -> list[list[int]]:
     """`partition` on the records' task names alone: positions in `tasks` per facility.
 
     Needs one string per record, not the records, so that a release of millions
-    of records can be split before any of them is assembled.
+    of records can be split before any of them is assembled. `names` only name
+    the facilities in errors (default: their positions).
     """
     if scheme not in SCHEMES:
         raise DataError(f"unknown partition scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
@@ -103,7 +105,8 @@ def partition_indices(
         bounds = np.concatenate(([0], np.cumsum(counts)))
         parts = [order[bounds[i] : bounds[i + 1]].tolist() for i in range(n)]
     elif scheme == "by_task":
-        parts = _by_task(by_task, task_map or _deal_tasks(sorted(by_task), n), targets, rng)
+        labels = list(names) if names is not None else [str(i) for i in range(n)]
+        parts = _by_task(by_task, task_map or _deal_tasks(sorted(by_task), n), targets, rng, labels)
     else:
         if not alpha > 0:
             raise DataError(f"dirichlet alpha must be positive, got {alpha}")
@@ -169,6 +172,7 @@ def _by_task(
     task_map: Sequence[Sequence[str]],
     targets: np.ndarray | None,
     rng: np.random.Generator,
+    labels: Sequence[str],
 ) -> list[list[int]]:
     missing = sorted({t for tasks in task_map for t in tasks} - set(by_task))
     if missing:
@@ -191,7 +195,8 @@ def _by_task(
     for i, pool in enumerate(pools):
         if len(pool) < targets[i]:
             raise DataError(
-                f"facility {i} should hold {targets[i]} records but its tasks {list(task_map[i])} give it {len(pool)}"
+                f"facility {labels[i]} should hold {targets[i]} records but its tasks {list(task_map[i])} give it "
+                f"{len(pool)}"
             )
     return [pool if targets[i] < 0 else rng.permutation(pool)[: targets[i]].tolist() for i, pool in enumerate(pools)]
 
@@ -332,9 +337,13 @@ def partition_facility_indices(
     chosen = scheme or ("by_task" if spec.tasks else "iid")
     if spec.tasks and chosen != "by_task":
         raise DataError(f"--facilities gives tasks per facility, which only the by_task scheme uses (not {chosen})")
-    parts = partition_indices(
-        tasks, chosen, n_facilities=len(spec.names), sizes=spec.sizes, task_map=spec.tasks, alpha=alpha, seed=seed
-    )
+    try:
+        parts = partition_indices(
+            tasks, chosen, n_facilities=len(spec.names), sizes=spec.sizes, task_map=spec.tasks, alpha=alpha,
+            seed=seed, names=spec.names,
+        )
+    except DataError as e:  # the sizes or tasks the user gave in --facilities cannot be met
+        raise DataError(f"--facilities: {e}") from e
     return dict(zip(spec.names, parts, strict=True))
 
 
