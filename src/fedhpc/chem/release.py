@@ -41,23 +41,6 @@ from typing import Any
 from fedhpc.chem.tasks import RECORD_FIELDS
 from fedhpc.errors import DataError
 
-#: The release's tasks, in the loading script's order.
-RELEASE_TASKS = (
-    "forward_synthesis",
-    "retrosynthesis",
-    "molecule_captioning",
-    "molecule_generation",
-    "name_conversion-i2f",
-    "name_conversion-i2s",
-    "name_conversion-s2f",
-    "name_conversion-s2i",
-    "property_prediction-esol",
-    "property_prediction-lipo",
-    "property_prediction-bbbp",
-    "property_prediction-clintox",
-    "property_prediction-hiv",
-    "property_prediction-sider",
-)
 RELEASE_SPLITS = ("train", "dev", "test", "test_subset")
 SAMPLE_GROUP = "instruction_tuning"
 RAW_DIRS = ("raw", "raw_selfies")

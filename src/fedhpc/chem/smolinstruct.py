@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fedhpc.chem.metrics import extract_core
+from fedhpc.chem.extraction import extract_core
 from fedhpc.chem.release import read_release, release_root
 from fedhpc.chem.tasks import RECORD_FIELDS, TASKS
 from fedhpc.errors import DataError
