@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from fedhpc.chem.smolinstruct import load_records, write_split
 from fedhpc.cli import app
+from fedhpc.evaluation.results import training_answers
 from smolinstruct_release import write_release
 
 RELEASE_COUNTS = {"molecule_captioning": 1, "name_conversion-s2f": 3, "property_prediction-bbbp": 2,
@@ -148,3 +149,15 @@ def test_data_that_is_not_a_dataset_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     result = score(str(path), "--data", str(tmp_path / "empty"))
     assert result.exit_code == 2 and "expected one of" in result.stderr.replace("\n", "")
+
+
+def test_baselines_read_training_answers_task_by_task(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    release = write_release(tmp_path)  # its own copy: the module's release stays intact
+    bad = release / "data" / "raw" / "train" / "property_prediction-bbbp.jsonl"
+    bad.write_text("not json\n" * 3, encoding="utf-8")  # one task's train file broken: only its baseline falls back
+    found = training_answers(release, ["property_prediction-esol", "property_prediction-bbbp", "retrosynthesis"])
+    assert found["property_prediction-esol"].answers == ["1.10", "0.93", "-0.89"]
+    assert found["retrosynthesis"].answers == ["CCO.CI"]
+    assert "property_prediction-bbbp" not in found
+    assert "no training answers for the baseline of property_prediction-bbbp" in caplog.text
+    assert f"{bad}:1" in caplog.text

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedhpc.chem.release import read_release
-from fedhpc.chem.smolinstruct import load_records, write_split
+from fedhpc.chem.smolinstruct import iter_records, load_records, write_split
 from fedhpc.chem.tasks import RECORD_FIELDS
 from fedhpc.errors import DataError
 from smolinstruct_release import write_release
@@ -132,3 +132,15 @@ def test_clear_errors(tmp_path: Path) -> None:
         load_records(tmp_path / "broken.jsonl")
     with pytest.raises(DataError, match="unknown split"):
         load_records(tmp_path, "holdout")
+
+
+def test_iter_records_streams_so_a_large_train_split_is_never_held(tmp_path: Path) -> None:
+    good = {"input": "Q <SMILES> C </SMILES>", "output": "<NUMBER> 1.0 </NUMBER>", "task": "property_prediction-esol"}
+    path = tmp_path / "train" / "property_prediction-esol.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(good) + "\n" + "{half a line\n", encoding="utf-8")
+    records = iter_records(tmp_path, "train")
+    assert next(records)["input"] == good["input"]  # the first record comes before the bad second line is read
+    with pytest.raises(DataError, match=r"property_prediction-esol\.jsonl:2"):
+        next(records)
+    assert list(iter_records(tmp_path, "train", ["property_prediction-lipo"])) == []  # load_records: an error

@@ -69,6 +69,22 @@ def load_records(
     docstring). `selfies` applies to the release only. Raises `DataError` naming
     the path and the layouts expected when the path is missing or nothing matches.
     """
+    records = list(iter_records(path, split, tasks, selfies=selfies))
+    if not records:
+        which = "" if tasks is None else f" for tasks {sorted(set(tasks))}"
+        raise DataError(f"{path}: no records of split {split!r}{which}; {EXPECTED_LAYOUTS}")
+    return records
+
+
+def iter_records(
+    path: Path | str, split: str = "train", tasks: Sequence[str] | None = None, *, selfies: bool = False
+) -> Iterator[dict[str, Any]]:
+    """`load_records` one record at a time, and nothing (rather than an error) when nothing matches.
+
+    For reading a large split when only a field of each record is kept: the
+    release's train split holds over three million records, which as dicts would
+    take gigabytes.
+    """
     root = Path(path)
     if not root.exists():
         raise DataError(f"{root}: no such file or directory; {EXPECTED_LAYOUTS}")
@@ -76,21 +92,17 @@ def load_records(
     wanted = None if tasks is None else set(tasks)
     release = release_root(root)
     if release is not None:
-        return list(read_release(release, split, tasks, selfies=selfies))
+        yield from read_release(release, split, tasks, selfies=selfies)
+        return
     if (root / split).is_dir() and any((root / split).glob("*.jsonl")):
         # our layout keeps a task's records in <split>/<task>.jsonl: other tasks' files are not even read
         files = [file for file in sorted((root / split).glob("*.jsonl")) if wanted is None or file.stem in wanted]
-        records = [
+        records = (
             {**record, "idx": idx} for file in files for idx, record in enumerate(_read_jsonl(file, split, file.stem))
-        ]
+        )
     else:
         records = _numbered(_read_plain(root, split))
-    if wanted is not None:
-        records = [rec for rec in records if rec["task"] in wanted]
-    if not records:
-        which = "" if wanted is None else f" for tasks {sorted(wanted)}"
-        raise DataError(f"{root}: no records of split {split!r}{which}; {EXPECTED_LAYOUTS}")
-    return records
+    yield from (record for record in records if wanted is None or record["task"] in wanted)
 
 
 def write_split(root: Path, split: str, records: Iterable[dict[str, Any]]) -> dict[str, int]:
@@ -157,15 +169,13 @@ def _read_plain(root: Path, split: str) -> Iterator[dict[str, Any]]:
                 yield record
 
 
-def _numbered(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def _numbered(records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """Each record with `idx`: its position among the records of its task (and split), in order."""
     seen: dict[tuple[str, str], int] = {}
-    numbered = []
     for record in records:
         key = (record["task"], record["split"])
-        numbered.append({**record, "idx": seen.get(key, 0)})
+        yield {**record, "idx": seen.get(key, 0)}
         seen[key] = seen.get(key, 0) + 1
-    return numbered
 
 
 def _read_jsonl(file: Path, split: str | None, default_task: str | None) -> Iterator[dict[str, Any]]:

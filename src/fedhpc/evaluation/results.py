@@ -27,7 +27,7 @@ from typing import Any
 from fedhpc.chem.baselines import TrainingAnswers, choose_baseline
 from fedhpc.chem.bootstrap import RESAMPLES, SEED, Estimate, as_json, beats, paired_estimates
 from fedhpc.chem.metrics import aggregate, prepare, primary_metric
-from fedhpc.chem.smolinstruct import load_records
+from fedhpc.chem.smolinstruct import iter_records
 from fedhpc.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -69,21 +69,26 @@ def gold_answers(task: str, questions: Sequence[Record], split_records: Sequence
 
 
 def training_answers(data: Path, tasks: Sequence[str]) -> dict[str, TrainingAnswers]:
-    """The training split's gold answers of each of `tasks` under `data`, read in one pass.
+    """The training split's gold answers of each of `tasks` under `data`.
 
-    A task without training records is left out: its baseline then falls back to
-    the evaluated answers and says so in its name. Only the answers are kept.
+    Read task by task and streamed, keeping only the answers: the release's
+    train split holds over three million records, and `fedhpc eval` reads it
+    again at every evaluated round. A task without training records is left out:
+    its baseline then falls back to the evaluated answers and says so in its name.
     """
-    try:
-        records = load_records(data, split="train", tasks=list(tasks))
-    except DataError as e:
-        log.warning("no training split for the baselines of %s: %s", ", ".join(tasks), e)
-        return {}
-    answers: dict[str, list[str]] = defaultdict(list)
-    for record in records:
-        if record.get("raw_output") is not None:
-            answers[str(record["task"])].append(str(record["raw_output"]))
-    return {task: TrainingAnswers(found) for task, found in answers.items()}
+    found: dict[str, TrainingAnswers] = {}
+    for task in tasks:
+        try:
+            records = iter_records(data, "train", [task])
+            answers = [str(r["raw_output"]) for r in records if r.get("raw_output") is not None]
+        except DataError as e:
+            log.warning("no training answers for the baseline of %s: %s", task, e)
+            continue
+        if answers:
+            found[task] = TrainingAnswers(answers)
+        else:
+            log.warning("no training answers for the baseline of %s in %s", task, data)
+    return found
 
 
 def score_task(
