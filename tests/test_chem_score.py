@@ -161,3 +161,19 @@ def test_baselines_read_training_answers_task_by_task(tmp_path: Path, caplog: py
     assert "property_prediction-bbbp" not in found
     assert "no training answers for the baseline of property_prediction-bbbp" in caplog.text
     assert f"{bad}:1" in caplog.text
+
+
+def test_test_subset_questions_take_gold_answers_from_the_whole_test_split(tmp_path: Path) -> None:
+    release = write_release(tmp_path)
+    sample_file = release / "data" / "sample" / "instruction_tuning" / "test_subset" / "retrosynthesis.json"
+    samples = json.loads(sample_file.read_text())
+    samples["samples"] = [{"idx": 0, "template_id": 0}]  # the product's second reactant set (idx 1) is not in it
+    sample_file.write_text(json.dumps(samples))
+    other = load_records(release, "test", ["retrosynthesis"])[1]["raw_output"]
+    question = load_records(release, "test_subset", ["retrosynthesis"])[0]
+    assert other != question["raw_output"]
+    path = write_lines(tmp_path / "p.jsonl", [line(question, f"<SMILES> {other} </SMILES>", "test_subset")])
+    result = score(str(path), "--data", str(release), "--split", "test_subset")
+    assert result.exit_code == 0, result.stderr
+    entry = json.loads(result.stdout)["tasks"]["retrosynthesis"]
+    assert entry["n"] == 1 and entry["metrics"]["exact_match"]["value"] == 1.0  # as LlaSMol, which reads test's golds

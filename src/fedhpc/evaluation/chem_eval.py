@@ -22,7 +22,7 @@ from fedhpc.config import ModelConfig
 from fedhpc.evaluation.decoding import max_new_tokens_for
 from fedhpc.evaluation.generation import generate_answers, load_model
 from fedhpc.evaluation.predictions import Prediction
-from fedhpc.evaluation.results import samples, score_questions, training_answers
+from fedhpc.evaluation.results import gold_records, samples, score_questions, training_answers
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,9 @@ def evaluate_chem(
             texts[i] = text
         done += len(ids)
     answers_per_question = [[text] for text in texts]
-    tasks = score_questions(
-        questions, answers_per_question, split_records, training_answers(data, sorted(by_task)), lenient=lenient
-    )
+    names = sorted(by_task)
+    golds = gold_records(data, split, names, split_records)
+    tasks = score_questions(questions, answers_per_question, golds, training_answers(data, names), lenient=lenient)
     log.info("evaluated %d questions in %.1f s", len(questions), time.time() - started)
     predictions = [
         Prediction(str(q["task"]), str(q["split"]), int(q["idx"]), q.get("target"), text)

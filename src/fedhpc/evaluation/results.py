@@ -27,7 +27,7 @@ from typing import Any
 from fedhpc.chem.baselines import TrainingAnswers, choose_baseline
 from fedhpc.chem.bootstrap import RESAMPLES, SEED, Estimate, as_json, beats, paired_estimates
 from fedhpc.chem.metrics import aggregate, prepare, primary_metric
-from fedhpc.chem.smolinstruct import iter_records
+from fedhpc.chem.smolinstruct import iter_records, load_records
 from fedhpc.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,24 @@ def gold_answers(task: str, questions: Sequence[Record], split_records: Sequence
         rest = others.get((question["raw_input"], question.get("target")), set()) - {str(own)}
         golds.append([str(own), *sorted(rest)])
     return golds
+
+
+def gold_records(data: Path, split: str, tasks: Sequence[str], split_records: Sequence[Record]) -> Sequence[Record]:
+    """The records whose answers are gold for questions of `split`: the split's own, except for `test_subset`.
+
+    `test_subset` questions take theirs from the whole `test` split, as LlaSMol's
+    `compute_metrics.py` does (it reads the gold answers of the full test split
+    whichever samples were answered): a product whose second reactant set is
+    outside the subset still accepts it. Data without a `test` split keeps the subset's.
+    """
+    several = [task for task in tasks if task in GOLD_FROM_DATASET]
+    if split != "test_subset" or not several:
+        return split_records
+    try:
+        return load_records(data, "test", several)
+    except DataError as e:
+        log.warning("gold answers of %s from its test_subset only: %s", data, e)
+        return split_records
 
 
 def training_answers(data: Path, tasks: Sequence[str]) -> dict[str, TrainingAnswers]:
@@ -132,8 +150,9 @@ def score_questions(
 ) -> dict[str, dict[str, Any]]:
     """`score_task` for every task among `questions`, keyed by task name in sorted order.
 
-    `split_records` is the whole evaluated split (for several gold answers);
-    questions keep their given order within a task, which fixes the resamples.
+    `split_records` are the records whose answers are gold (`gold_records`: the
+    whole evaluated split, or the test split for `test_subset`); questions keep
+    their given order within a task, which fixes the resamples.
     """
     by_task: dict[str, list[int]] = defaultdict(list)
     for i, question in enumerate(questions):

@@ -16,7 +16,7 @@ from typing import Any
 from fedhpc.chem.smolinstruct import canonical_split, load_records
 from fedhpc.errors import DataError
 from fedhpc.evaluation.predictions import Prediction, read_predictions
-from fedhpc.evaluation.results import samples, score_questions, training_answers
+from fedhpc.evaluation.results import gold_records, samples, score_questions, training_answers
 
 Question = tuple[str, int, str | None]
 
@@ -43,9 +43,9 @@ def score_predictions(path: Path, data: Path, split: str = "test", *, lenient: b
         questions.setdefault(p.question, []).append(p.pred)
     chosen = [by_question[q] for q in questions]
     answers = list(questions.values())
-    tasks = score_questions(
-        chosen, answers, records, training_answers(data, sorted({q[0] for q in questions})), lenient=lenient
-    )
+    names = sorted({q[0] for q in questions})
+    golds = gold_records(data, split, names, records)
+    tasks = score_questions(chosen, answers, golds, training_answers(data, names), lenient=lenient)
     return {
         "round": None,
         "data": str(data),
