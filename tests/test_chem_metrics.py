@@ -75,6 +75,14 @@ def test_our_rdkit_tasks_and_unknown_tasks_map_to_families() -> None:
         primary_metric("nonsense")
 
 
+def test_selfies_answers_are_refused_before_anything_is_generated() -> None:
+    selfies = {"output_core_tag_left": "<SELFIES>", "output_core_tag_right": "</SELFIES>"}
+    with pytest.raises(DataError, match=r"'retrosynthesis': its answers are SELFIES .* without --selfies"):
+        task_family("retrosynthesis", selfies)
+    with pytest.raises(DataError, match="SELFIES"):
+        prepare("retrosynthesis", [["<SELFIES> [C][O] </SELFIES>"]], [["[C][O]"]], record=selfies)
+
+
 def test_forward_synthesis_exact_match_top_k_validity_and_fingerprints() -> None:
     preds = [
         [S("OCC"), S("CC")],  # q0: right at rank 1 (same molecule, other SMILES)

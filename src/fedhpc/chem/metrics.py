@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 Family = Literal["smiles", "formula", "iupac", "number", "boolean", "text"]
 IUPAC_TAGS = ("<IUPAC>", "</IUPAC>")
+SELFIES_TAG = "<SELFIES>"
 
 #: LlaSMol's 14 tasks (`config.py`: `TASKS`, `TASK_TAGS`) and the family of their answers.
 LLASMOL_TASKS: dict[str, tuple[Family, tuple[str | None, str | None]]] = {
@@ -104,7 +105,16 @@ __all__ = [
 
 
 def task_family(task: str, record: Mapping[str, Any] | None = None) -> Family:
-    """The family of `task`'s answers: LlaSMol's tasks and ours by name, any other by `record`'s output core tag."""
+    """The family of `task`'s answers: LlaSMol's tasks and ours by name, any other by `record`'s output core tag.
+
+    SELFIES answers (a `--selfies` build) are refused here, before anything is generated: LlaSMol's metrics
+    read SMILES, and a SELFIES string read as SMILES would only ever count as invalid.
+    """
+    if (record or {}).get("output_core_tag_left") == SELFIES_TAG:
+        raise DataError(
+            f"task {task!r}: its answers are SELFIES (<SELFIES> tags: data built with --selfies), which fedhpc "
+            "cannot score; LlaSMol's metrics read SMILES, so evaluate on data built without --selfies"
+        )
     if task in LLASMOL_TASKS:
         return LLASMOL_TASKS[task][0]
     if task in TASKS:
