@@ -35,6 +35,13 @@ def test_yes_no_tasks_get_the_majority_class_of_the_evaluated_questions(yes: int
     assert aggregate(baseline.prepared)["accuracy"] == pytest.approx(0.7)
 
 
+def test_the_majority_is_counted_in_any_case_as_the_scorer_reads_gold_answers() -> None:
+    golds = [["yes"]] * 7 + [["no"]] * 3
+    questions = [question(LIPINSKI, "CCO", g[0], ("<BOOLEAN>", "</BOOLEAN>")) for g in golds]
+    baseline = choose_baseline(LIPINSKI, questions, golds, None)
+    assert baseline.name == "majority class (Yes)" and aggregate(baseline.prepared)["accuracy"] == pytest.approx(0.7)
+
+
 def test_numbers_get_the_training_mean_scored_on_the_evaluated_answers() -> None:
     golds = [["1.0"], ["5.0"]]
     questions = [question(LOGP, "CCO", g[0], ("<NUMBER>", "</NUMBER>")) for g in golds]

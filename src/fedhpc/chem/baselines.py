@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fedhpc.chem.label_scores import strict_boolean
 from fedhpc.chem.metrics import PreparedTask, aggregate, answer_tags, prepare, primary_metric, task_family
 from fedhpc.errors import DataError
 
@@ -77,7 +78,7 @@ def choose_baseline(
     left, right = answer_tags(task, record)
     candidates: list[tuple[str, list[str]]]
     if family == "boolean":
-        yes = sum(1 for g in golds if g and g[0].strip() == "Yes")
+        yes = sum(1 for g in golds if g and strict_boolean(g[0]) is True)
         candidates = [
             (_constant_name("Yes", yes >= len(golds) - yes), ["Yes"] * len(questions)),
             (_constant_name("No", len(golds) - yes > yes), ["No"] * len(questions)),
