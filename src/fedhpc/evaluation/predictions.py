@@ -42,9 +42,11 @@ class Prediction:
 
     @property
     def question(self) -> tuple[str, int, str | None]:
+        """(task, idx, target): what identifies the question; lines sharing it are several answers to it."""
         return self.task, self.idx, self.target
 
     def as_json(self) -> dict[str, str | int | None]:
+        """The file's line for this answer (without `line`, which is where it was read from)."""
         return {"task": self.task, "split": self.split, "idx": self.idx, "target": self.target, "pred": self.pred}
 
 

@@ -27,6 +27,8 @@ from fedhpc.evaluation.predictions import predictions_path, write_predictions
 
 @dataclass(frozen=True)
 class EvalRequest:
+    """Everything one `fedhpc eval` needs, settled from the command line and the run's experiment."""
+
     experiment: Experiment
     run_dir: Path
     round: int

@@ -26,12 +26,14 @@ def fmt_interval(ci95: list[float] | None) -> str:
 
 
 def title(result: Mapping[str, Any]) -> str:
+    """What was scored, how many questions, how long; names lenient extraction so no one mistakes it for LlaSMol's."""
     where = "predictions" if result.get("round") is None else f"round {result['round']}"
     text = f"{where}: {result['split']} split, {result['examples']} questions, {result['seconds']} s"
     return f"{text} — {LENIENT_LABEL}" if result.get("lenient") else text
 
 
 def results_table(result: Mapping[str, Any]) -> Table:
+    """A row per task: its primary metric, interval and n beside the baseline's, and the verdict."""
     table = Table()
     for column in ("task", "metric", "value", "95% CI", "n", "baseline", "baseline value", "baseline 95% CI",
                    "beats baseline"):

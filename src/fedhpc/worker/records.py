@@ -46,6 +46,8 @@ LAYOUTS = '{"prompt", "completion"}, {"instruction", "input", "output"} or SMolI
 
 @dataclass(frozen=True)
 class Example:
+    """One training pair: the question the model reads and the answer it learns (loss on `completion` only)."""
+
     prompt: str
     completion: str
 
