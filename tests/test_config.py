@@ -97,6 +97,15 @@ def test_bad_config_names_key_and_file(project: Path, dotted: str, value: Any, k
     assert key in str(info.value) and str(path) in str(info.value)
 
 
+def test_an_evaluation_split_typo_is_named_at_load_time_not_at_the_last_round(project: Path):
+    raw = {**good_config(project), "evaluation": {"data": "data", "split": "tset"}}
+    with pytest.raises(ConfigError) as info:
+        load_experiment(write_config(project / "bad.yaml", raw))
+    assert info.value.key == "evaluation.split" and "test_subset" in str(info.value)
+    raw["evaluation"]["split"] = "test_subset"
+    assert load_experiment(write_config(project / "good.yaml", raw)).evaluation.split == "test_subset"
+
+
 def test_missing_required_key_is_named(project: Path):
     raw = good_config(project)
     del raw["facilities"][0]["data"]

@@ -1158,7 +1158,9 @@ class EvaluationConfig(Frozen):
 
     kind: Literal["chem"] = "chem"
     data: ExistingPath = Field(description="a dataset directory with a test split (SMolInstruct layout)")
-    split: str = "test"
+    split: Literal["test", "test_subset", "dev", "validation", "train"] = Field(
+        "test", description="the split scored: the release's names (test_subset: at most 200 questions a task)"
+    )
     every: int = Field(0, ge=0, description="evaluate after every N rounds; 0: only the base and the final round")
     include_base: bool = Field(True, description="also evaluate round 0 (the base model) for a before/after table")
     limit_per_task: PositiveInt | None = Field(None, description="seeded sample of at most this many per task")
