@@ -291,7 +291,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) ->
 @app.command(name="eval")
 def evaluate(
     model: Annotated[str, typer.Option("--model", help="RUN_DIR or RUN_DIR:ROUND (default: the last complete round; 0 is the base model).")],
-    data: Annotated[Optional[Path], typer.Option("--data", help="Dataset directory with a test split; default: the run's evaluation.data.")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="The SMolInstruct release or a built dataset; default: the run's evaluation.data.")] = None,
     split: Annotated[Optional[str], typer.Option(help="Split to score (default: the run's evaluation.split or test).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many examples per task (seeded sample).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
