@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.fedhpc-installed
 
-.PHONY: setup test test-all demo simulate bench clean
+.PHONY: setup test test-all demo demo-local demo-gpu simulate bench clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,17 @@ test-all: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python examples/chem/run_demo.py
+
+# The demo, then each facility trained alone on its own data (same rounds and steps): what federation buys.
+demo-local: $(STAMP)
+	$(BIN)/python examples/chem/run_demo.py --local-only
+
+# The same experiment on one CUDA GPU in bf16 with four times the local steps (docs/chem-demo.md).
+demo-gpu: $(STAMP)
+	$(BIN)/python examples/chem/run_demo.py --set model.dtype=bfloat16 --set evaluation.device=cuda \
+		--set algorithm.local_steps=40 --set name=chem-demo-gpu \
+		--set facilities.0.launcher.device=cuda --set facilities.1.launcher.device=cuda \
+		--set facilities.2.launcher.device=cuda
 
 simulate: $(STAMP)
 	$(BIN)/python examples/simulate/make_data.py

@@ -248,3 +248,13 @@ def test_federated_build_holds_only_the_tasks_the_facilities_name(tmp_path: Path
     assert sorted(result["dataset"]["tasks"]) == ["property_prediction-halogen", "property_prediction-ringcount"]
     assert sorted(p.stem for p in (tmp_path / "fed" / "dataset" / "test").glob("*.jsonl")) == [
         "property_prediction-halogen", "property_prediction-ringcount"]
+
+
+def test_a_spec_the_records_cannot_meet_leaves_the_earlier_build(tmp_path: Path) -> None:
+    out = tmp_path / "fed"
+    build_federated(out, "a:ringcount,b:oxygens", max_molecules=40)
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    with pytest.raises(DataError, match="--facilities"):
+        build_federated(out, "a=1000:ringcount,b=5:oxygens", max_molecules=40)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fed"], "no temporary folder left behind"

@@ -442,10 +442,15 @@ def data_chem(
     With tasks named in --facilities, only those tasks are built."""
     from fedhpc.chem.build import build_federated
 
+    from fedhpc.errors import DataError
+
     try:
         result = build_federated(
             out, facilities, scheme=scheme, alpha=alpha, seed=seed, max_molecules=max_molecules, balanced=balanced
         )
+    except DataError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from e
     except FedhpcError as e:
         raise _fail(e) from e
     Console().print(f"wrote {out}/dataset (train/dev/test) and {out}/facilities/<name>/train")

@@ -252,9 +252,11 @@ def build_federated(
         named = {task for facility_tasks in spec.tasks or () for task in facility_tasks}
         tasks = tuple(task for task in ALL_TASKS if task in named) or ALL_TASKS
     chosen: Scheme = scheme or ("by_task" if spec.tasks else "iid")
-    dataset = Path(out) / DATASET_DIR
-    info = build_dataset(dataset, tasks=tasks, max_molecules=max_molecules, seed=seed, balanced=balanced)
-    parts = partition_facilities(load_records(dataset, "train"), spec, chosen, alpha=alpha, seed=seed)
     meta = {"scheme": chosen, "seed": seed, **({"alpha": alpha} if chosen == "dirichlet" else {})}
-    counts = write_facility_dirs(parts, Path(out) / FACILITIES_DIR, info=meta)
+    # Both halves are built in one folder that replaces `out` only when the partition succeeded too:
+    # a spec the records cannot meet leaves the earlier build (or nothing), not a dataset without facilities.
+    with replacing_dir(Path(out), f"{DATASET_DIR}/{INFO_NAME}") as tmp:
+        info = build_dataset(tmp / DATASET_DIR, tasks=tasks, max_molecules=max_molecules, seed=seed, balanced=balanced)
+        parts = partition_facilities(load_records(tmp / DATASET_DIR, "train"), spec, chosen, alpha=alpha, seed=seed)
+        counts = write_facility_dirs(parts, tmp / FACILITIES_DIR, info=meta)
     return {"dataset": info, "facilities": counts, **meta}
