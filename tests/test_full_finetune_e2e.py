@@ -3,7 +3,7 @@
 beta's two ranks shard the model with FSDP and write their rows of every update
 themselves; updates travel as bf16 deltas; the server verifies, reconstructs and
 averages them. A persistent worker that keeps its AdamW moments
-(`model.full.keep_optimizer_state`) trains round 1 exactly as a fresh job does
+(`model.keep_optimizer_state`) trains round 1 exactly as a fresh job does
 (there is nothing to keep yet) and round 2 differently (it continues its moments).
 """
 
@@ -33,7 +33,7 @@ def max_difference(a: Path, b: Path) -> float:
 def test_full_finetuning_quickstart_with_fsdp_deltas_and_kept_optimizer_state(tmp_path: Path) -> None:
     per_round, kept = tmp_path / "per-round", tmp_path / "persistent"
     run(per_round)
-    persistent = [f"facilities.{i}.mode=persistent" for i in (0, 1)] + ["model.full.keep_optimizer_state=true"]
+    persistent = [f"facilities.{i}.mode=persistent" for i in (0, 1)] + ["model.keep_optimizer_state=true"]
     run(kept, *[arg for setting in persistent for arg in ("--set", setting)])
 
     for run_dir in (per_round, kept):

@@ -128,9 +128,6 @@ class FullFinetuneConfig(Frozen):
     cpu_offload: bool = Field(
         False, description="FSDP keeps parameters, gradients and optimizer state in host memory between uses"
     )
-    keep_optimizer_state: bool = Field(
-        False, description="a persistent worker keeps AdamW's moments from one task to the next (never shipped)"
-    )
 
 
 class ModelConfig(Frozen):
@@ -148,6 +145,11 @@ class ModelConfig(Frozen):
     )
     cache_dir: RelPath | None = Field(
         None, description="converted-model and compiled-kernel cache; default ~/.cache/fedhpc/models"
+    )
+    keep_optimizer_state: bool = Field(
+        False,
+        description="a persistent worker keeps AdamW's moments from one task to the next (never shipped), "
+        "for LoRA and full fine-tuning alike",
     )
 
     @field_validator("source")
@@ -1212,9 +1214,9 @@ class Experiment(Frozen):
 
     @model_validator(mode="after")
     def _kept_optimizer_state_needs_a_persistent_worker(self) -> Experiment:
-        if self.model.full.keep_optimizer_state and all(f.mode != "persistent" for f in self.facilities):
+        if self.model.keep_optimizer_state and all(f.mode != "persistent" for f in self.facilities):
             raise KeyedValueError(
-                "model.full.keep_optimizer_state",
+                "model.keep_optimizer_state",
                 "keeps AdamW's moments in a persistent worker between tasks, but no facility has mode: persistent "
                 "(a per-round job starts a fresh process); set a facility's mode to persistent or remove the key",
             )

@@ -133,7 +133,7 @@ class LoadedModel:
     seconds: float  # wall time of the build
     loss: CausalLMLoss  # the module training calls: the model inside a chunked loss (FSDP's root when sharded)
     sharded: bool = False  # FSDP: each rank holds its rows of every parameter (`fedhpc.worker.fsdp`)
-    optimizer: torch.optim.Optimizer | None = None  # kept between tasks with model.full.keep_optimizer_state
+    optimizer: torch.optim.Optimizer | None = None  # kept between tasks with model.keep_optimizer_state
 
 
 def load_model(config: ModelConfig, env: RankEnv = RankEnv(), device: torch.device | None = None) -> LoadedModel:
@@ -275,7 +275,7 @@ class RoundRecipe:
         self._progress("training")
         loaded = self.loaded
         assert loaded is not None
-        keep = self.task.model.full.keep_optimizer_state
+        keep = self.task.model.keep_optimizer_state
         dtype = training_dtype(self.task.model, self.device)
         self.result = train_local_steps(
             self.model, self.batches, settings, self.device, self.env, dtype, on_step, loss=loaded.loss,

@@ -45,7 +45,7 @@ class TrainResult:
     tokens: int  # loss-bearing tokens, all ranks
     samples_seen: int  # examples, all ranks
     seconds: float
-    optimizer: torch.optim.Optimizer  # for a persistent worker that keeps its moments (model.full.keep_optimizer_state)
+    optimizer: torch.optim.Optimizer  # for a persistent worker that keeps its moments (model.keep_optimizer_state)
 
 
 def train_local_steps(
