@@ -108,6 +108,10 @@ def _recompute(task: str, mol: Chem.Mol) -> str:
     if task == "property_prediction-oxygens":
         found = re.search(r"O(\d*)(?![a-z])", rdMolDescriptors.CalcMolFormula(mol))
         return "0" if found is None else found.group(1) or "1"
+    if task == "property_prediction-cyclic":
+        return "Yes" if re.search(r"\d", re.sub(r"\[[^\]]*\]", "", Chem.MolToSmiles(mol))) else "No"
+    if task == "property_prediction-aromaticrings":
+        return str(sum(all(mol.GetBondWithIdx(b).GetIsAromatic() for b in ring) for ring in mol.GetRingInfo().BondRings()))
     if task == "property_prediction-ringcount":
         return str(mol.GetRingInfo().NumRings())
     if task == "property_prediction-heavyatoms":

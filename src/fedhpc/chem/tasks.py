@@ -246,6 +246,18 @@ def ring_count(mol: Mol) -> str:
     return str(rdMolDescriptors.CalcNumRings(mol))
 
 
+def has_ring(mol: Mol) -> str:
+    """"Yes" when the molecule has at least one ring (`ring_count` > 0), else "No"."""
+    return "Yes" if mol.GetRingInfo().NumRings() else "No"
+
+
+def aromatic_ring_count(mol: Mol) -> str:
+    """Number of aromatic rings (`CalcNumAromaticRings`): rings whose every bond is aromatic."""
+    from rdkit.Chem import rdMolDescriptors
+
+    return str(rdMolDescriptors.CalcNumAromaticRings(mol))
+
+
 def heavy_atom_count(mol: Mol) -> str:
     """Number of non-hydrogen atoms (`GetNumHeavyAtoms`)."""
     return str(mol.GetNumHeavyAtoms())
@@ -311,6 +323,30 @@ RINGS = TaskSpec(
     ),
 )
 
+CYCLIC = TaskSpec(
+    name="property_prediction-cyclic",
+    kind="classification",
+    output_tags=BOOLEAN_TAGS,
+    answer=has_ring,
+    templates=(
+        ("Does the molecule <INPUT> contain a ring?", "<OUTPUT>"),
+        ("Is <INPUT> a cyclic compound (at least one ring)?", "<OUTPUT>"),
+        ("<INPUT> Does this structure have any ring?", "<OUTPUT>"),
+    ),
+)
+
+AROMATIC_RINGS = TaskSpec(
+    name="property_prediction-aromaticrings",
+    kind="regression",
+    output_tags=NUMBER_TAGS,
+    answer=aromatic_ring_count,
+    templates=(
+        ("How many aromatic rings does the molecule <INPUT> have?", "<OUTPUT>"),
+        ("Count the aromatic rings in <INPUT> .", "<OUTPUT>"),
+        ("<INPUT> How many of this compound's rings are aromatic?", "<OUTPUT>"),
+    ),
+)
+
 HEAVY_ATOMS = TaskSpec(
     name="property_prediction-heavyatoms",
     kind="regression",
@@ -325,7 +361,9 @@ HEAVY_ATOMS = TaskSpec(
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
-    for spec in (S2F, LOGP, TPSA, LIPINSKI, HALOGEN, AROMATIC, CARBONYL, RINGS, OXYGENS, HEAVY_ATOMS)
+    for spec in (
+        S2F, LOGP, TPSA, LIPINSKI, HALOGEN, AROMATIC, CARBONYL, CYCLIC, RINGS, AROMATIC_RINGS, OXYGENS, HEAVY_ATOMS
+    )
 }
 ALL_TASKS: tuple[str, ...] = tuple(TASKS)
 
