@@ -65,11 +65,16 @@ def test_the_full_finetuning_quickstart_shards_beta_and_sends_bf16_deltas():
     assert experiment.facility("beta").launcher.nprocs == 2  # FSDP needs more than one rank
 
 
-def test_the_full_finetuning_chem_demo_differs_from_the_lora_demo_only_in_what_trains():
-    """Its data is built by `make demo`, so only the sections it changes are validated here."""
+def test_the_full_finetuning_chem_demo_trains_the_lora_demos_facilities_on_the_same_data():
+    """Its data is built by `make demo`, so only the sections it changes are validated here. Its facilities
+    run per-round jobs with perlmutter on 2 ranks (FSDP); their names, data and the evaluation are the demo's."""
     chem = ROOT / "examples" / "chem"
     lora, full = (yaml.safe_load((chem / name).read_text()) for name in ("experiment.yaml", "full-finetune.yaml"))
     model, exchange = ModelConfig.model_validate(full["model"]), ExchangeConfig.model_validate(full["exchange"])
     assert model.peft == "none" and model.source == lora["model"]["source"]
     assert exchange.update_form == "delta"
-    assert full["facilities"] == lora["facilities"] and full["evaluation"] == lora["evaluation"]
+    def where(facilities: list[dict]) -> list[tuple[str, str]]:
+        return [(facility["name"], facility["data"]) for facility in facilities]
+
+    assert where(full["facilities"]) == where(lora["facilities"]) and full["evaluation"] == lora["evaluation"]
+    assert [f["launcher"]["nprocs"] for f in full["facilities"]] == [1, 2, 1]

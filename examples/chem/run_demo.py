@@ -4,7 +4,8 @@ Each step is a real `fedhpc` command, echoed so a reader can run it by hand.
 Extra arguments are passed to `fedhpc run` (e.g. --set algorithm.rounds=5).
 
 `--local-only` (what `make demo-local` runs) then trains each facility alone on
-its own data, with the same rounds, steps and evaluation, and prints the
+its own data, with the same rounds, steps and evaluation (plain FedAvg of one
+facility: its own model, round after round), and prints the
 federated model beside each of them: what federation buys a facility on the
 tasks it does not hold, and what it costs on the tasks it does.
 """
@@ -100,7 +101,10 @@ def local_only_runs(overrides: list[str]) -> dict[str, Path]:
             **experiment,
             "name": f"{experiment['name']}-{facility['name']}-alone",
             "facilities": [facility],
-            "algorithm": {**experiment["algorithm"], "min_facilities": 1},
+            # Alone, a facility's own training is the model: no server step to scale it (a server learning
+            # rate above 1 would overshoot with nothing to average against).
+            "algorithm": {**{k: v for k, v in experiment["algorithm"].items() if k != "server"},
+                          "name": "fedavg", "min_facilities": 1},
         }
         path = HERE / f".local-only-{facility['name']}.yaml"  # beside the original: its relative paths still hold
         path.write_text(yaml.safe_dump(alone, sort_keys=False))
