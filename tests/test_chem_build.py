@@ -262,3 +262,21 @@ def test_a_spec_the_records_cannot_meet_leaves_the_earlier_build(tmp_path: Path)
         build_federated(out, "a=1000:ringcount,b=5:oxygens", max_molecules=40)
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fed"], "no temporary folder left behind"
+
+
+def test_data_chem_balanced_flag_and_bad_spec_exit_code(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fedhpc.cli import app
+
+    out = tmp_path / "fed"
+    ok = CliRunner().invoke(app, ["data", "chem", "--out", str(out), "--facilities", "a:aromatic,b:cyclic",
+                                  "--max-molecules", "120", "--balanced"])
+    assert ok.exit_code == 0, ok.output
+    answers = [r["raw_output"] for r in load_records(out / "dataset", "test", ["property_prediction-aromatic"])]
+    assert answers.count("Yes") == answers.count("No") > 0
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    bad = CliRunner().invoke(app, ["data", "chem", "--out", str(out), "--facilities", "a=9999:aromatic,b:cyclic",
+                                   "--max-molecules", "120"])
+    assert bad.exit_code == 2 and "--facilities" in bad.output
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
