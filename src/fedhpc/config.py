@@ -1027,6 +1027,12 @@ class FacilityConfig(Frozen):
     gpu_memory: ByteSize | None = Field(
         None, description="memory of one GPU at the facility, e.g. '40GiB': `fedhpc validate` checks the plan fits"
     )
+    max_samples: int | None = Field(
+        None,
+        ge=1,
+        description="the most training examples this facility may claim in an update (its weight in the average); "
+        "unset: its data size where the server can count it, else unbounded",
+    )
 
     @field_validator("mode")
     @classmethod
