@@ -215,30 +215,57 @@ def whoami() -> None:
 
 
 @app.command()
-def run(experiment: ExperimentArg, set_: SetOption = None) -> None:
-    """Run (or resume) a federated experiment."""
+def run(
+    experiment: ExperimentArg,
+    set_: SetOption = None,
+    on_interrupt: Annotated[
+        str,
+        typer.Option("--on-interrupt", help="On Ctrl-C / SIGTERM, jobs in flight are: cancel, keep (left to finish; "
+                                            "a resume collects their updates), or auto: keep on batch launchers "
+                                            "(parsl, globus-compute), whose allocation is paid for, else cancel. "
+                                            "A second Ctrl-C cancels at once."),
+    ] = "auto",
+) -> None:
+    """Run (or resume) a federated experiment. Exit codes: see README (0 done, 3 quorum, 130/143 interrupted...)."""
+    from fedhpc.errors import ExitCode, exit_code
+    from fedhpc.report.html import write_report
     from fedhpc.report.progress import ProgressView
+    from fedhpc.run.interrupts import OnInterrupt, StopFlag
     from fedhpc.run.orchestrator import run_experiment
 
-    from fedhpc.report.html import write_report
-
-    exp = _load(experiment, set_)
     try:
-        with ProgressView(exp.name, exp.algorithm.rounds, [f.name for f in exp.facilities]) as progress:
+        mode = OnInterrupt(on_interrupt)
+    except ValueError:
+        console.print(f"[red]error:[/red] --on-interrupt {on_interrupt!r}: expected one of auto, cancel, keep",
+                      highlight=False, soft_wrap=True)
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
+    exp = _load(experiment, set_)
+    stop = StopFlag()
+    names = [f.name for f in exp.facilities]
+    try:
+        with stop.installed(), ProgressView(exp.name, exp.algorithm.rounds, names) as progress:
             try:
-                summary = run_experiment(exp, progress)
+                summary = run_experiment(exp, progress, mode, stop)
             finally:
                 if (exp.resolved_run_dir() / "metrics.jsonl").exists():
-                    progress.message(f"report: {write_report(exp.resolved_run_dir())}")
+                    with stop.shielded():
+                        progress.message(f"report: {write_report(exp.resolved_run_dir())}")
+            for line in summary.failures:
+                progress.message(f"failed: {line}")
+            rounds = len(summary.rounds_completed) - 1
+            if not summary.complete:
+                progress.message(f"stopped at the time limit after {rounds} of {exp.algorithm.rounds} rounds; "
+                                 "run the same command again to resume")
+                raise typer.Exit(ExitCode.BUDGET_REACHED)
             progress.message(
-                f"done: {len(summary.rounds_completed) - 1} rounds in {summary.seconds:.1f} s; "
-                f"final global model in {summary.final_global}"
+                f"done: {rounds} rounds in {summary.seconds:.1f} s"
+                + (f", {len(summary.failures)} failure(s) above" if summary.failures else "")
+                + f"; final global model in {summary.final_global}"
             )
-    except ConfigError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from e
     except FedhpcError as e:
-        raise _fail(e) from e
+        console.print(f"[red]{'stopped' if exit_code(e) >= ExitCode.INTERRUPTED else 'error'}:[/red] {e}",
+                      highlight=False, soft_wrap=True)
+        raise typer.Exit(exit_code(e)) from e
 
 
 @app.command()

@@ -1,12 +1,14 @@
 """Every exception fedhpc raises on purpose, in one tree.
 
-Callers catch the branch they can act on: the CLI maps `ConfigError` to exit
-code 2 and any other `FedhpcError` to exit code 1; the orchestrator turns
-`UpdateRejected` and `FacilityFailed` into ledger records instead of crashes.
-Messages say what to do next.
+Callers catch the branch they can act on: the CLI maps each to an `ExitCode`
+(`exit_code`); the orchestrator turns `UpdateRejected` and `FacilityFailed`
+into ledger records instead of crashes. Messages say what to do next.
 """
 
 from __future__ import annotations
+
+import enum
+import signal
 
 
 class FedhpcError(Exception):
@@ -78,6 +80,18 @@ class QuorumNotMet(FedhpcError):
     """Fewer facilities than `algorithm.min_facilities` reported in a round."""
 
 
+class RunInterrupted(FedhpcError):
+    """The server was asked to stop (SIGINT, SIGTERM); `signum` says which, so the exit code can tell them apart.
+
+    Raised at a safe point (between polls, before a submission) after the first
+    signal, or at once after a second one.
+    """
+
+    def __init__(self, signum: int, message: str = ""):
+        self.signum = signum
+        super().__init__(message or f"interrupted by {signal.Signals(signum).name}")
+
+
 class RunMismatch(FedhpcError):
     """An existing run directory belongs to a different experiment."""
 
@@ -88,3 +102,30 @@ class ModelError(FedhpcError):
 
 class DataError(FedhpcError):
     """A dataset file is missing, empty or has records of an unknown layout."""
+
+
+class ExitCode(enum.IntEnum):
+    """What `fedhpc run` (and every command) exits with; documented in README.md and docs/architecture.md.
+
+    Distinct codes let a batch script or CI tell "fix the facilities and resume"
+    from "fix the experiment file" from "someone stopped it".
+    """
+
+    OK = 0
+    ERROR = 1  # any other run-time failure (a mismatched run directory, a failed init, ...)
+    BAD_INPUT = 2  # a bad experiment file, --set value, argument or dataset
+    QUORUM_NOT_MET = 3  # a round closed with fewer accepted updates than algorithm.min_facilities
+    BUDGET_REACHED = 4  # the run stopped at its time limit with rounds left
+    INTERRUPTED = 130  # SIGINT (Ctrl-C), 128 + 2 as shells report it
+    TERMINATED = 143  # SIGTERM (e.g. a batch system's scancel), 128 + 15
+
+
+def exit_code(error: BaseException) -> ExitCode:
+    """The exit code for an error that ended a command."""
+    if isinstance(error, RunInterrupted):
+        return ExitCode.TERMINATED if error.signum == signal.SIGTERM else ExitCode.INTERRUPTED
+    if isinstance(error, (ConfigError, DataError)):
+        return ExitCode.BAD_INPUT
+    if isinstance(error, QuorumNotMet):
+        return ExitCode.QUORUM_NOT_MET
+    return ExitCode.ERROR

@@ -32,12 +32,16 @@ MoverConfig = FilesystemMoverConfig | GlobusTransferMoverConfig | ProxyStoreMove
 T = TypeVar("T")
 
 
-def _local(config: LocalLauncherConfig, clock: Clock | None) -> Launcher:
-    """Real jobs end in real time: the server's clock is no concern of theirs."""
-    return LocalLauncher(config)
+def _local(config: LocalLauncherConfig, clock: Clock | None, outlive_server: bool) -> Launcher:
+    """Real jobs end in real time: the server's clock is no concern of theirs.
+
+    `outlive_server` (`fedhpc run --on-interrupt keep`): the jobs are not tied to the server's life,
+    so an interrupted server's jobs finish and a resume collects their updates.
+    """
+    return LocalLauncher(config, outlive_server=outlive_server)
 
 
-def _simulated(config: SimulatedLauncherConfig, clock: Clock | None) -> Launcher:
+def _simulated(config: SimulatedLauncherConfig, clock: Clock | None, outlive_server: bool) -> Launcher:
     if not isinstance(clock, VirtualClock):
         raise ConfigError(
             "launcher kind: simulated needs virtual time; run the experiment with `fedhpc simulate`, not `fedhpc run`"
@@ -45,17 +49,17 @@ def _simulated(config: SimulatedLauncherConfig, clock: Clock | None) -> Launcher
     return SimulatedLauncher(config, clock)
 
 
-def _parsl(config: ParslLauncherConfig, clock: Clock | None) -> Launcher:
+def _parsl(config: ParslLauncherConfig, clock: Clock | None, outlive_server: bool) -> Launcher:
     """Batch jobs end in real time, like local ones."""
     return ParslLauncher(config)
 
 
-def _globus_compute(config: GlobusComputeLauncherConfig, clock: Clock | None) -> Launcher:
+def _globus_compute(config: GlobusComputeLauncherConfig, clock: Clock | None, outlive_server: bool) -> Launcher:
     """Tasks end in real time; the Globus credentials are read at the first request, not here."""
     return GlobusComputeLauncher(config)
 
 
-LAUNCHERS: dict[str, Callable[[Any, Clock | None], Launcher]] = {
+LAUNCHERS: dict[str, Callable[[Any, Clock | None, bool], Launcher]] = {
     "local": _local,
     "simulated": _simulated,
     "parsl": _parsl,
@@ -68,9 +72,13 @@ MOVERS: dict[str, Callable[[MoverConfig, Path], Mover]] = {
 }
 
 
-def make_launcher(config: LauncherConfig, clock: Clock | None = None) -> Launcher:
-    """`clock`: the server's; a simulated launcher needs a `VirtualClock`, the others ignore it."""
-    return _lookup(LAUNCHERS, config.kind, "launcher")(config, clock)
+def make_launcher(config: LauncherConfig, clock: Clock | None = None, *, outlive_server: bool = False) -> Launcher:
+    """`clock`: the server's; a simulated launcher needs a `VirtualClock`, the others ignore it.
+
+    `outlive_server`: jobs keep running if the server dies (only local jobs die with it otherwise;
+    batch and remote jobs always outlive it).
+    """
+    return _lookup(LAUNCHERS, config.kind, "launcher")(config, clock, outlive_server)
 
 
 def make_mover(config: MoverConfig, default_staging: Path) -> Mover:

@@ -74,8 +74,11 @@ def render(run: RunSummary, *, config: str | None, source: str = "") -> str:
     ]
     nav = "".join(f'<a href="#{key}">{escape(title)}</a>' for key, title, _ in sections)
     body = "".join(f'<section id="{key}"><h2>{escape(title)}</h2>{html}</section>' for key, title, html in sections)
-    status = "finished" if run.finished else "incomplete"
-    note = "" if run.finished else " — no run_finished event: still running, or stopped"
+    status = run.status
+    notes = {"finished": "", "incomplete": " — no run_finished event: still running, or killed"}
+    note = notes.get(status, f" — {run.stop_reason.splitlines()[0] if run.stop_reason else status}; run the same "
+                             "command again to resume")
+    badge = "finished" if status == "finished" else "incomplete"  # (style.py colours those two)
     generated = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     return (
         "<!DOCTYPE html>\n"
@@ -83,7 +86,7 @@ def render(run: RunSummary, *, config: str | None, source: str = "") -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{escape(run.name)} — fedhpc run report</title><style>{CSS}</style></head><body>"
         f'<header><div class="wrap"><h1>{escape(run.name)}</h1>'
-        f'<p class="sub"><span class="badge {status}">{status}</span>{escape(note)} · {escape(source)}'
+        f'<p class="sub"><span class="badge {badge}">{status}</span>{escape(note)} · {escape(source)}'
         f" · report generated {escape(generated)} by fedhpc {escape(_version())}</p>"
         f"<nav>{nav}</nav></div></header><main>{body}</main></body></html>\n"
     )

@@ -76,6 +76,14 @@ class MetricsLog:
             self._file.flush()
         return record
 
+    def last_ledger_id(self) -> int | None:
+        """The highest `ledger_id` a line carries: the ledger's events after it never reached this file.
+
+        None when no line carries one (a new log, or one written before lines carried ledger ids).
+        """
+        ids = [e["ledger_id"] for e in read_events(self.path) if isinstance(e.get("ledger_id"), int)]
+        return max(ids) if ids else None
+
     def close(self) -> None:
         with self._lock:
             self._file.close()

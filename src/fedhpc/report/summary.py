@@ -66,6 +66,8 @@ class RunSummary:
     first_ts: float | None = None
     last_ts: float | None = None
     finished: bool = False
+    stopped: str | None = None  # "interrupted" or "stopped" (an error, a time limit): the last session's end
+    stop_reason: str = ""
     sessions: int = 0
     bytes_staged: dict[int, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
     bytes_pulled: dict[int, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
@@ -81,6 +83,14 @@ class RunSummary:
     spans: list[Span] = field(default_factory=list)
     samples: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     tokens: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    @property
+    def status(self) -> str:
+        """The badge: finished (every round), interrupted or stopped (the reason is `stop_reason`), or incomplete
+        (no end recorded: still running, or killed)."""
+        if self.finished:
+            return "finished"
+        return self.stopped or "incomplete"
 
     @property
     def wall_seconds(self) -> float | None:
@@ -162,6 +172,7 @@ def summarize(events: list[dict[str, Any]]) -> RunSummary:
         if kind == "run_started":
             run.sessions += 1
             run.finished = False
+            run.stopped, run.stop_reason = None, ""
             if event.get("name"):
                 run.name = str(event["name"])
             run.rounds_planned = integer(event.get("rounds")) or run.rounds_planned
@@ -245,6 +256,13 @@ def summarize(events: list[dict[str, Any]]) -> RunSummary:
                     else:  # a bare {task: value}
                         into.setdefault(str(task), {})["score"] = number(metrics)
             span("server", "eval", event)
+        elif kind == "run_interrupted":
+            run.stopped = "interrupted"
+            signal_name, done = event.get("signal", "a signal"), event.get("rounds_completed")
+            run.stop_reason = f"interrupted by {signal_name} after round {done}"
+        elif kind == "run_stopped":
+            run.stopped = "stopped"
+            run.stop_reason = str(event.get("reason") or event.get("error") or "")
         elif kind == "run_finished":
             run.finished = True
             done = integer(event.get("rounds_completed"))

@@ -27,7 +27,7 @@ from typing import Any
 
 from fedhpc.aggregate import Update
 from fedhpc.config import Experiment
-from fedhpc.errors import FedhpcError, QuorumNotMet, UpdateRejected
+from fedhpc.errors import FedhpcError, QuorumNotMet, RunInterrupted, UpdateRejected
 from fedhpc.exchange import ExchangeDir
 from fedhpc.report.progress import ProgressView
 from fedhpc.run.async_policies import AsyncPolicy, Decision, Dispatch, FedAsyncPolicy, FedBuffPolicy
@@ -90,8 +90,10 @@ class AsyncRounds:
             self._restore(json.loads(saved))
         else:
             self._launch_all(self.policy.start([f.name for f in self.experiment.facilities], self.clock.now()))
+        interrupted = False
         try:
             while self.version < self.algorithm.rounds:
+                self.jobs.stop.check()
                 if stop_at is not None and self.clock.now() >= stop_at:
                     self.progress.message(f"stopping at the time limit after version {self.version}")
                     break
@@ -115,11 +117,19 @@ class AsyncRounds:
                     )
                 if self.version < self.algorithm.rounds:
                     self.clock.sleep_until(self._next_wake())
+        except RunInterrupted:
+            interrupted = True  # the jobs in flight are the orchestrator's to keep or cancel (`in_flight`)
+            raise
         finally:
-            for attempt in self.pending:
-                self.jobs.cancel(attempt, "job_abandoned", "the run stopped before its update arrived",
-                                 round=self.version)
-            self.pending = []
+            if not interrupted:
+                for attempt in self.pending:
+                    self.jobs.cancel(attempt, "job_abandoned", "the run stopped before its update arrived",
+                                     round=self.version)
+                self.pending = []
+
+    def in_flight(self) -> list[Attempt]:
+        """Jobs launched whose updates have not been taken in (those that ended in the last poll included)."""
+        return self.arriving + self.pending
 
     # --- arrivals --------------------------------------------------------------------------------
 
@@ -230,16 +240,31 @@ class AsyncRounds:
         self._launch([self._plan(dispatch) for dispatch in dispatches])
 
     def _start(self, attempt: Attempt, restore_at: float | None) -> None:
+        if restore_at is None:
+            restore_at = self._launched_before(attempt)
         try:
             staged = self.globals.staged(attempt.round - 1)
             launched = self.jobs.launch(attempt.round, attempt.facility, attempt.local_steps, staged, attempt.seed,
                                         attempt.attempt_id, restore_at=restore_at)
+        except RunInterrupted:
+            raise
         except FedhpcError as e:
             self.events.record("job_finished", attempt.round, attempt.facility, state="failed", reason=str(e),
                                seconds=0.0, attempt=attempt.attempt_id)
             self._lost(attempt)
             return
         self.pending.append(launched)
+
+    def _launched_before(self, attempt: Attempt) -> float | None:
+        """When a server stopped after the last commit had launched this very job (same id and facility), if it did.
+
+        The job counter is restored from the last commit, so the jobs that server launched after it
+        are planned again under the same ids: they are taken in (reattached or collected), not run twice.
+        """
+        for event in self.events.ledger.events("launching", round=attempt.round):
+            if event.facility == attempt.facility and event.detail.get("attempt") == attempt.attempt_id:
+                return float(event.detail.get("started_at", event.ts))
+        return None
 
     def _next_wake(self) -> float | None:
         times = [self.jobs.timeout_at(attempt) for attempt in self.pending]

@@ -3,15 +3,22 @@
 The ledger is the durable record a resume reads; `metrics.jsonl` is the stream
 the live view, `fedhpc status` and the report read. Both get the same event,
 stamped with the run's clock (wall time, or a simulation's virtual time).
+
+A server killed between the two writes leaves the ledger ahead of the file;
+each line carries its ledger event's id (`ledger_id`), so a resumed server
+appends what the file lacks (`catch_up`) before it records anything new.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fedhpc.report.metrics_log import MetricsLog
 from fedhpc.run.clock import Clock
 from fedhpc.run.ledger import Ledger
+
+log = logging.getLogger(__name__)
 
 
 class EventLog:
@@ -22,9 +29,26 @@ class EventLog:
 
     def record(self, event: str, round: int | None = None, facility: str | None = None, **fields: Any) -> None:
         """An event for both the ledger and metrics.jsonl."""
-        self.ledger.record(event, round, facility, **fields)
-        self.emit(event, round=round, facility=facility, **fields)
+        ledger_id = self.ledger.record(event, round, facility, **fields)
+        self.emit(event, round=round, facility=facility, ledger_id=ledger_id, **fields)
 
     def emit(self, event: str, **fields: Any) -> None:
-        """An event for metrics.jsonl only (the ledger has it already, e.g. `aggregated`)."""
+        """An event for metrics.jsonl only (the ledger has it already, e.g. `aggregated`: pass its `ledger_id`)."""
         self.metrics.emit(event, ts=self.clock.now(), **{k: v for k, v in fields.items() if v is not None})
+
+    def catch_up(self) -> int:
+        """Append to metrics.jsonl the ledger events it lacks (a server killed between the two); return how many.
+
+        A file whose lines carry no ledger id (new, or written by an older fedhpc) is left as it is:
+        nothing tells which of its lines the ledger's events are.
+        """
+        last = self.metrics.last_ledger_id()
+        if last is None:
+            return 0
+        missing = self.ledger.events_after(last)
+        for e in missing:
+            fields = {**e.detail, "ts": e.ts, "round": e.round, "facility": e.facility, "ledger_id": e.id}
+            self.metrics.emit(e.event, **{k: v for k, v in fields.items() if v is not None and k != "event"})
+        if missing:
+            log.info("metrics.jsonl lacked %d ledger event(s) of the killed server; appended", len(missing))
+        return len(missing)

@@ -8,8 +8,10 @@ round, never from a global whose optimiser state is missing.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,33 +58,48 @@ class GlobalStore:
         return ExchangeDir(self.run_dir.global_dir(round))
 
     def initialise(self, progress: ProgressView) -> None:
-        """Round 0: one worker process writes the seeded initial trainable state as the first global."""
+        """Round 0: one worker process writes the seeded initial trainable state as the first global.
+
+        The worker writes into a directory of its own under `logs/r0000/`, which is verified and then
+        renamed into `global/r0000`: the init of a killed server, still running when the server is
+        restarted, publishes into its own directory and can never collide with its successor's.
+        The initial state is a function of the seed, so which of them builds it does not matter.
+        """
         self.run_dir.discard_after(-1)
         destination = self.run_dir.global_dir(0)
         log_dir = self.run_dir.log_dir(0)
         log_dir.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="init-", dir=log_dir))
+        built = work / "global"
         task = WorkerTask(
             mode="init",
             round=0,
             facility="server",
-            update_dir=destination,
+            update_dir=built,
             model=self.experiment.model,
             data_config=self.experiment.data,
             shard_bytes=int(self.experiment.exchange.shard_size),
             device="cpu",
         )
-        task_path = log_dir / "init-task.json"
+        task_path = work / "init-task.json"
         task.write(task_path)
         progress.message("building the initial global model (round 0)")
         started = self.clock.now()
-        failure = run_server_command("init", ["worker", "--task", str(task_path)], log_dir)
+        failure = run_server_command("init", ["worker", "--task", str(task_path)], work)
         if failure:
             raise FedhpcError(f"building the initial global failed: {failure}")
+        try:
+            ExchangeDir(built).verify()
+        except UpdateRejected as e:
+            raise FedhpcError(f"building the initial global failed: {built} does not verify ({e})") from e
+        shutil.rmtree(destination, ignore_errors=True)  # only a rename ever writes it: a whole global, or debris
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        built.rename(destination)
         manifest = ExchangeDir(destination).manifest
         ledger = self.events.ledger
-        ledger.complete_round(0, str(destination), 0, seconds=self.clock.now() - started)
+        event_id = ledger.complete_round(0, str(destination), 0, seconds=self.clock.now() - started)
         self.events.emit("aggregated", round=0, num_updates=0, seconds=self.clock.now() - started, start=started,
-                         bytes=0)
+                         bytes=0, ledger_id=event_id)
         ledger.set_meta("base_fingerprint", manifest.base_fingerprint)
 
     def staged(self, round: int) -> Path:
@@ -138,8 +155,8 @@ class GlobalStore:
             facilities=sorted(u.facility for u in updates),
             **detail,
         )
-        self.events.ledger.complete_round(round, str(destination), len(updates), meta=extra_meta, **fields)
-        self.events.emit("aggregated", round=round, num_updates=len(updates), **fields)
+        event_id = self.events.ledger.complete_round(round, str(destination), len(updates), meta=extra_meta, **fields)
+        self.events.emit("aggregated", round=round, num_updates=len(updates), ledger_id=event_id, **fields)
         return Committed(round, self.clock.now() - started, size)
 
     def prune(self, latest: int) -> None:

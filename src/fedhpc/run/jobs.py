@@ -8,6 +8,8 @@ recorded as an event, so the ledger tells each job's story.
 from __future__ import annotations
 
 import json
+import logging
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -23,8 +25,12 @@ from fedhpc.facility.base import JobHandle, JobSpec, JobState, Launcher, Mover
 from fedhpc.report.progress import ProgressView
 from fedhpc.run.clock import Clock
 from fedhpc.run.events import EventLog
+from fedhpc.run.interrupts import OnInterrupt, StopFlag
 from fedhpc.run.rundir import RunDir
 from fedhpc.run.verification import verify_update
+
+log = logging.getLogger(__name__)
+_RELAUNCH_SUFFIX = re.compile(r"-a\d+$")
 
 
 @dataclass
@@ -101,6 +107,7 @@ class Jobs:
         progress: ProgressView,
         clock: Clock,
         base_fingerprint: str | None,
+        stop: StopFlag | None = None,
     ):
         self.experiment = experiment
         self.run_dir = run_dir
@@ -109,6 +116,8 @@ class Jobs:
         self.progress = progress
         self.clock = clock
         self.base_fingerprint = base_fingerprint
+        self.stop = stop or StopFlag()
+        self._bad_progress: set[str] = set()  # facilities whose progress.json was unreadable (logged once)
 
     # --- launching -------------------------------------------------------------------------------
 
@@ -118,9 +127,10 @@ class Jobs:
     ) -> Attempt:
         """Stage global `round - 1` if the facility lacks it, write the task, submit the job.
 
-        With `restore_at` (a resumed server restoring a job it had launched at that time),
-        the launcher is first asked to reattach to it, and a job whose update is already
-        published is not run again.
+        With `restore_at` (a resumed server restoring a job it had launched at that time), the job
+        is first reattached to (`reattached`), or its published update taken as it is
+        (`collected_after_restart`); only a job gone without an update is run again, under a new
+        attempt id (`relaunched`). A new job never takes an id the facility has used before.
         """
         facility = self.facilities[facility_name]
         mover = facility.mover
@@ -130,23 +140,85 @@ class Jobs:
             moved = mover.push(staged, global_rel)
             self.events.record("staged", round, facility_name, bytes=moved, seconds=self.clock.now() - started,
                                start=started)
-        attempt = Attempt(facility_name, round, attempt_id, local_steps, seed, None, restore_at or self.clock.now())
+        fresh = self.fresh_attempt_id(facility_name, attempt_id)
+        if restore_at is not None and fresh != attempt_id:  # launched before: take it in if it is there
+            attempt = Attempt(facility_name, round, attempt_id, local_steps, seed, None, restore_at)
+            if self._restored(attempt):
+                return attempt
+            self.events.record("relaunched", round, facility_name, attempt=fresh, previous=attempt_id,
+                               reason="the job is gone and published no update")
+        attempt_id = fresh  # (an id planned but never launched, such as an async job's, is launched as it is)
+        self.stop.check()  # no new submission once the server is asked to stop
+        attempt = Attempt(facility_name, round, attempt_id, local_steps, seed, None, self.clock.now())
         spec = self._job_spec(attempt)
-        if restore_at is not None:
-            reattach = getattr(facility.launcher, "reattach", None)
-            handle = reattach(spec, restore_at) if reattach is not None else None
-            if handle is not None:
-                attempt.handle = handle
-                self.events.record("reattached", round, facility_name, job_id=handle.job_id, attempt=attempt_id)
-                return attempt
-            if mover.exists(f"{attempt.update_rel}/manifest.json"):
-                self.events.record("reattached", round, facility_name, attempt=attempt_id, published=True)
-                return attempt
+        self.events.record("launching", round, facility_name, attempt=attempt_id, local_steps=local_steps, seed=seed,
+                           started_at=attempt.started_at)  # before the job exists: its id is taken even if we die
         attempt.handle = facility.launcher.submit(spec)
         self.events.record("submitted", round, facility_name, job_id=attempt.handle.job_id, attempt=attempt_id,
                            local_steps=local_steps, start=attempt.handle.submitted_at)
         self.progress.facility_state(facility_name, "submitted", round)
         return attempt
+
+    def _restored(self, attempt: Attempt) -> bool:
+        """Take in a job a killed (or interrupted) server launched: reattach to it, or to its published update."""
+        facility = self.facilities[attempt.facility]
+        spec = self._job_spec(attempt)
+        reattach = getattr(facility.launcher, "reattach", None)
+        handle = reattach(spec, attempt.started_at) if reattach is not None else None
+        if handle is not None:
+            attempt.handle = handle
+            self.events.record("reattached", attempt.round, attempt.facility, job_id=handle.job_id,
+                               attempt=attempt.attempt_id)
+            self.progress.facility_state(attempt.facility, "reattached", attempt.round)
+            return True
+        if facility.mover.exists(f"{attempt.update_rel}/manifest.json"):
+            self.events.record("collected_after_restart", attempt.round, attempt.facility,
+                               attempt=attempt.attempt_id)
+            return True
+        return False
+
+    def fresh_attempt_id(self, facility: str, wanted: str) -> str:
+        """`wanted`, or else its next `-aN` form that the facility has never used.
+
+        Used means recorded in the ledger (any event naming it, `launching` first of all) or
+        present in the facility's staging area (a task or an update directory): an orphaned job
+        of a killed server may still publish there, and must not overwrite its successor's update.
+        """
+        used = self._used_ids(facility)
+        if wanted not in used and not self._in_staging(facility, wanted):
+            return wanted
+        stem = _RELAUNCH_SUFFIX.sub("", wanted)
+        n = 1
+        while f"{stem}-a{n}" in used or self._in_staging(facility, f"{stem}-a{n}"):
+            n += 1
+        return f"{stem}-a{n}"
+
+    def _used_ids(self, facility: str) -> set[str]:
+        return self.events.ledger.attempt_ids(facility)
+
+    def _in_staging(self, facility: str, attempt_id: str) -> bool:
+        mover = self.facilities[facility].mover
+        return mover.exists(f"updates/{attempt_id}") or mover.exists(f"tasks/{attempt_id}")
+
+    def settle_interrupted(self, attempts: list[Attempt], mode: OnInterrupt) -> tuple[list[Attempt], list[Attempt]]:
+        """The server is stopping: leave each job in flight running for a resume, or cancel it; both recorded.
+
+        `mode` decides (`auto`: kept only if every one runs on a batch launcher, whose allocation is
+        paid for); a second signal (`StopFlag.hurried`) cancels regardless. Returns (kept, cancelled).
+        """
+        kinds = {self.facilities[a.facility].config.launcher.kind for a in attempts}
+        keep = mode.keeps(kinds) and not self.stop.hurried
+        kept, cancelled = [], []
+        for attempt in attempts:
+            if keep:
+                self.events.record("job_kept", attempt.round, attempt.facility, attempt=attempt.attempt_id,
+                                   job_id=attempt.handle.job_id if attempt.handle is not None else None,
+                                   reason="the server was interrupted; a resume collects this job's update")
+                kept.append(attempt)
+            else:
+                self.cancel(attempt, "job_cancelled", f"the server was interrupted (--on-interrupt {mode.value})")
+                cancelled.append(attempt)
+        return kept, cancelled
 
     def _job_spec(self, attempt: Attempt) -> JobSpec:
         facility = self.facilities[attempt.facility]
@@ -268,10 +340,20 @@ class Jobs:
             progress = json.loads(raw)
         except ValueError:
             return
-        if progress.get("step", -1) > attempt.last_step:
-            attempt.last_step = progress["step"]
+        step = progress.get("step") if isinstance(progress, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool):
+            # the live view is a courtesy: a worker's malformed progress file must never stop the server
+            if attempt.facility not in self._bad_progress:
+                self._bad_progress.add(attempt.facility)
+                log.debug("%s: %s is not an object with an integer step; ignored", attempt.facility,
+                          attempt.progress_rel)
+            return
+        if step > attempt.last_step:
+            attempt.last_step = step
+            local_steps, loss = progress.get("local_steps"), progress.get("loss")
             self.progress.facility_progress(
-                attempt.facility, progress["step"], progress.get("local_steps", 0), progress.get("loss")
+                attempt.facility, step, local_steps if isinstance(local_steps, int) else 0,
+                loss if isinstance(loss, (int, float)) and not isinstance(loss, bool) else None,
             )
 
     # --- collecting ------------------------------------------------------------------------------

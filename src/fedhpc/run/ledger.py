@@ -63,24 +63,50 @@ class Ledger:
     def close(self) -> None:
         self._db.close()
 
-    def record(self, event: str, round: int | None = None, facility: str | None = None, **detail: Any) -> None:
-        self._db.execute(
+    def record(self, event: str, round: int | None = None, facility: str | None = None, **detail: Any) -> int:
+        """Append an event; return its id (metrics.jsonl carries it, so a resume can tell what it lacks)."""
+        cursor = self._db.execute(
             "INSERT INTO events (ts, round, facility, event, detail) VALUES (?, ?, ?, ?, ?)",
             (self._now(), round, facility, event, json.dumps(detail)),
         )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
 
     def complete_round(
         self, round: int, global_dir: str, num_updates: int, meta: dict[str, str] | None = None, **detail: Any
-    ) -> None:
-        """Mark `round` complete, with `meta` entries set atomically; raises `sqlite3.IntegrityError` if it already is."""
+    ) -> int:
+        """Mark `round` complete, with `meta` entries set atomically; raises `sqlite3.IntegrityError` if it already is.
+
+        Returns the id of its `aggregated` event.
+        """
         with self._transaction():
             self._db.execute(
                 "INSERT INTO rounds (round, completed_at, global_dir, num_updates, detail) VALUES (?, ?, ?, ?, ?)",
                 (round, self._now(), global_dir, num_updates, json.dumps(detail)),
             )
-            self.record("aggregated", round=round, num_updates=num_updates, **detail)
+            event_id = self.record("aggregated", round=round, num_updates=num_updates, **detail)
             for key, value in (meta or {}).items():
                 self.set_meta(key, value)
+        return event_id
+
+    def round_detail(self, round: int) -> dict[str, Any] | None:
+        """The detail committed with `round` (its facilities, attempts, ...), or None if it is not complete."""
+        row = self._db.execute("SELECT detail FROM rounds WHERE round = ?", (round,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def attempt_ids(self, facility: str) -> set[str]:
+        """Every attempt id ever recorded for `facility`: a new attempt must not take one of them."""
+        rows = self._db.execute(
+            "SELECT DISTINCT json_extract(detail, '$.attempt') FROM events WHERE facility = ?", (facility,)
+        )
+        return {value for (value,) in rows if isinstance(value, str)}
+
+    def events_after(self, event_id: int) -> list[Event]:
+        """Events newer than `event_id`, oldest first."""
+        rows = self._db.execute(
+            "SELECT id, ts, round, facility, event, detail FROM events WHERE id > ? ORDER BY id", (event_id,)
+        ).fetchall()
+        return [Event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
 
     def last_complete_round(self) -> int | None:
         row = self._db.execute("SELECT MAX(round) FROM rounds").fetchone()

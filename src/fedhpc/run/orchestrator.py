@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import signal
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedhpc.aggregate import make_aggregator
 from fedhpc.config import Experiment
+from fedhpc.errors import FedhpcError, RunInterrupted
 from fedhpc.facility.base import Launcher
 from fedhpc.facility.launchers.persistent import PersistentLauncher
 from fedhpc.facility.registry import make_launcher, make_mover
@@ -29,6 +31,7 @@ from fedhpc.run.async_rounds import AsyncRounds, make_policy
 from fedhpc.run.clock import Clock, RealClock, VirtualClock
 from fedhpc.run.events import EventLog
 from fedhpc.run.globals import GlobalStore, run_server_command
+from fedhpc.run.interrupts import OnInterrupt, StopFlag
 from fedhpc.run.jobs import Facility, Jobs
 from fedhpc.run.ledger import Ledger
 from fedhpc.run.rundir import RunDir, check_same_experiment, experiment_document
@@ -42,6 +45,8 @@ class RunSummary:
     rounds_completed: list[int]
     final_global: Path
     seconds: float
+    complete: bool = True  # False: stopped at its time limit with rounds left
+    failures: list[str] = field(default_factory=list)  # one line per failed job or rejected update
 
 
 class Orchestrator:
@@ -53,17 +58,32 @@ class Orchestrator:
         self.ledger: Ledger | None = None
         self.metrics: MetricsLog | None = None
 
-    def run(self, time_limit: float | None = None) -> RunSummary:
-        """Run (or resume) to `algorithm.rounds`; with `time_limit` seconds (by the run's clock), stop early."""
+    def run(
+        self, time_limit: float | None = None, on_interrupt: OnInterrupt = OnInterrupt.AUTO,
+        stop: StopFlag | None = None, outlive_server: bool = False,
+    ) -> RunSummary:
+        """Run (or resume) to `algorithm.rounds`; with `time_limit` seconds (by the run's clock), stop early.
+
+        `stop` is set by the signal handlers (`StopFlag.installed`): the run then stops at the next
+        safe point, settles its jobs in flight by `on_interrupt`, records `run_interrupted` and raises
+        `RunInterrupted` with the line the console shows. Only a run that completed every round
+        records `run_finished`; one that stopped on an error records `run_stopped` with the reason.
+        `outlive_server`: local jobs are started so that they survive the server (`--on-interrupt keep`).
+        """
+        stop = stop or StopFlag()
         started = self.clock.now()
-        launchers = {f.name: make_launcher(f.launcher, self.clock) for f in self.experiment.facilities}  # before
-        # anything is written: a launcher this server cannot drive is a configuration error, not a broken run
+        launchers = {f.name: make_launcher(f.launcher, self.clock, outlive_server=outlive_server)
+                     for f in self.experiment.facilities}  # before anything is written: a launcher this server
+        # cannot drive is a configuration error, not a broken run
         resumed_from = self._open_run()
         if resumed_from is not None and isinstance(self.clock, VirtualClock):
             # a simulated run continues from the virtual time of its last complete round
             self.clock.advance_to(self._ledger.completed_at(resumed_from) or 0.0)
             started = self.clock.now()
         events = EventLog(self._ledger, self._metrics, self.clock)
+        if resumed_from is not None:
+            events.catch_up()  # what a killed server committed but never wrote to metrics.jsonl
+            _close_committed_round(events, resumed_from)
         facilities = self._facilities(launchers, events)
         algorithm = self.experiment.algorithm
         keep_last = self.experiment.checkpoint.keep_last
@@ -79,36 +99,76 @@ class Orchestrator:
             resumed_from=resumed_from,
             algorithm=algorithm.name,
         )
-        if resumed_from is None:
-            globals_.initialise(self.progress)
-        if self.experiment.evaluation is not None and self.experiment.evaluation.include_base:
-            self._evaluate(events, 0)
-        jobs = Jobs(self.experiment, self.run_dir, facilities, events, self.progress, self.clock,
-                    self._ledger.get_meta("base_fingerprint"))
-        stop_at = started + time_limit if time_limit is not None else None
-        last = self._ledger.last_complete_round() or 0
+        loop: SyncRounds | AsyncRounds | None = None
+        jobs: Jobs | None = None
         try:
+            if resumed_from is None:
+                globals_.initialise(self.progress)
+            stop.check()
+            if self.experiment.evaluation is not None and self.experiment.evaluation.include_base:
+                self._evaluate(events, 0)
+            jobs = Jobs(self.experiment, self.run_dir, facilities, events, self.progress, self.clock,
+                        self._ledger.get_meta("base_fingerprint"), stop=stop)
+            stop_at = started + time_limit if time_limit is not None else None
+            last = self._ledger.last_complete_round() or 0
             if algorithm.is_async:
                 loop = AsyncRounds(self.experiment, jobs, globals_, events, self.progress, self.clock,
                                    make_policy(self.experiment))
                 loop.committed_hook = lambda version: self._after_round(events, version)
                 loop.run(last, stop_at)
             else:
-                rounds = SyncRounds(self.experiment, jobs, globals_, events, self.progress, self.clock)
-                try:
-                    for round in range(last + 1, algorithm.rounds + 1):
-                        rounds.run_round(round)
-                        self._after_round(events, round)
-                        if stop_at is not None and self.clock.now() >= stop_at:
-                            break
-                finally:
-                    rounds.finish()
+                loop = SyncRounds(self.experiment, jobs, globals_, events, self.progress, self.clock)
+                for round in range(last + 1, algorithm.rounds + 1):
+                    stop.check()
+                    loop.run_round(round)
+                    self._after_round(events, round)
+                    if stop_at is not None and self.clock.now() >= stop_at:
+                        break
+                loop.finish()
+        except RunInterrupted as e:
+            with stop.shielded():
+                raise self._interrupted(e, events, jobs, loop, on_interrupt) from e
+        except FedhpcError as e:
+            if isinstance(loop, SyncRounds):
+                loop.finish()
+            events.record("run_stopped", rounds_completed=self._ledger.last_complete_round(), error=type(e).__name__,
+                          reason=str(e)[-2000:], seconds=self.clock.now() - started)
+            raise
         finally:
             _close_launchers(facilities)
-            events.record("run_finished", rounds_completed=self._ledger.last_complete_round(),
-                          seconds=self.clock.now() - started)
         last = self._ledger.last_complete_round() or 0
-        return RunSummary(self._ledger.completed_rounds(), self.run_dir.global_dir(last), self.clock.now() - started)
+        complete = last >= algorithm.rounds
+        if complete:
+            events.record("run_finished", rounds_completed=last, seconds=self.clock.now() - started)
+        else:
+            events.record("run_stopped", rounds_completed=last, error="BudgetReached",
+                          reason=f"the time limit passed after round {last} of {algorithm.rounds}",
+                          seconds=self.clock.now() - started)
+        return RunSummary(self._ledger.completed_rounds(), self.run_dir.global_dir(last), self.clock.now() - started,
+                          complete, failure_lines(self._ledger, self.run_dir))
+
+    def _interrupted(
+        self, error: RunInterrupted, events: EventLog, jobs: Jobs | None, loop: SyncRounds | AsyncRounds | None,
+        on_interrupt: OnInterrupt,
+    ) -> RunInterrupted:
+        """Keep or cancel the jobs in flight, record `run_interrupted`; the error carries the console's line."""
+        in_flight = loop.in_flight() if loop is not None else []
+        kept, cancelled = jobs.settle_interrupted(in_flight, on_interrupt) if jobs is not None else ([], [])
+        last = self._ledger.last_complete_round() or 0
+        name = signal.Signals(error.signum).name
+        events.record("run_interrupted", rounds_completed=last, signal=name, on_interrupt=on_interrupt.value,
+                      kept=[a.attempt_id for a in kept], cancelled=[a.attempt_id for a in cancelled])
+        settled = []
+        if kept:
+            settled.append(f"{_jobs(len(kept))} left running (they will be collected on resume)")
+        if cancelled:
+            settled.append(f"{_jobs(len(cancelled))} cancelled")
+        what = "; ".join(settled) or "no job was running"
+        return RunInterrupted(
+            error.signum,
+            f"interrupted ({name}) after round {last} of {self.experiment.algorithm.rounds}; {what}; "
+            "run the same command again to resume",
+        )
 
     def _facilities(self, launchers: dict[str, Launcher], events: EventLog) -> dict[str, Facility]:
         """Each facility's launcher and mover; a `mode: persistent` facility's launcher runs tasks on its worker."""
@@ -195,6 +255,58 @@ class Orchestrator:
         self.progress.message(f"round {round} scores{label}: {_brief_scores(result['tasks'])}")
 
 
+def _jobs(n: int) -> str:
+    return f"{n} job{'s' if n != 1 else ''}"
+
+
+def _close_committed_round(events: EventLog, round: int) -> None:
+    """A server killed between committing `round` and recording it complete: record `round_complete` now.
+
+    Its mean loss comes from the ledger's `accepted` events of the updates the round aggregated.
+    """
+    ledger = events.ledger
+    if round == 0 or ledger.events("round_complete", round=round):
+        return
+    detail = ledger.round_detail(round) or {}
+    attempts = detail.get("attempts")
+    facilities = detail.get("facilities")
+    losses = []
+    for event in ledger.events("accepted", round=round):
+        if attempts is not None and event.detail.get("attempt") not in attempts:
+            continue
+        if attempts is None and facilities is not None and event.facility not in facilities:
+            continue
+        loss = event.detail.get("loss") or []
+        if loss:
+            losses.append(sum(loss) / len(loss))
+    started = ledger.events("round_started", round=round)
+    completed_at = ledger.completed_at(round) or 0.0
+    start = started[-1].ts if started else completed_at
+    events.record("round_complete", round, seconds=completed_at - start, start=start,
+                  mean_loss=sum(losses) / len(losses) if losses else None, recovered=True)
+
+
+def failure_lines(ledger: Ledger, run_dir: RunDir) -> list[str]:
+    """One line per job that failed and update that was rejected: its first line of reason, and its log."""
+    lines = []
+    for event in ledger.events():
+        if event.event == "job_finished" and event.detail.get("state") not in ("done", None):
+            reason = str(event.detail.get("reason") or f"exit {event.detail.get('returncode')}")
+            kind = f"job {event.detail['state']}"
+        elif event.event == "rejected":
+            reason, kind = str(event.detail.get("message") or ""), f"update rejected ({event.detail.get('reason')})"
+        else:
+            continue
+        first = next((line.strip() for line in reason.splitlines() if line.strip()), "no reason given")
+        line = f"{event.facility} round {event.round}: {kind}: {first}"
+        attempt = event.detail.get("attempt")
+        log_file = run_dir.log_dir(event.round or 0) / f"{event.facility}-{attempt}.err"
+        if attempt and log_file.exists():
+            line += f" (log: {log_file})"
+        lines.append(line)
+    return lines
+
+
 def _close_launchers(facilities: dict[str, Facility]) -> None:
     """The run is over: launchers that keep jobs between rounds (persistent workers) stop them."""
     for name, facility in facilities.items():
@@ -218,9 +330,14 @@ def _brief_scores(tasks: dict[str, dict]) -> str:
     return ", ".join(parts)
 
 
-def run_experiment(experiment: Experiment, progress: ProgressView) -> RunSummary:
+def run_experiment(
+    experiment: Experiment, progress: ProgressView, on_interrupt: OnInterrupt = OnInterrupt.AUTO,
+    stop: StopFlag | None = None,
+) -> RunSummary:
+    """`fedhpc run`: `keep` (and only keep) starts local jobs so that they outlive the server."""
     orchestrator = Orchestrator(experiment, progress)
     try:
-        return orchestrator.run()
+        return orchestrator.run(on_interrupt=on_interrupt, stop=stop,
+                                outlive_server=on_interrupt is OnInterrupt.KEEP)
     finally:
         orchestrator.close()

@@ -9,6 +9,10 @@ closed is carried into the next round's list of jobs. The carried jobs are
 committed with the round (ledger meta `sync_carried`), so a restarted server
 picks them up again (reattached, or collected if their update was published
 meanwhile, or else run again) instead of forgetting them.
+
+The jobs of the round a server was stopped in (killed, or interrupted with
+`--on-interrupt keep`) are found the same way, from their `launching` events
+without an end: a resumed server takes them in before it launches anything.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import json
 
 from fedhpc.aggregate import Update
 from fedhpc.config import Experiment
-from fedhpc.errors import FedhpcError, QuorumNotMet, UpdateRejected
+from fedhpc.errors import FedhpcError, QuorumNotMet, RunInterrupted, UpdateRejected
 from fedhpc.exchange import ExchangeDir
 from fedhpc.report.progress import ProgressView
 from fedhpc.run.clock import Clock
@@ -28,6 +32,8 @@ from fedhpc.run.scheduling import SyncPolicy
 
 
 CARRIED_KEY = "sync_carried"
+ENDED = ("job_finished", "job_cancelled", "late_dropped", "job_abandoned", "rejected", "accepted")
+"""Events after which an attempt is over (`job_finished` only when the job did not end DONE: its update may wait)."""
 
 
 class SyncRounds:
@@ -43,6 +49,7 @@ class SyncRounds:
         self.clock = clock
         self.policy = SyncPolicy(experiment.algorithm, [f.name for f in experiment.facilities])
         self.carried: list[Attempt] = []  # late jobs of closed rounds whose updates count in the next (next_round)
+        self.pending: list[Attempt] = []  # jobs of the current round still running
         self._restore_carried()
 
     def run_round(self, round: int) -> float | None:
@@ -66,10 +73,18 @@ class SyncRounds:
             if assignment.facility in busy:
                 self.progress.facility_state(assignment.facility, "late", round)
                 continue
-            attempt_id = self._next_attempt_id(round, assignment.facility)
+            unfinished = self._unfinished(round, assignment.facility)
             try:
-                attempts.append(self.jobs.launch(round, assignment.facility, assignment.local_steps, staged,
-                                                 self.experiment.algorithm.seed + round, attempt_id))
+                if unfinished is not None:  # launched by a server that was stopped: take it in first
+                    attempts.append(self.jobs.launch(round, assignment.facility, unfinished.local_steps, staged,
+                                                     unfinished.seed, unfinished.attempt_id,
+                                                     restore_at=unfinished.started_at))
+                else:
+                    attempts.append(self.jobs.launch(round, assignment.facility, assignment.local_steps, staged,
+                                                     self.experiment.algorithm.seed + round, f"r{round:04d}-a0"))
+            except RunInterrupted:
+                self.pending = attempts
+                raise
             except FedhpcError as e:
                 self.events.record("job_finished", round, assignment.facility, state="failed", reason=str(e),
                                    seconds=0.0)
@@ -92,14 +107,32 @@ class SyncRounds:
         self.globals.prune(round)
         return mean_loss
 
-    def _next_attempt_id(self, round: int, facility: str) -> str:
-        """`r0003-a0`, then `r0003-a1` if a restarted server launches that facility's round-3 job again.
+    def _unfinished(self, round: int, facility: str) -> Attempt | None:
+        """The facility's last attempt at `round` if the ledger shows no end for it (its server was stopped).
 
-        Deterministic, so a simulated run replays exactly (job durations are drawn from the job's
-        name), and never reused, so an orphaned job of a killed server cannot overwrite its successor's update.
+        Ids are never reused (`Jobs.fresh_attempt_id`), so a resumed server that runs it again
+        takes a new one, and an orphan of the stopped server cannot overwrite its update.
         """
-        earlier = [e for e in self.events.ledger.events("submitted", round=round) if e.facility == facility]
-        return f"r{round:04d}-a{len(earlier)}"
+        ledger = self.events.ledger
+        launched = [e for e in ledger.events("launching", round=round) + ledger.events("submitted", round=round)
+                    if e.facility == facility and e.detail.get("attempt")]
+        if not launched:
+            return None
+        last = max(launched, key=lambda e: e.id)
+        attempt_id = last.detail["attempt"]
+        for event in ledger.events(round=round):
+            if event.facility != facility or event.id < last.id:
+                continue
+            if event.event == "relaunched" and event.detail.get("previous") == attempt_id:
+                return None
+            ended = event.event in ENDED and not (event.event == "job_finished" and event.detail.get("state") == "done")
+            if ended and event.detail.get("attempt", attempt_id) == attempt_id:
+                return None
+        launching = next((e for e in launched if e.event == "launching" and e.detail["attempt"] == attempt_id), last)
+        started_at = launching.detail.get("started_at", launching.detail.get("start", launching.ts))
+        return Attempt(facility, round, attempt_id, int(launching.detail.get("local_steps", 0)),
+                       int(launching.detail.get("seed", self.experiment.algorithm.seed + round)), None,
+                       float(started_at))
 
     def _restore_carried(self) -> None:
         """After a restart: pick up the late jobs the last complete round carried."""
@@ -110,15 +143,23 @@ class SyncRounds:
                 staged = self.globals.staged(attempt.round - 1)
                 self.carried.append(self.jobs.launch(attempt.round, attempt.facility, attempt.local_steps, staged,
                                                      attempt.seed, attempt.attempt_id, restore_at=attempt.started_at))
+            except RunInterrupted:
+                raise
             except FedhpcError as e:
                 self.events.record("job_finished", attempt.round, attempt.facility, state="failed",
                                    reason=f"could not pick up the late job after a restart: {e}", seconds=0.0)
 
+    def in_flight(self) -> list[Attempt]:
+        """Jobs launched and not yet ended: the current round's and the late ones carried into it."""
+        return self.pending + self.carried
+
     def finish(self) -> None:
-        """The run is over: jobs still carried will never be applied."""
+        """The run is over: jobs still carried, or still running in a round that failed, will never be applied."""
+        for attempt in self.pending:
+            self.jobs.cancel(attempt, "job_abandoned", "the run stopped before its update arrived")
         for attempt in self.carried:
             self._drop_late(attempt, "the run ended before its update arrived")
-        self.carried = []
+        self.pending, self.carried = [], []
 
     def _reusable_updates(self, round: int, global_: ExchangeDir) -> dict[str, Update]:
         """Updates of this round already accepted before a crash still count: no facility redoes work.
@@ -144,7 +185,7 @@ class SyncRounds:
 
         Without a round deadline that is when every job has ended (or been cancelled at its timeout).
         """
-        pending = list(attempts)
+        self.pending = pending = list(attempts)
         while pending:
             for attempt in self.jobs.poll(pending):
                 destination = self.globals.run_dir.update_dir(round, attempt.facility)
@@ -153,7 +194,9 @@ class SyncRounds:
                     accepted[attempt.facility] = update
             if not pending or self.policy.may_close(round_started, len(accepted), self.clock.now()):
                 break
+            self.jobs.stop.check()
             self.clock.sleep_until(self._next_wake(pending, round_started))
+        self.pending = []
         return pending
 
     def _next_wake(self, pending: list[Attempt], round_started: float) -> float | None:
