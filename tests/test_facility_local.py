@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from fedhpc.config import LocalLauncherConfig
 from fedhpc.errors import SubmitError
 from fedhpc.facility.base import JobHandle, JobSpec, JobState, JobStatus
 from fedhpc.facility.launchers.local import (
+    SIDECAR_SUFFIX,
     LocalLauncher,
     failure_reason,
     job_environment,
@@ -280,3 +284,76 @@ def test_submit_errors_and_foreign_handles(tmp_path):
     foreign = JobHandle("local-1", JobSpec("x", [], tmp_path), submitted_at=0.0)
     assert launcher.poll(foreign).state is JobState.UNKNOWN
     launcher.cancel(foreign)  # nothing to do, and nothing signalled
+
+
+# ---- tied to the server, and found again by a later one ------------------------------------------
+
+
+def proc_start_time(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        return int(stat.read().rsplit(b")", 1)[1].split()[19])
+
+
+def test_submit_leaves_a_sidecar_naming_the_job_by_pid_and_start_time(tmp_path):
+    launcher = LocalLauncher(LocalLauncherConfig(nprocs=1))
+    handle = launcher.submit(JobSpec("alpha-r0001-a0", [PY, "-c", SLEEPER, "term", str(tmp_path)], tmp_path / "logs"))
+    try:
+        record = json.loads((tmp_path / "logs" / f"alpha-r0001-a0{SIDECAR_SUFFIX}").read_text())
+        pid = handle.native.pid
+        assert record == {
+            "pid": pid, "pgid": os.getpgid(pid), "start_time": proc_start_time(pid), "command": handle.native.command,
+            "port": handle.native.port, "submitted_at": handle.submitted_at,
+        }  # fmt: skip
+        assert record["pgid"] == pid
+        assert record["command"][1:4] == ["-m", "torch.distributed.run", "--no-python"]
+        assert not list((tmp_path / "logs").glob(".*partial"))
+    finally:
+        launcher.cancel(handle)
+
+
+def test_reattach_needs_the_recorded_start_time_so_a_reused_pid_is_not_the_job(tmp_path):
+    stranger = subprocess.Popen([PY, "-c", "import time; time.sleep(60)"])  # holds the pid a job once had
+    try:
+        spec = JobSpec("beta-r0002-a0", [PY, "-c", "pass"], tmp_path)
+        sidecar = tmp_path / f"beta-r0002-a0{SIDECAR_SUFFIX}"
+        record = {"pid": stranger.pid, "pgid": stranger.pid, "start_time": proc_start_time(stranger.pid) - 1,
+                  "command": ["torchrun"], "port": 29500, "submitted_at": time.time()}
+        sidecar.write_text(json.dumps(record))
+        launcher = LocalLauncher(LocalLauncherConfig(nprocs=1))
+        assert launcher.reattach(spec, submitted_at=1.0) is None
+
+        sidecar.write_text(json.dumps({**record, "start_time": proc_start_time(stranger.pid)}))
+        handle = launcher.reattach(spec, submitted_at=1.0)
+        assert handle is not None and launcher.poll(handle).state is JobState.RUNNING
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+@pytest.mark.parametrize("content", [None, "", "{", "[]", '{"pid": 1}', '{"pid": "x", "start_time": 1, "command": [],'
+                                     ' "port": 1, "submitted_at": 0}'])
+def test_reattach_without_a_readable_sidecar_finds_nothing(tmp_path, content):
+    if content is not None:
+        (tmp_path / f"gamma{SIDECAR_SUFFIX}").write_text(content)
+    assert LocalLauncher(LocalLauncherConfig()).reattach(JobSpec("gamma", [], tmp_path), submitted_at=0.0) is None
+
+
+def test_a_job_submitted_from_a_thread_that_ends_keeps_running(tmp_path):
+    # The kernel sends the parent-death signal when the *thread* that forked the child exits.
+    launcher = LocalLauncher(LocalLauncherConfig(nprocs=1))
+    handles = []
+
+    def submit_then_end() -> None:
+        handles.append(launcher.submit(JobSpec("eta", [PY, "-c", SLEEPER, "term", str(tmp_path)], tmp_path)))
+        time.sleep(1.0)  # the job has asked for its signal by now
+
+    submitter = threading.Thread(target=submit_then_end)
+    submitter.start()
+    submitter.join()
+    wait_for_files([tmp_path / "rank0.pid"])
+    rank = int((tmp_path / "rank0.pid").read_text())
+    time.sleep(0.5)
+    assert launcher.poll(handles[0]).state is JobState.RUNNING
+    assert running(rank)
+    launcher.cancel(handles[0])
+    assert not running(rank)

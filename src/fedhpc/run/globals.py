@@ -9,8 +9,6 @@ round, never from a global whose optimiser state is missing.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from fedhpc.report.progress import ProgressView
 from fedhpc.run.clock import Clock
 from fedhpc.run.events import EventLog
 from fedhpc.run.rundir import RunDir
+from fedhpc.run.server_command import run_server_command
 
 
 @dataclass(frozen=True)
@@ -191,14 +190,3 @@ class GlobalStore:
             ) from e
         saved.close()
         return state
-
-
-def run_server_command(name: str, argv: list[str], log_dir: Path) -> str:
-    """Run `python -m fedhpc ARGV` on the server, logs under `log_dir`; return "" or why it failed."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_dir / f"{name}.out", "wb") as out, open(log_dir / f"{name}.err", "wb") as err:
-        result = subprocess.run([sys.executable, "-m", "fedhpc", *argv], stdout=out, stderr=err)
-    if result.returncode == 0:
-        return ""
-    tail = (log_dir / f"{name}.err").read_text(errors="replace").splitlines()[-15:]
-    return f"exit {result.returncode}; see {log_dir / (name + '.err')}:\n" + "\n".join(tail)

@@ -43,6 +43,7 @@ from fedhpc.config import ModelConfig
 from fedhpc.errors import ConfigError, ExchangeError, FedhpcError, ModelError
 from fedhpc.exchange import ExchangeDir, ExchangeMeta, Manifest, WorkerTask, dtype_from_name, write_state_dict
 from fedhpc.exchange.sharded import prepare_sharded, publish_sharded, write_rank_part
+from fedhpc.lifeline import follow_parent
 from fedhpc.worker.compiled import compile_decoder_layers, keep_compiled_kernels, wants_compile
 from fedhpc.worker.data import GPU_LENGTH_MULTIPLE, batches, read_examples, shard_indices
 from fedhpc.worker.distributed import (
@@ -78,6 +79,7 @@ def run_task(task_path: Path | str, store: str | None = None) -> None:
     `store`: the ``--store`` JSON of a proxystore mover, through which the task's files travel.
     """
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    follow_parent()  # a rank started by a local launcher dies with its torchrun
     env = RankEnv()
     try:
         env = rank_env()

@@ -51,6 +51,7 @@ from transformers.utils.logging import disable_progress_bar
 from fedhpc.config import ModelConfig
 from fedhpc.errors import FedhpcError
 from fedhpc.exchange.manifest import MANIFEST_NAME
+from fedhpc.lifeline import follow_parent
 from fedhpc.worker.distributed import (
     RankEnv,
     all_reduce_sum,
@@ -301,6 +302,7 @@ def run_persistent(
 ) -> None:
     """The `fedhpc worker --persistent` command on this rank: exit 0 when stopped or idle, 1 on a fatal failure."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    follow_parent()  # a rank started by a local launcher dies with its torchrun
     env = RankEnv()
     try:
         env = rank_env()

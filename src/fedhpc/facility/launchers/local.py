@@ -12,6 +12,17 @@ itself starts every rank in a *new* session, so killing torchrun's group alone
 could orphan the ranks; `cancel` therefore signals the groups of every process
 below torchrun too (found through ``/proc``; elsewhere only torchrun's group).
 
+Jobs die with the server (`fedhpc.lifeline`): torchrun gets SIGTERM when the
+server exits, however it exits (SIGKILL included), and its elastic agent then
+stops the ranks; each rank also gets SIGKILL if torchrun itself dies, since a
+parent-death signal does not reach the ranks of a SIGKILLed torchrun. With
+``outlive_server=True`` (``fedhpc run --on-interrupt keep``) torchrun is not
+tied to the server, and a later server finds the job again through
+`reattach`: every job leaves ``<log_dir>/<name>.local.json`` (pid, process
+group, start time, command, port), and a pid counts as the job only while its
+start time (``/proc/<pid>/stat`` field 22) is the recorded one, so a reused pid
+is never taken for the job nor signalled.
+
 Equivalent command line, for one job::
 
     GLOO_SOCKET_IFNAME=lo FEDHPC_DEVICE=auto python -m torch.distributed.run --no-python \\
@@ -20,6 +31,7 @@ Equivalent command line, for one job::
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -32,10 +44,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from fedhpc.config import LocalLauncherConfig
 from fedhpc.errors import SubmitError
 from fedhpc.facility.base import JobHandle, JobSpec, JobState, JobStatus
+from fedhpc.lifeline import spawn, with_lifeline
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +59,9 @@ KILL_GRACE_S = 10.0
 PORT_REUSE_AFTER_S = 120.0
 """A port handed to one job is not handed to another for this long (it is free again once torchrun exits)."""
 REASON_LINES = 20
+SIDECAR_SUFFIX = ".local.json"
+"""``<log_dir>/<job name>.local.json``: what a later server needs to find the job again."""
+UNKNOWN_EXIT = "reattached after a server restart, so its exit status is unknown (the job is gone)"
 _ERR_TAIL_BYTES = 64 * 1024
 
 
@@ -137,9 +154,15 @@ def pick_free_port(host: str = LOOPBACK) -> int:
 
 @dataclass
 class LocalJob:
-    """What a `JobHandle.native` holds for a local job. The job's process group id is ``process.pid``."""
+    """What a `JobHandle.native` holds for a local job. The job's process group id is `pid`.
 
-    process: subprocess.Popen[bytes]
+    `process` is None for a job reattached from an earlier server process: not
+    this process's child, so it is watched through ``/proc`` and its exit status is unknown.
+    """
+
+    process: subprocess.Popen[bytes] | None
+    pid: int
+    start_time: int | None  # /proc/<pid>/stat field 22; None where there is no /proc
     command: list[str]
     port: int
     out_path: Path
@@ -150,13 +173,27 @@ class LocalJob:
     final: JobStatus | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    def ended(self) -> bool:
+        """torchrun has exited; for a reattached job, its pid no longer has the recorded start time."""
+        if self.process is not None:
+            return self.process.poll() is not None
+        return _start_time(self.pid) != self.start_time
+
+    def wait(self) -> int | None:
+        """Reap torchrun and return its exit status; None for a reattached job (another process's child)."""
+        return self.process.wait() if self.process is not None else None
+
 
 class LocalLauncher:
     """`Launcher` for jobs on this machine; see the module docstring."""
 
-    def __init__(self, config: LocalLauncherConfig, *, kill_grace_s: float = KILL_GRACE_S):
+    def __init__(
+        self, config: LocalLauncherConfig, *, kill_grace_s: float = KILL_GRACE_S, outlive_server: bool = False
+    ):
+        """`outlive_server`: leave jobs running when the server exits (no parent-death signal)."""
         self.config = config
         self.kill_grace_s = kill_grace_s
+        self.outlive_server = outlive_server
 
     def submit(self, job: JobSpec) -> JobHandle:
         if not job.name or os.sep in job.name or job.name.startswith("."):
@@ -171,36 +208,70 @@ class LocalLauncher:
             # Append, so a resubmitted job keeps its earlier attempt's logs; the reason reads from err_offset.
             with open(out_path, "ab") as out, open(err_path, "ab") as err:
                 err_offset = err.tell()
-                process = subprocess.Popen(
-                    command, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, start_new_session=True
-                )
+                tied = with_lifeline(command, None if self.outlive_server else signal.SIGTERM)
+                process = spawn(tied, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, start_new_session=True)
         except OSError as e:
             raise SubmitError(f"could not start job {job.name!r}: {e}") from e
         logger.info("started %s as pid %d on port %d: %s", job.name, process.pid, port, command)
-        # The job's own limit and the facility's walltime (what a batch system would impose): the smaller wins.
-        walltime = min((s for s in (job.walltime_s, self.config.walltime) if s is not None), default=None)
-        native = LocalJob(process, command, port, out_path, err_path, err_offset, walltime_s=walltime)
-        return JobHandle(job_id=f"local-{process.pid}", spec=job, submitted_at=time.time(), native=native)
+        submitted_at = time.time()
+        start_time = _start_time(process.pid)
+        _write_sidecar(log_dir / f"{job.name}{SIDECAR_SUFFIX}", {
+            "pid": process.pid, "pgid": process.pid, "start_time": start_time, "command": command, "port": port,
+            "submitted_at": submitted_at,
+        })  # fmt: skip
+        native = LocalJob(process, process.pid, start_time, command, port, out_path, err_path, err_offset,
+                          walltime_s=self._walltime(job))
+        return JobHandle(job_id=f"local-{process.pid}", spec=job, submitted_at=submitted_at, native=native)
+
+    def reattach(self, spec: JobSpec, submitted_at: float) -> JobHandle | None:
+        """The handle of `spec`'s job started by an earlier server process, if it still runs; else None.
+
+        The job is the one its sidecar names only while that pid has the recorded
+        start time; a job that ended, or a pid reused since, gives None.
+        """
+        log_dir = Path(spec.log_dir)
+        record = _read_sidecar(log_dir / f"{spec.name}{SIDECAR_SUFFIX}")
+        if record is None or record["start_time"] is None:
+            return None
+        pid, start_time = record["pid"], record["start_time"]
+        if _start_time(pid) != start_time:
+            return None
+        # The walltime runs from the job's start, on the monotonic clock of this process.
+        started = time.monotonic() - max(0.0, time.time() - record["submitted_at"])
+        native = LocalJob(None, pid, start_time, record["command"], record["port"], log_dir / f"{spec.name}.out",
+                          log_dir / f"{spec.name}.err", 0, started=started, walltime_s=self._walltime(spec))
+        logger.info("reattached %s: pid %d, started by an earlier server", spec.name, pid)
+        return JobHandle(job_id=f"local-{pid}", spec=spec, submitted_at=submitted_at, native=native)
+
+    def _walltime(self, job: JobSpec) -> float | None:
+        """The job's own limit and the facility's walltime (what a batch system would impose): the smaller wins."""
+        return min((s for s in (job.walltime_s, self.config.walltime) if s is not None), default=None)
 
     def poll(self, handle: JobHandle) -> JobStatus:
-        """RUNNING while torchrun lives; a job past its walltime is stopped here and reported FAILED."""
+        """RUNNING while torchrun lives; a job past its walltime is stopped here and reported FAILED.
+
+        A reattached job that is gone is DONE with no return code: the server then
+        collects its update if it published one, or records it missing.
+        """
         job = _local_job(handle)
         if job is None:
             return JobStatus(JobState.UNKNOWN, reason=f"{handle.job_id} was not started by this server process")
         with job.lock:
             if job.final is not None:
                 return job.final
-            returncode = job.process.poll()
-            if returncode is None:
+            if not job.ended():
                 overdue = job.walltime_s is not None and time.monotonic() - job.started > job.walltime_s
                 if not overdue:
                     return JobStatus(JobState.RUNNING)
                 logger.warning("%s exceeded its walltime of %g s; stopping it", handle.job_id, job.walltime_s)
-                returncode = stop_process_tree(job.process, self.kill_grace_s)
+                returncode = stop_process_tree(job, self.kill_grace_s)
                 job.final = JobStatus(JobState.FAILED, returncode, f"walltime exceeded ({job.walltime_s:g} s)")
-            elif returncode == 0:
+            elif job.process is None:
+                job.final = JobStatus(JobState.DONE, None, UNKNOWN_EXIT)
+            elif job.process.returncode == 0:
                 job.final = JobStatus(JobState.DONE, 0)
             else:
+                returncode = job.process.returncode
                 job.final = JobStatus(JobState.FAILED, returncode, failure_reason(_read_err(job), returncode))
             return job.final
 
@@ -214,9 +285,9 @@ class LocalLauncher:
             logger.warning("cannot cancel %s: not started by this server process", handle.job_id)
             return
         with job.lock:
-            if job.final is not None or job.process.poll() is not None:
+            if job.final is not None or job.ended():
                 return
-            returncode = stop_process_tree(job.process, self.kill_grace_s)
+            returncode = stop_process_tree(job, self.kill_grace_s)
             job.final = JobStatus(JobState.CANCELLED, returncode, "cancelled")
 
 
@@ -234,26 +305,27 @@ def _read_err(job: LocalJob) -> str:
         return f"(could not read {job.err_path}: {e})"
 
 
-def stop_process_tree(process: subprocess.Popen[bytes], grace_s: float) -> int:
+def stop_process_tree(job: LocalJob, grace_s: float) -> int | None:
     """SIGTERM the job's group and the groups of all its descendants; SIGKILL what is left after `grace_s`.
 
-    Returns the job's exit status. Processes are found while torchrun is still
-    their parent (orphans cannot be traced back), and a group is signalled only
-    while a process seen in it is still there, so a reused id is not hit.
+    Returns the job's exit status (None for a reattached job). Processes are
+    found while torchrun is still their parent (orphans cannot be traced back),
+    and a group is signalled only while a process seen in it is still there with
+    the same start time, so a reused id is not hit.
     """
-    tree = {process.pid: process.pid, **_descendants(process.pid)}  # pid -> its process group
-    for pgid in set(tree.values()):
+    tree = {job.pid: _Seen(job.pid, job.start_time), **_descendants(job.pid)}
+    for pgid in {seen.pgid for seen in _alive(tree).values()}:
         _signal_group(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
-        if process.poll() is not None and not _alive(tree):
-            return process.returncode
+        if job.ended() and not _alive(tree):
+            return job.wait()
         time.sleep(0.05)
-    if process.poll() is None:
-        tree.update(_descendants(process.pid))  # ranks spawned after the first look
-    for pgid in set(_alive(tree).values()):
+    if not job.ended():
+        tree.update(_descendants(job.pid))  # ranks spawned after the first look
+    for pgid in {seen.pgid for seen in _alive(tree).values()}:
         _signal_group(pgid, signal.SIGKILL)
-    return process.wait()
+    return job.wait()
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -263,44 +335,70 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         pass
 
 
-def _process_table() -> dict[int, tuple[int, int, str]]:
-    """pid -> (parent pid, process group, state) from /proc; empty where there is no /proc."""
-    table: dict[int, tuple[int, int, str]] = {}
+class _Proc(NamedTuple):
+    ppid: int
+    pgid: int
+    state: str
+    start_time: int
+
+
+class _Seen(NamedTuple):
+    """A process as first seen: its group, and its start time (None: not known, no /proc)."""
+
+    pgid: int
+    start_time: int | None
+
+
+def _stat(pid: int | str) -> _Proc | None:
+    """One process from ``/proc/<pid>/stat``; None when it is not there (or there is no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        return _Proc(int(fields[1]), int(fields[2]), fields[0].decode(), int(fields[19]))
+    except (OSError, IndexError, ValueError):
+        return None  # exited meanwhile
+
+
+def _start_time(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot), while it runs; None once it is gone or a zombie."""
+    proc = _stat(pid)
+    return proc.start_time if proc is not None and proc.state != "Z" else None
+
+
+def _process_table() -> dict[int, _Proc]:
+    """Every process from /proc; empty where there is no /proc."""
     try:
         entries = [entry.name for entry in os.scandir("/proc") if entry.name.isdigit()]
     except OSError:
-        return table
-    for name in entries:
-        try:
-            with open(f"/proc/{name}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # exited meanwhile
-        table[int(name)] = (int(fields[1]), int(fields[2]), fields[0].decode())
-    return table
+        return {}
+    return {int(name): proc for name in entries if (proc := _stat(name)) is not None}
 
 
-def _descendants(root: int) -> dict[int, int]:
-    """pid -> process group of every process below `root`, at this moment."""
+def _descendants(root: int) -> dict[int, _Seen]:
+    """Every process below `root`, at this moment."""
     table = _process_table()
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found: dict[int, int] = {}
+    for pid, proc in table.items():
+        children.setdefault(proc.ppid, []).append(pid)
+    found: dict[int, _Seen] = {}
     stack = list(children.get(root, []))
     while stack:
         pid = stack.pop()
-        found[pid] = table[pid][1]
+        found[pid] = _Seen(table[pid].pgid, table[pid].start_time)
         stack.extend(children.get(pid, []))
     return found
 
 
-def _alive(tree: dict[int, int]) -> dict[int, int]:
-    """The members of `tree` still running in the same group (zombies count as gone)."""
+def _alive(tree: dict[int, _Seen]) -> dict[int, _Seen]:
+    """The members of `tree` still running in the same group with the same start time (zombies count as gone)."""
     table = _process_table()
     if not table:  # no /proc: fall back on signal 0, which also sees zombies
-        return {pid: pgid for pid, pgid in tree.items() if _exists(pid)}
-    return {pid: pgid for pid, pgid in tree.items() if pid in table and table[pid][1] == pgid and table[pid][2] != "Z"}
+        return {pid: seen for pid, seen in tree.items() if _exists(pid)}
+    return {
+        pid: seen for pid, seen in tree.items()
+        if pid in table and table[pid].state != "Z" and table[pid].pgid == seen.pgid
+        and seen.start_time in (None, table[pid].start_time)
+    }  # fmt: skip
 
 
 def _exists(pid: int) -> bool:
@@ -311,3 +409,31 @@ def _exists(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _write_sidecar(path: Path, record: dict[str, Any]) -> None:
+    """Write the job's record atomically: a later server reads either all of it or nothing."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_text(json.dumps(record))
+        os.replace(partial, path)
+    except OSError as e:
+        logger.warning("cannot write %s (a restarted server will not find this job): %s", path, e)
+
+
+def _read_sidecar(path: Path) -> dict[str, Any] | None:
+    """The record `_write_sidecar` left, or None when it is missing or not one (then nothing is reattached)."""
+    try:
+        record = json.loads(path.read_text())
+        checked = {
+            "pid": int(record["pid"]),
+            "start_time": None if record["start_time"] is None else int(record["start_time"]),
+            "command": [str(part) for part in record["command"]],
+            "port": int(record["port"]),
+            "submitted_at": float(record["submitted_at"]),
+        }
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        if not isinstance(e, FileNotFoundError):
+            logger.warning("ignoring %s, which is not a local job record: %s", path, e)
+        return None
+    return checked
