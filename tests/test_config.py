@@ -190,7 +190,7 @@ def test_bad_override(project: Path, override: str, key: str | None, fragment: s
     with pytest.raises(ConfigError, match=fragment) as info:
         load_experiment(path, [override])
     assert info.value.key == key
-    assert info.value.file == str(path)
+    assert info.value.file == f"--set {override}"  # what the user must correct, not the file
 
 
 # --- relative paths --------------------------------------------------------------------------

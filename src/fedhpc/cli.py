@@ -12,6 +12,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fedhpc.config import Experiment, load_experiment
 from fedhpc.errors import ConfigError, FedhpcError
@@ -28,15 +29,16 @@ ExperimentArg = Annotated[Path, typer.Argument(help="The experiment file (YAML).
 
 
 def _load(path: Path, overrides: list[str] | None) -> Experiment:
+    """The experiment, or exit 2 with the error; the message quotes user text, so it is escaped, not markup."""
     try:
         return load_experiment(path, overrides or [])
     except ConfigError as e:
-        console.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from e
 
 
 def _fail(error: FedhpcError) -> typer.Exit:
-    console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+    console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
     return typer.Exit(1)
 
 
@@ -74,35 +76,33 @@ def validate(
 
     shape, memory = _what_if(params, gpu_memory)
     exp = _load(experiment, set_)
-    out = Console()
-    out.print(f"[green]ok[/green] {experiment}: experiment {exp.name!r}, {exp.algorithm.rounds} rounds of {exp.algorithm.name}",
-              soft_wrap=True)
-    out.print(f"  model {exp.model.source} ({exp.model.dtype}, peft={exp.model.peft}), run dir {exp.resolved_run_dir()}",
-              soft_wrap=True, highlight=False)
+    out = Console(markup=False, highlight=False, soft_wrap=True)  # every line quotes paths and names from the file
+    out.print(f"ok {experiment}: experiment {exp.name!r}, {exp.algorithm.rounds} rounds of {exp.algorithm.name}",
+              style="green")
+    out.print(f"  model {exp.model.source} ({exp.model.dtype}, peft={exp.model.peft}), run dir {exp.resolved_run_dir()}")
     data_problems: list[str] = []
     for facility in exp.facilities:
         out.print(
             f"  facility {facility.name}: {facility.launcher.kind} x{facility.launcher.nprocs}, "
             f"mover {facility.mover.kind}, data {facility.data}"
             + (", persistent worker" if facility.mode == "persistent" else ""),
-            soft_wrap=True, highlight=False,
         )
         for line in describe(facility):
-            out.print(f"    {line}", highlight=False, soft_wrap=True)
+            out.print(f"    {line}")
         data_problems += _check_data(facility, out)
     if data_problems:
         for problem in data_problems:
-            console.print(f"[red]error:[/red] {problem}", highlight=False, soft_wrap=True)
+            console.print(f"[red]error:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
     for line in describe_memory(exp, shape, gpus=gpus, gpu_memory=memory):
-        out.print(line, highlight=False, soft_wrap=True)
+        out.print(line)
     if online:
         try:
             checks = _globus_module("online_checks").run_online_checks(exp)
         except FedhpcError as e:
             raise _fail(e) from e
         for check in checks:
-            out.print(check.line(), highlight=False, soft_wrap=True)
+            out.print(check.line())
         if not checks:
             out.print("no Globus endpoint or collection to check online")
         if not all(check.ok for check in checks):
@@ -117,12 +117,15 @@ def _check_data(facility: Any, out: Console) -> list[str]:
     from fedhpc.errors import DataError
     from fedhpc.worker.records import check_examples
 
-    if not Path(facility.data).exists():
-        out.print(f"    data not checked: {facility.data} is not reachable from here (read at the facility)",
-                  highlight=False, soft_wrap=True)
+    try:
+        reachable = Path(facility.data).exists()
+    except OSError:  # a remote path this machine cannot even look up (too long here)
+        reachable = False
+    if not reachable:
+        out.print(f"    data not checked: {facility.data} is not reachable from here (read at the facility)")
         return []
     try:
-        out.print(f"    data ok: {check_examples(Path(facility.data))}", highlight=False, soft_wrap=True)
+        out.print(f"    data ok: {check_examples(Path(facility.data))}")
     except DataError as e:
         return [f"facility {facility.name}: {e}"]
     return []

@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import stat
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, ClassVar, Literal, NoReturn
 from uuid import UUID
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
     ByteSize,
     ConfigDict,
     Field,
-    PositiveFloat,
-    PositiveInt,
     ValidationError,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
@@ -34,6 +33,7 @@ from pydantic import (
 )
 
 from fedhpc.errors import ConfigError
+from fedhpc.safe_yaml import MAX_FILE_BYTES, load_bounded
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 DType = Literal["float32", "bfloat16", "float16"]
@@ -41,17 +41,49 @@ DType = Literal["float32", "bfloat16", "float16"]
 AnswerFamily = Literal["smiles", "formula", "iupac", "number", "boolean", "text"]
 MODEL_NAMES = ("tiny-llama", "smollm2-135m-instruct")
 
+# Bounds on numbers, so a value no run could use (nprocs: 1e20, a timeout past the thread library's limit,
+# an infinite learning rate) fails at load time with its key, not in a launcher or a memory plan.
+MAX_COUNT = 2**31 - 1  # what C ints downstream (torch, schedulers) hold
+MAX_SECONDS = 1e8  # about three years: beyond any allocation, below every timer's limit
+PositiveInt = Annotated[int, Field(gt=0, le=MAX_COUNT)]
+PositiveFloat = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+Duration = Annotated[float, Field(gt=0.0, le=MAX_SECONDS, allow_inf_nan=False)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+SeqLen = Annotated[int, Field(gt=0, le=1 << 20)]  # tokens: beyond the longest context of any model trained here
+ModelDim = Annotated[int, Field(gt=0, le=1 << 16)]
+BatchSize = Annotated[int, Field(gt=0, le=1 << 16)]
+Steps = Annotated[int, Field(gt=0, le=100_000_000)]
+NodeCount = Annotated[int, Field(gt=0, le=100_000)]  # the largest machines have about 10,000 nodes
+RankCount = Annotated[int, Field(gt=0, le=1024)]  # ranks (or threads) on one node
+
+
+def expand_user(value: Path) -> Path:
+    """``~`` and ``~user`` expanded; an unknown user is a `ValueError` (pydantic reports it at the key)."""
+    try:
+        return value.expanduser()
+    except RuntimeError:
+        raise ValueError(f"{value}: {value.parts[0]} names no user on this machine") from None
+
+
+def path_exists(value: Path) -> bool:
+    """`Path.exists`, but a name the OS refuses (too long, a NUL byte) is a `ValueError` saying why."""
+    try:
+        return value.exists()
+    except OSError as e:
+        shown = str(value) if len(str(value)) <= 200 else f"{str(value)[:200]}..."
+        raise ValueError(f"cannot use {shown}: {e.strerror}") from None
+
 
 def _resolve_against_file(value: Path, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir")
-    value = value.expanduser()
+    value = expand_user(value)
     if not value.is_absolute() and base is not None:
         value = Path(base) / value
     return value
 
 
 def _must_exist(value: Path) -> Path:
-    if not value.exists():
+    if not path_exists(value):
         raise ValueError(f"no such file or directory: {value}")
     return value
 
@@ -78,7 +110,7 @@ class Frozen(BaseModel):
 
 
 class LoraConfig(Frozen):
-    r: PositiveInt = 8
+    r: ModelDim = 8
     alpha: PositiveFloat = 16.0
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(
@@ -89,13 +121,13 @@ class LoraConfig(Frozen):
 class TinyLlamaConfig(Frozen):
     """A randomly initialised Llama built from a seed: identical at every facility."""
 
-    hidden_size: PositiveInt = 64
-    num_layers: PositiveInt = 2
-    num_heads: PositiveInt = 4
-    num_kv_heads: PositiveInt = 2
-    intermediate_size: PositiveInt = 128
-    max_position_embeddings: PositiveInt = 1024
-    seed: int = 0
+    hidden_size: ModelDim = 64
+    num_layers: ModelDim = 2
+    num_heads: ModelDim = 4
+    num_kv_heads: ModelDim = 2
+    intermediate_size: ModelDim = 128
+    max_position_embeddings: SeqLen = 1024
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TinyLlamaConfig:
@@ -166,7 +198,7 @@ class ModelConfig(Frozen):
         if base is None:
             return value
         candidate = Path(base) / value
-        looks_like_path = value.endswith(".gguf") or value.startswith(".") or candidate.exists()
+        looks_like_path = value.endswith(".gguf") or value.startswith(".") or path_exists(candidate)
         return str(candidate) if looks_like_path else value
 
     @model_validator(mode="after")
@@ -181,7 +213,7 @@ class ModelConfig(Frozen):
 
 
 class DataConfig(Frozen):
-    seq_len: PositiveInt = 256
+    seq_len: SeqLen = 256
     packing: bool = False
 
 
@@ -222,14 +254,14 @@ class StalenessConfig(Frozen):
 
     function: Literal["constant", "polynomial", "hinge"] = "polynomial"
     a: PositiveFloat = Field(0.5, description="decay rate of polynomial and hinge")
-    b: int = Field(4, ge=0, description="hinge: staleness up to which an update counts fully")
+    b: int = Field(4, ge=0, le=MAX_COUNT, description="hinge: staleness up to which an update counts fully")
 
 
 class CompassConfig(Frozen):
     """FedCompass's scheduler (Li et al., ICLR 2024): local steps per facility, chosen from its measured speed."""
 
-    min_steps: PositiveInt | None = Field(None, description="fewest local steps assigned; default ⌈0.2·max_steps⌉")
-    max_steps: PositiveInt | None = Field(None, description="most local steps assigned; default algorithm.local_steps")
+    min_steps: Steps | None = Field(None, description="fewest local steps assigned; default ⌈0.2·max_steps⌉")
+    max_steps: Steps | None = Field(None, description="most local steps assigned; default algorithm.local_steps")
     latest_time_factor: float = Field(
         1.2, gt=1.0, description="a group waits for its members until their expected arrival × this factor"
     )
@@ -253,23 +285,25 @@ class AlgorithmConfig(Frozen):
         "fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedasync", "fedbuff", "fedcompass"
     ] = "fedavg"
     server: ServerOptimizerConfig = ServerOptimizerConfig()
-    proximal_mu: float = Field(0.0, ge=0.0, description="FedProx μ: local loss + μ/2·‖w − w_global‖²; 0: off")
-    rounds: PositiveInt = 3
-    local_steps: PositiveInt = 10
+    proximal_mu: float = Field(
+        0.0, ge=0.0, allow_inf_nan=False, description="FedProx μ: local loss + μ/2·‖w − w_global‖²; 0: off"
+    )
+    rounds: Steps = 3
+    local_steps: Steps = 10
     lr: PositiveFloat = 1e-3
-    weight_decay: float = Field(0.0, ge=0.0)
-    batch_size: PositiveInt = Field(4, description="micro-batch per rank")
+    weight_decay: float = Field(0.0, ge=0.0, allow_inf_nan=False)
+    batch_size: BatchSize = Field(4, description="micro-batch per rank")
     weighting: Literal["equal", "samples", "steps"] = "samples"
     min_facilities: PositiveInt = 1
-    round_timeout: PositiveFloat = Field(3600.0, description="seconds a facility's job may run before it is cancelled")
+    round_timeout: Duration = Field(3600.0, description="seconds a facility's job may run before it is cancelled")
     max_update_norm: PositiveFloat | None = Field(
         None, description="reject an update whose L2 distance from the global exceeds this"
     )
-    seed: int = 0
+    seed: Seed = 0
     participation: float = Field(
         1.0, gt=0.0, le=1.0, description="fraction of facilities sampled to train each round (seeded per round)"
     )
-    round_deadline: PositiveFloat | None = Field(
+    round_deadline: Duration | None = Field(
         None, description="seconds after which a round aggregates what has arrived, once min_facilities are accepted"
     )
     late_updates: Literal["drop", "next_round"] | None = Field(
@@ -280,7 +314,7 @@ class AlgorithmConfig(Frozen):
     )
     staleness: StalenessConfig = StalenessConfig()
     max_staleness: int = Field(
-        8, ge=0, description="asynchronous: reject an update more than this many global versions behind"
+        8, ge=0, le=MAX_COUNT, description="asynchronous: reject an update more than this many global versions behind"
     )
     buffer_size: PositiveInt | None = Field(None, description="fedbuff: updates buffered per server step K; default 3")
     compass: CompassConfig = CompassConfig()
@@ -369,11 +403,11 @@ class LocalLauncherConfig(Frozen):
     """Runs the worker on this machine under torchrun (gloo on CPU, nccl on GPUs)."""
 
     kind: Literal["local"] = "local"
-    nprocs: PositiveInt = 1
+    nprocs: RankCount = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads_per_rank: PositiveInt | None = None
+    threads_per_rank: RankCount | None = None
     env: dict[str, str] = Field(default_factory=dict)
-    walltime: PositiveFloat | None = Field(
+    walltime: Duration | None = Field(
         None, description="stop a job after this many seconds, like a batch system's walltime; default: no limit"
     )
 
@@ -460,7 +494,7 @@ class SimulatedLauncherConfig(Frozen):
     queue_wait: Distribution = Field(0.0, description="virtual seconds a job waits in the queue before it starts")
     startup: Distribution = Field(0.0, description="virtual seconds a job takes to start and load the model")
     failure_rate: float = Field(0.0, ge=0.0, lt=1.0, description="probability that a job fails partway (seeded)")
-    seed: int = 0
+    seed: Seed = 0
     device: Literal["cpu"] = Field("cpu", description="the worker trains in the server's process, on its CPU")
     nprocs: Literal[1] = Field(1, description="one rank: the in-process worker")
 
@@ -539,9 +573,9 @@ class ParslLauncherConfig(Frozen):
     walltime: str | None = Field(
         None, description="HH:MM:SS (or seconds); default: algorithm.round_timeout, rounded up to a minute"
     )
-    nodes: PositiveInt = 1
-    ranks_per_node: PositiveInt = 1
-    gpus_per_rank: int = Field(0, ge=0, description="slurm: --gpus-per-node; pbspro: ngpus in the select")
+    nodes: NodeCount = 1
+    ranks_per_node: RankCount = 1
+    gpus_per_rank: int = Field(0, ge=0, le=64, description="slurm: --gpus-per-node; pbspro: ngpus in the select")
     cores_per_node: PositiveInt | None = Field(None, description="slurm: --cpus-per-task; pbspro: ncpus")
     mem_per_node: PositiveInt | None = Field(None, description="slurm: --mem, in GB")
     exclusive: bool | None = Field(None, description="slurm: --exclusive (Parsl's default: true)")
@@ -555,7 +589,7 @@ class ParslLauncherConfig(Frozen):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mpi: MpiConfig = MpiConfig()
     master_addr: str | None = Field(None, description="rank 0's address; default: the first node's hostname")
-    status_interval: PositiveFloat = Field(5.0, description="seconds between scheduler status queries")
+    status_interval: Duration = Field(5.0, description="seconds between scheduler status queries")
     script_dir: RelPath | None = Field(None, description="job scripts and logs; default: <job log dir>/parsl")
 
     @property
@@ -649,8 +683,8 @@ class GlobusComputeLauncherConfig(Frozen):
     function: Literal["mpi", "shell"] = Field(
         "mpi", description="mpi: MPIFunction on a GlobusMPIEngine endpoint; shell: ShellFunction, ranks started by mpi"
     )
-    nodes: PositiveInt = 1
-    ranks_per_node: PositiveInt = 1
+    nodes: NodeCount = 1
+    ranks_per_node: RankCount = 1
     num_ranks: PositiveInt | None = Field(
         None, description="the MPI resource specification's total; if given, nodes × ranks_per_node"
     )
@@ -668,9 +702,9 @@ class GlobusComputeLauncherConfig(Frozen):
     user_endpoint_config: dict[str, Any] = Field(
         default_factory=dict, description="values for the endpoint's config template: account, queue, walltime, ..."
     )
-    status_interval: PositiveFloat = Field(10.0, description="seconds between task status queries")
+    status_interval: Duration = Field(10.0, description="seconds between task status queries")
     submit_retries: int = Field(
-        3, ge=0, description="resubmissions after a transient service error or a task lost with its worker"
+        3, ge=0, le=100, description="resubmissions after a transient service error or a task lost with its worker"
     )
 
     @property
@@ -803,8 +837,8 @@ class GlobusTransferMoverConfig(Frozen):
         "checksum", description="what a retried transfer skips: files already at the destination equal by this measure"
     )
     verify_checksum: bool = Field(True, description="Globus checksums each file after copying and retries a mismatch")
-    deadline: PositiveFloat = Field(3600.0, description="seconds one transfer may take before it is cancelled")
-    poll_interval: PositiveFloat = Field(2.0, description="seconds before the first status query; doubles up to 60 s")
+    deadline: Duration = Field(3600.0, description="seconds one transfer may take before it is cancelled")
+    poll_interval: Duration = Field(2.0, description="seconds before the first status query; doubles up to 60 s")
 
     @property
     def facility_root(self) -> str:
@@ -944,15 +978,15 @@ class ProxyStoreMoverConfig(Frozen):
 class PersistentConfig(Frozen):
     """A persistent worker (`mode: persistent`): one job holds the allocation and trains round after round."""
 
-    heartbeat_interval: PositiveFloat = Field(5.0, description="seconds between the worker's heartbeat.json writes")
-    heartbeat_timeout: PositiveFloat = Field(
+    heartbeat_interval: Duration = Field(5.0, description="seconds between the worker's heartbeat.json writes")
+    heartbeat_timeout: Duration = Field(
         60.0, description="seconds without a changed heartbeat after which the server replaces the worker"
     )
-    idle_timeout: PositiveFloat = Field(
+    idle_timeout: Duration = Field(
         600.0, description="seconds the worker waits with no work before it exits, so an orphan frees its allocation"
     )
     max_restarts: int = Field(
-        2, ge=0, description="worker replacements a task may live through before it is reported failed"
+        2, ge=0, le=1000, description="worker replacements a task may live through before it is reported failed"
     )
 
     @field_validator("heartbeat_timeout")
@@ -1090,7 +1124,10 @@ class FacilityConfig(Frozen):
         """
         if not isinstance(raw, dict) or not isinstance(raw.get("data"), (str, Path)):
             return raw
-        data = Path(raw["data"]).expanduser()
+        try:
+            data = expand_user(Path(raw["data"]))
+        except ValueError as e:
+            _raise_at(cls, ("data",), raw["data"], str(e))
         remote = _names_remote(raw.get("launcher"), LAUNCHER_CONFIGS, "local") or _names_remote(
             raw.get("mover"), MOVER_CONFIGS, "filesystem"
         )
@@ -1102,7 +1139,11 @@ class FacilityConfig(Frozen):
         base = (info.context or {}).get("base_dir")
         if not data.is_absolute() and base is not None:
             data = Path(base) / data
-        if not data.exists():
+        try:
+            found = path_exists(data)
+        except ValueError as e:
+            _raise_at(cls, ("data",), raw["data"], str(e))
+        if not found:
             _raise_at(cls, ("data",), raw["data"], f"no such file or directory: {data}")
         return {**raw, "data": data}
 
@@ -1169,12 +1210,16 @@ class EvaluationConfig(Frozen):
     split: Literal["test", "test_subset", "dev", "validation", "train"] = Field(
         "test", description="the split scored: the release's names (test_subset: at most 200 questions a task)"
     )
-    every: int = Field(0, ge=0, description="evaluate after every N rounds; 0: only the base and the final round")
+    every: int = Field(
+        0, ge=0, le=MAX_COUNT, description="evaluate after every N rounds; 0: only the base and the final round"
+    )
     include_base: bool = Field(True, description="also evaluate round 0 (the base model) for a before/after table")
     limit_per_task: PositiveInt | None = Field(None, description="seeded sample of at most this many per task")
-    batch_size: PositiveInt = 16
-    num_beams: PositiveInt = Field(1, description="beam width of generation; 1 is greedy decoding")
-    max_new_tokens: PositiveInt | dict[AnswerFamily, PositiveInt] | None = Field(
+    batch_size: BatchSize = 16
+    num_beams: Annotated[int, Field(gt=0, le=1024)] = Field(
+        1, description="beam width of generation; 1 is greedy decoding"
+    )
+    max_new_tokens: SeqLen | dict[AnswerFamily, SeqLen] | None = Field(
         None,
         description="generation budget: one number for every task, or per answer family (smiles, formula, iupac, "
         "number, boolean, text) over the defaults in fedhpc.evaluation.decoding",
@@ -1228,6 +1273,36 @@ class Experiment(Frozen):
             )
         return self
 
+    @model_validator(mode="after")
+    def _run_dir_usable(self) -> Experiment:
+        """The run directory can be made, and neither it nor a staging area lies in a facility's data.
+
+        fedhpc fills and prunes both, so a file or device there (``run_dir: /dev/null``) would fail at the
+        first write, and data beneath either would be pruned or read back mixed with the run's own files.
+        """
+        run_dir = self.resolved_run_dir()
+        try:
+            blocker = _existing_non_directory(run_dir)
+        except (OSError, ValueError) as e:
+            raise KeyedValueError("run_dir", f"cannot use {run_dir}: {getattr(e, 'strerror', None) or e}") from None
+        if blocker is not None:
+            raise KeyedValueError("run_dir", f"{run_dir} cannot be made a directory: {blocker} exists and is not "
+                                  "a directory; choose another run_dir")
+        for index, facility in enumerate(self.facilities):
+            data = Path(facility.data)
+            if not facility.remote and _within(run_dir, data):
+                raise KeyedValueError("run_dir", f"{run_dir} is inside facility {facility.name}'s data {data}; "
+                                      "put the run directory elsewhere")
+            mover = facility.mover
+            if isinstance(mover, FilesystemMoverConfig):
+                staging = mover.staging_dir or run_dir / "staging" / facility.name
+                key = f"facilities.{index}.mover.staging_dir" if mover.staging_dir else "run_dir"
+                if _within(staging, data) or _within(data, staging):
+                    raise KeyedValueError(key, f"facility {facility.name}'s staging directory {staging} and its "
+                                          f"data {data} overlap (one is inside the other); fedhpc fills and prunes "
+                                          "the staging directory, so give each its own place")
+        return self
+
     def resolved_run_dir(self) -> Path:
         return (self.run_dir or Path("runs") / self.name).absolute()
 
@@ -1238,47 +1313,97 @@ class Experiment(Frozen):
         raise KeyError(name)
 
 
+def _existing_non_directory(path: Path) -> Path | None:
+    """The first of `path` and its parents that exists, if it is not a directory (so `mkdir -p` would fail)."""
+    for candidate in (path, *path.parents):
+        try:
+            mode = candidate.stat().st_mode
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        return None if stat.S_ISDIR(mode) else candidate
+    return None
+
+
+def _within(inner: Path, outer: Path) -> bool:
+    """Whether `inner` is `outer` or lies beneath it, symbolic links followed where they exist."""
+    try:
+        inner_real, outer_real = Path(os.path.realpath(inner)), Path(os.path.realpath(outer))
+    except ValueError:  # a NUL byte: no such file exists, so the names alone decide
+        inner_real, outer_real = inner, outer
+    return any(a == b or b in a.parents for a, b in ((inner, outer), (inner_real, outer_real)))
+
+
 def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
-    """Read, override and validate an experiment file; raise `ConfigError` naming file and key."""
+    """Read, override and validate an experiment file; raise `ConfigError` naming file (or --set) and key."""
     path = Path(path)
     file = str(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read the experiment file: {e.strerror}", file=file) from e
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"not valid YAML: {e}", file=file) from e
+    raw = load_bounded(_read_experiment_text(path), file=file)
     if not isinstance(raw, dict):
         raise ConfigError("the top level must be a mapping of keys such as name, model, facilities", file=file)
+    set_by: dict[str, str] = {}
     for override in overrides:
-        apply_override(raw, override, file=file)
+        set_by[apply_override(raw, override, file=file)] = override
     try:
         return Experiment.model_validate(raw, context={"base_dir": path.parent.absolute()})
     except ValidationError as e:
-        error = ConfigError(_describe(e, file))
-        error.file, error.key = file, _key_of(e.errors()[0])
+        error = ConfigError(_describe(e, file, set_by))
+        key = _key_of(e.errors()[0])
+        error.file, error.key = _source_of(key, file, set_by), key
         raise error from e
+    except RecursionError as e:  # a cycle the YAML bounds cannot see, e.g. a --set value nested in itself
+        raise ConfigError("the experiment nests too deeply to validate", file=file) from e
 
 
-def apply_override(raw: dict[str, Any], override: str, *, file: str) -> None:
-    """Apply one ``dotted.key=value`` override in place; the value is parsed as YAML."""
+def _read_experiment_text(path: Path) -> str:
+    """The file as UTF-8 text, at most `MAX_FILE_BYTES`; a FIFO or device is refused, never waited on."""
+    file = str(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (OSError, ValueError) as e:
+        reason = e.strerror if isinstance(e, OSError) else str(e)
+        raise ConfigError(f"cannot read the experiment file: {reason}", file=file) from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError("is not a regular file; give the experiment's YAML file", file=file)
+        try:
+            data = handle.read(MAX_FILE_BYTES + 1)
+        except OSError as e:
+            raise ConfigError(f"cannot read the experiment file: {e.strerror}", file=file) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"is larger than {MAX_FILE_BYTES // 1024} KiB; an experiment file is a few KiB of YAML",
+                          file=file)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        begins, ends = data.rfind(b"\n", 0, e.start) + 1, data.find(b"\n", e.start)
+        text = data[begins : ends if ends >= 0 else len(data)].decode("utf-8", "replace")[:80]
+        raise ConfigError(f"is not UTF-8 text: byte {e.start} (line {line}, in {text!r}) is "
+                          f"{data[e.start:e.start + 1]!r}; save the file as UTF-8", file=file) from None
+
+
+def apply_override(raw: dict[str, Any], override: str, *, file: str) -> str:
+    """Apply one ``dotted.key=value`` override in place (the value parsed as YAML); return its key.
+
+    Errors name the ``--set`` argument rather than `file`: that is what the user must correct.
+    """
+    source = f"--set {override}"
     key, sep, value_text = override.partition("=")
     if not sep or not key:
-        raise ConfigError(f"override {override!r} must look like key.path=value", file=file)
+        raise ConfigError("must look like key.path=value", file=source)
     parts = key.split(".")
     node: Any = raw
     for depth, part in enumerate(parts[:-1]):
-        node = _step_into(node, part, ".".join(parts[: depth + 1]), file)
+        node = _step_into(node, part, ".".join(parts[: depth + 1]), source)
     last = parts[-1]
-    value = yaml.safe_load(value_text) if value_text else ""
+    value = load_bounded(value_text, file=source, key=key) if value_text else ""
     if isinstance(node, list):
-        node[_list_index(node, last, key, file)] = value
+        node[_list_index(node, last, key, source)] = value
     elif isinstance(node, dict):
         node[last] = value
     else:
-        raise ConfigError("cannot set a sub-key of a plain value", file=file, key=key)
+        raise ConfigError("cannot set a sub-key of a plain value", file=source, key=key)
+    return key
 
 
 def _step_into(node: Any, part: str, key: str, file: str) -> Any:
@@ -1306,14 +1431,22 @@ def _key_of(item: Any) -> str:
     return keyed.key if isinstance(keyed, KeyedValueError) else _dotted(item["loc"])
 
 
-def _describe(error: ValidationError, file: str) -> str:
+def _source_of(key: str, file: str, set_by: dict[str, str]) -> str:
+    """The ``--set`` argument that wrote `key` (or a key above it), else the file."""
+    for written, override in set_by.items():
+        if key == written or key.startswith(f"{written}."):
+            return f"--set {override}"
+    return file
+
+
+def _describe(error: ValidationError, file: str, set_by: dict[str, str]) -> str:
     lines = []
     for item in error.errors():
-        key = _key_of(item) or "(top level)"
+        key = _key_of(item)
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key (check its spelling against docs/configuration.md)"
         elif item["type"] == "missing":
             message = "required key is missing"
-        lines.append(f"{key}: {message}")
-    return "invalid experiment\n  " + "\n  ".join(f"{file}: {line}" for line in lines)
+        lines.append(f"{_source_of(key, file, set_by)}: {key or '(top level)'}: {message}")
+    return "invalid experiment\n  " + "\n  ".join(lines)

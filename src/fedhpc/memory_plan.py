@@ -286,6 +286,8 @@ def describe_memory(
         shape = what_if or model_shape(exp.model)
     except ModelError as e:
         return [f"memory plan: {e}"]
+    except OSError as e:  # a model path this machine cannot look up (a name too long here)
+        return [f"memory plan: cannot read model {exp.model.source[:200]}: {e.strerror}"]
     if shape is None:
         return [f"memory plan: the shape of model {exp.model.source} is not known offline (a hub id, or a GGUF "
                 "not converted yet); give its size, e.g. --params 7e9"]
