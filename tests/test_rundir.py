@@ -43,3 +43,21 @@ def test_a_recorded_document_that_no_longer_validates_is_compared_as_is(tmp_path
     recorded = _recorded(algorithm__retired_option=3)
     with pytest.raises(RunMismatch, match="algorithm.retired_option"):
         check_same_experiment(json.dumps(recorded), load_experiment(QUICKSTART), tmp_path)
+
+
+def test_a_rotated_token_is_no_change_even_against_a_run_recorded_before_redaction(tmp_path: Path) -> None:
+    """Runs recorded by an older fedhpc hold env values verbatim; both sides compare redacted."""
+    env = "facilities.0.launcher.env={HF_TOKEN: hf_old}"
+    verbatim = load_experiment(QUICKSTART, [env]).model_dump(mode="json")
+    recorded = experiment_document(load_experiment(QUICKSTART, [env]))
+    assert recorded["facilities"][0]["launcher"]["env"] == {"HF_TOKEN": "<redacted>"}
+    rotated = load_experiment(QUICKSTART, ["facilities.0.launcher.env={HF_TOKEN: hf_new}"])
+    for document in (verbatim, recorded, {**verbatim, "retired_option": None}):
+        check_same_experiment(json.dumps(document), rotated, tmp_path)
+
+
+def test_a_new_env_variable_is_still_a_change(tmp_path: Path) -> None:
+    recorded = experiment_document(load_experiment(QUICKSTART, ["facilities.0.launcher.env={HF_TOKEN: a}"]))
+    changed = load_experiment(QUICKSTART, ["facilities.0.launcher.env={HF_TOKEN: a, NCCL_DEBUG: INFO}"])
+    with pytest.raises(RunMismatch, match="facilities.0.launcher.env.NCCL_DEBUG"):
+        check_same_experiment(json.dumps(recorded), changed, tmp_path)

@@ -1235,6 +1235,10 @@ class CheckpointConfig(Frozen):
 class Experiment(Frozen):
     name: str = Field(pattern=NAME_PATTERN)
     run_dir: RelPath | None = None
+    run_dir_mode: Literal["private", "umask"] = Field(
+        "private", description="private: the run directory is made 0700 (its ledger, report and job scripts "
+        "hold the launchers' env); umask: made as the umask says, for a group that shares runs"
+    )
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     algorithm: AlgorithmConfig = AlgorithmConfig()

@@ -11,6 +11,8 @@ before resuming.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,13 @@ from pydantic import ValidationError
 
 from fedhpc.config import Experiment
 from fedhpc.errors import RunMismatch
+from fedhpc.redaction import redact
 
-# Keys a user may change between a run and its resume: extending a run is normal.
-RESUMABLE_CHANGES = ("algorithm.rounds",)
+log = logging.getLogger(__name__)
+
+# Keys a user may change between a run and its resume: extending a run is normal, and the mode applies
+# only when the directory is made. (A changed secret never shows: documents compare redacted.)
+RESUMABLE_CHANGES = ("algorithm.rounds", "run_dir_mode")
 
 
 class RunDir:
@@ -71,7 +77,19 @@ class RunDir:
         return self.ledger_path.exists()
 
     def create(self, experiment: Experiment) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Make the directory (private: 0700, unless `run_dir_mode` is umask) and record the experiment.
+
+        A private directory keeps every file the run writes in it (ledger, metrics, report, job
+        scripts that export the launcher's env) from other accounts, whatever their own modes.
+        """
+        private = experiment.run_dir_mode == "private"
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700 if private else 0o777, exist_ok=True)
+        if private and self.root.stat().st_mode & 0o077:  # it existed already, e.g. made by hand
+            try:
+                os.chmod(self.root, 0o700)
+            except OSError as e:
+                log.warning("cannot make the run directory %s private (mode 0700): %s", self.root, e.strerror)
         self.experiment_file.write_text(yaml.safe_dump(experiment_document(experiment), sort_keys=False))
 
     def discard_after(self, last_complete: int) -> list[Path]:
@@ -107,7 +125,8 @@ class RunDir:
 
 
 def experiment_document(experiment: Experiment) -> dict[str, Any]:
-    return experiment.model_dump(mode="json")
+    """The experiment as the run directory records it (experiment.yaml, the ledger): secrets redacted."""
+    return redact(experiment.model_dump(mode="json"))
 
 
 def check_same_experiment(recorded_json: str, experiment: Experiment, run_root: Path) -> None:
@@ -122,7 +141,7 @@ def check_same_experiment(recorded_json: str, experiment: Experiment, run_root: 
     try:
         recorded = experiment_document(Experiment.model_validate(recorded))
     except ValidationError:
-        pass
+        recorded = redact(recorded)  # a run recorded before redaction holds the values themselves
     differences = [
         key
         for key in _differing_keys(recorded, experiment_document(experiment))
