@@ -36,9 +36,9 @@ class ExchangeError(FedhpcError):
 class UpdateRejected(ExchangeError):
     """An update failed verification; `reason` is a short machine-readable code.
 
-    Reasons: ``missing_manifest``, ``bad_manifest``, ``checksum``, ``missing_tensor``,
-    ``unexpected_tensor``, ``shape``, ``dtype``, ``non_finite``, ``fingerprint``,
-    ``norm``, ``stale``, ``round``.
+    Reasons: ``missing_manifest``, ``bad_manifest``, ``checksum``, ``unexpected_file``,
+    ``missing_tensor``, ``unexpected_tensor``, ``shape``, ``dtype``, ``non_finite``,
+    ``fingerprint``, ``norm``, ``stale``, ``round``, ``num_samples``, ``bad_metrics``.
     """
 
     def __init__(self, reason: str, message: str):

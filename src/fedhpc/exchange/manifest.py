@@ -6,16 +6,22 @@ change here is a change to what every deployed facility must read.
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, model_serializer
-from pydantic import model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError
+from pydantic import model_serializer, model_validator
 
-from fedhpc.errors import UpdateRejected
+from fedhpc.errors import ExchangeError, UpdateRejected
+from fedhpc.exchange.safetensors_stream import read_regular
 
 MANIFEST_NAME = "manifest.json"
+# A manifest lists every tensor, and a sharded one (format version 2) every rank's rows of it: about
+# 110 bytes per tensor per rank, so some 20 MB for a 700-tensor model written by 256 FSDP ranks.
+# Anything larger is refused before it is parsed, so a facility cannot make the server parse gigabytes.
+MAX_MANIFEST_BYTES = 32 * 1024 * 1024
 FORMAT_NAME = "fedhpc-exchange"
 FORMAT_VERSION = 1
 SHARDED_FORMAT_VERSION = 2  # some tensor is stored as row ranges in several files (`TensorEntry.parts`)
@@ -25,10 +31,29 @@ class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _plain_name(name: str) -> str:
+    """A file name that can only mean a file directly inside the exchange directory.
+
+    The manifest comes from a facility: a name with a separator or `..` (or an
+    absolute path) would make the server read, hash or copy a file outside the
+    update, e.g. one of its own globals. Hidden names are refused too: they are
+    what a writer's temporary files look like, and nothing the writers publish.
+    """
+    if not name or name.startswith(".") or "/" in name or "\\" in name or "\0" in name:
+        raise ValueError(f"file name {name!r} must be a plain name inside the directory (no '/', '\\', "
+                         "leading '.', or empty name)")
+    if name == MANIFEST_NAME or len(name.encode()) > 255:
+        raise ValueError(f"file name {name!r} cannot be a data file (the manifest itself, or over 255 bytes)")
+    return name
+
+
+FileName = Annotated[str, AfterValidator(_plain_name)]
+
+
 class PartEntry(_Strict):
     """Rows [start, stop) of a tensor's first dimension, stored in `file` under the tensor's name."""
 
-    file: str
+    file: FileName
     rows: tuple[int, int]
 
 
@@ -42,7 +67,7 @@ class TensorEntry(_Strict):
 
     shape: list[int]
     dtype: str
-    file: str | None = None
+    file: FileName | None = None
     parts: list[PartEntry] | None = None
 
     @model_validator(mode="after")
@@ -111,7 +136,7 @@ class Manifest(ExchangeMeta):
     format: Literal["fedhpc-exchange"] = FORMAT_NAME
     format_version: Literal[1, 2] = FORMAT_VERSION
     tensors: dict[str, TensorEntry]
-    files: dict[str, FileEntry]
+    files: dict[FileName, FileEntry]
 
     @model_validator(mode="after")
     def _version_fits_entries(self) -> Manifest:
@@ -125,11 +150,18 @@ class Manifest(ExchangeMeta):
 
 
 def read_manifest(directory: Path) -> Manifest:
+    """The manifest of an exchange directory, read without following a link or waiting on a FIFO."""
     path = directory / MANIFEST_NAME
     try:
-        text = path.read_bytes()  # bytes: undecodable garbage is a bad manifest, not a UnicodeDecodeError
+        # bytes: undecodable garbage is a bad manifest, not a UnicodeDecodeError
+        text = read_regular(path, MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         raise UpdateRejected("missing_manifest", f"{path} does not exist (incomplete or not an exchange dir)") from None
+    except ExchangeError as e:
+        raise UpdateRejected("bad_manifest", str(e)) from e
+    except OSError as e:
+        reason = "missing_manifest" if e.errno == errno.ENOTDIR else "bad_manifest"
+        raise UpdateRejected(reason, f"{path}: unreadable: {e.strerror}") from e
     try:
         return Manifest.model_validate_json(text)
     except ValidationError as e:

@@ -8,6 +8,8 @@ reads one tensor (see `ShardReader`), never the whole model.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,10 +17,14 @@ from pathlib import Path
 import torch
 
 from fedhpc.errors import ExchangeError, UpdateRejected
-from fedhpc.exchange.manifest import Manifest, TensorEntry, read_manifest
-from fedhpc.exchange.safetensors_stream import ShardReader, TensorLayout, dtype_from_name, sha256_of_file
+from fedhpc.exchange.manifest import MANIFEST_NAME, Manifest, TensorEntry, read_manifest
+from fedhpc.exchange.safetensors_stream import ShardReader, TensorLayout, dtype_from_name, open_regular, sha256_of_fd
 
-FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
+# The dtypes an exchange directory may hold: those of the fp32 global and of the updates a worker may
+# send (exchange.update_dtype). float64 is refused: a value finite in fp64 (1e300) would pass the
+# finiteness check and then become infinite in the fp32 global; every float16/bfloat16 or float32
+# value that is finite stays finite in the fp32 accumulator.
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def all_finite(tensor: torch.Tensor) -> bool:
@@ -111,7 +117,10 @@ class ExchangeDir:
         headers and reads every tensor for finiteness (hashlib and torch both release
         the GIL), so verifying costs about the slower of the two, not their sum. A
         checksum failure wins over any other reason: damaged bytes explain the rest.
+        Before either, the directory must hold nothing but its manifest and the
+        regular files it lists (`unexpected_file`), so nothing else is ever opened.
         """
+        self._verify_listing()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as hashing:
             files_checked = hashing.submit(self._verify_files)
             try:
@@ -138,22 +147,49 @@ class ExchangeDir:
                 if not all_finite(self.get(name)):
                     raise UpdateRejected("non_finite", f"{self.path}: tensor {name!r} holds NaN or Inf values")
 
+    def _verify_listing(self) -> None:
+        """Only the manifest and the files it lists, each a regular file: a junk file, a subdirectory,
+        a link or a FIFO is refused by its name before anything in the directory is opened."""
+        expected = {MANIFEST_NAME, *self.manifest.files}
+        with os.scandir(self.path) as entries:
+            for entry in entries:
+                if entry.name not in expected:
+                    raise UpdateRejected(
+                        "unexpected_file",
+                        f"{entry.path} is not listed in {MANIFEST_NAME}; an exchange directory holds only its manifest "
+                        "and the files it lists",
+                    )
+                mode = entry.stat(follow_symlinks=False).st_mode
+                if not stat.S_ISREG(mode):
+                    raise UpdateRejected("unexpected_file", f"{entry.path} is not a regular file (a link, FIFO or "
+                                         "directory); an exchange directory holds only regular files")
+
     def _verify_files(self) -> None:
         for file_name, entry in self.manifest.files.items():
             path = self.path / file_name
-            if not path.is_file():
-                raise UpdateRejected("checksum", f"{path} is missing")
-            size = path.stat().st_size
-            if size != entry.bytes:
-                raise UpdateRejected("checksum", f"{path} has {size} bytes, manifest says {entry.bytes}")
-            if sha256_of_file(path) != entry.sha256:
-                raise UpdateRejected("checksum", f"{path} does not match its sha256 (corrupted in transit?)")
+            try:
+                fd = open_regular(path)
+            except FileNotFoundError:
+                raise UpdateRejected("checksum", f"{path} is missing") from None
+            except (OSError, ExchangeError) as e:
+                raise UpdateRejected("checksum", f"{path}: unreadable: {e}") from e
+            try:
+                size = os.fstat(fd).st_size
+                if size != entry.bytes:
+                    raise UpdateRejected("checksum", f"{path} has {size} bytes, manifest says {entry.bytes}")
+                if sha256_of_fd(fd) != entry.sha256:
+                    raise UpdateRejected("checksum", f"{path} does not match its sha256 (corrupted in transit?)")
+            finally:
+                os.close(fd)
 
     def _verify_headers(self) -> None:
         held: dict[str, dict[str, list[int]]] = {}  # file -> tensor name -> the shape it must have there
         for name, entry in self.manifest.tensors.items():
             if entry.dtype not in FLOAT_DTYPES:
-                raise UpdateRejected("dtype", f"{self.path}: tensor {name!r} has dtype {entry.dtype}, not a float type")
+                raise UpdateRejected(
+                    "dtype", f"{self.path}: tensor {name!r} has dtype {entry.dtype}; an exchange directory holds "
+                    f"{', '.join(FLOAT_DTYPES)} only (float64 values can overflow the float32 global)",
+                )
             places = [(entry.file, entry.shape)] if entry.file is not None else [
                 (part.file, [part.rows[1] - part.rows[0], *entry.shape[1:]]) for part in entry.parts or []
             ]

@@ -9,9 +9,11 @@ it back. The file is readable by the `safetensors` library like any other.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -154,7 +156,7 @@ class ShardReader:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._fd = -1  # so that __del__ after a failed open closes nothing
-        self._fd = os.open(self.path, os.O_RDONLY)
+        self._fd = open_regular(self.path)
         try:
             self.entries, self._data_start = self._read_header()
         except BaseException:
@@ -253,9 +255,65 @@ def _entry_problem(entry: object, data_size: int) -> str | None:
     return None
 
 
-def sha256_of_file(path: Path) -> str:
+def open_regular(path: Path) -> int:
+    """A read-only descriptor of `path`, which must be a regular file and not a symbolic link.
+
+    Everything a facility sends is untrusted: a symbolic link could point at the
+    server's own files, and opening a FIFO or a device would block the server
+    (a FIFO's open waits for a writer). `O_NOFOLLOW` refuses a link as the last
+    component, `O_NONBLOCK` makes opening anything never wait, and `fstat` on
+    the open descriptor (not a second lookup by name) checks what was opened.
+    Raises `ExchangeError` naming the path and what it is instead.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ExchangeError(f"{path} is a symbolic link; only regular files are read") from e
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ExchangeError(f"{path} is {_kind_of(mode)}, not a regular file")
+    return fd
+
+
+def _kind_of(mode: int) -> str:
+    kinds = {stat.S_ISDIR: "a directory", stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket",
+             stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device"}
+    return next((name for test, name in kinds.items() if test(mode)), f"of file type {stat.S_IFMT(mode):o}")
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of the regular file `path` (see `open_regular`); `ExchangeError` if it holds over `limit`."""
+    fd = open_regular(path)
+    try:
+        size = os.fstat(fd).st_size
+        if size > limit:
+            raise ExchangeError(f"{path} has {size} bytes, more than the {limit} allowed")
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ExchangeError(f"{path} grew past the {limit} bytes allowed while it was read")
+    return data
+
+
+def sha256_of_fd(fd: int) -> str:
+    """The sha256 of everything an open descriptor holds, read from its start."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
+    offset = 0
+    while chunk := os.pread(fd, _HASH_CHUNK, offset):
+        digest.update(chunk)
+        offset += len(chunk)
     return digest.hexdigest()
+
+
+def sha256_of_file(path: Path) -> str:
+    """The sha256 of a regular file (a link or a FIFO is refused, see `open_regular`)."""
+    fd = open_regular(path)
+    try:
+        return sha256_of_fd(fd)
+    finally:
+        os.close(fd)

@@ -27,6 +27,7 @@ from fedhpc.run.clock import Clock
 from fedhpc.run.events import EventLog
 from fedhpc.run.interrupts import OnInterrupt, StopFlag
 from fedhpc.run.rundir import RunDir
+from fedhpc.run.sample_caps import sample_cap
 from fedhpc.run.verification import verify_update
 
 log = logging.getLogger(__name__)
@@ -412,15 +413,25 @@ class Jobs:
         self.progress.facility_state(attempt.facility, f"rejected ({reason})", round)
 
     def verified(self, path: Path, facility: str | None, trained_round: int, global_: ExchangeDir) -> Update:
-        """Verify an update trained for `trained_round` against `global_` (the global it will be aggregated into)."""
+        """Verify an update trained for `trained_round` against `global_` (the global it will be aggregated into).
+
+        Everything in it came from the facility: its `num_samples` is held to the
+        facility's cap (`run.sample_caps`), and a rejected update is closed here.
+        """
         update_dir = self._open_update(path)
-        verify_update(
-            update_dir,
-            global_,
-            expected_round=trained_round,
-            fingerprint=self.base_fingerprint,
-            max_norm=self.experiment.algorithm.max_update_norm,
-        )
+        known = self.facilities.get(facility) if facility is not None else None
+        try:
+            verify_update(
+                update_dir,
+                global_,
+                expected_round=trained_round,
+                fingerprint=self.base_fingerprint,
+                max_norm=self.experiment.algorithm.max_update_norm,
+                sample_cap=sample_cap(known.config) if known is not None else None,
+            )
+        except BaseException:
+            update_dir.close()
+            raise
         manifest = update_dir.manifest
         based_on = manifest.based_on_round if manifest.based_on_round is not None else trained_round - 1
         return Update(
