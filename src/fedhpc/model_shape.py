@@ -102,10 +102,10 @@ def shape_for_params(n: float) -> ModelShape:
 def parse_param_count(text: str) -> int:
     """``7e9``, ``7000000000``, ``7B``, ``1.3b``, ``135M`` → a parameter count."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([kKmMbBtT]?)\s*", text)
-    count = round(float(match[1]) * {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[match[2].lower()]) if match else 0
-    if count < 1:
-        raise ConfigError(f"--params {text!r}: give a positive parameter count such as 7e9, 7B or 135M")
-    return count
+    count = float(match[1]) * {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[match[2].lower()] if match else 0.0
+    if not 1 <= count <= 1e15:  # beyond a quadrillion (or 1e400, infinite) is a typo, not a model
+        raise ConfigError(f"--params {text!r}: give a positive parameter count such as 7e9, 7B or 135M, at most 1e15")
+    return round(count)
 
 
 def model_shape(config: ModelConfig) -> ModelShape | None:
