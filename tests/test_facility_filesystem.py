@@ -43,8 +43,8 @@ def update(tmp_path) -> Path:
     return write_update(tmp_path / "server" / "global" / "r0001")
 
 
-def test_round_trip_hard_links_on_one_filesystem(tmp_path, update):
-    mover = FilesystemMover(FilesystemMoverConfig(), default_staging=tmp_path / "staging")
+def test_round_trip_hard_links_on_one_filesystem_when_asked(tmp_path, update):
+    mover = FilesystemMover(FilesystemMoverConfig(hardlink=True), default_staging=tmp_path / "staging")
     total = sum(s.st_size for s in files_of(update).values())
     assert len(files_of(update)) >= 3
 
@@ -63,10 +63,8 @@ def test_round_trip_hard_links_on_one_filesystem(tmp_path, update):
     assert only_entries(pulled.parent) == ["alpha"]  # no temporary left behind
 
 
-def test_round_trip_copies_when_hardlink_is_off(tmp_path, update):
-    mover = FilesystemMover(
-        FilesystemMoverConfig(staging_dir=tmp_path / "shared", hardlink=False), default_staging=tmp_path / "unused"
-    )
+def test_round_trip_copies_by_default(tmp_path, update):
+    mover = FilesystemMover(FilesystemMoverConfig(staging_dir=tmp_path / "shared"), default_staging=tmp_path / "unused")
     total = mover.push(update, "global/r0001")
     staged = tmp_path / "shared" / "global" / "r0001"
     assert not (tmp_path / "unused").exists()

@@ -775,7 +775,11 @@ class FilesystemMoverConfig(Frozen):
 
     kind: Literal["filesystem"] = "filesystem"
     staging_dir: RelPath | None = Field(None, description="default: <run_dir>/staging/<facility>")
-    hardlink: bool = Field(True, description="hard-link instead of copying when on the same filesystem")
+    hardlink: bool = Field(
+        False,
+        description="hard-link instead of copying when on the same filesystem: only for a facility trusted with the "
+        "server's files, since a linked file is one file in both areas and the facility could rewrite it",
+    )
 
 
 _COLLECTION_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")

@@ -6,6 +6,13 @@ is published the way `fedhpc.exchange` writes one: filled under a hidden
 temporary sibling, then renamed into place, so the other side sees all of it
 or nothing. A push or pull that dies half-way leaves only a hidden
 ``.<name>.partial-*`` sibling, which nothing reads.
+
+The staging area belongs to the facility: whatever is there may have been
+placed by it, so the server checks every path component below the staging
+directory before it reads or writes there (a symbolic link is refused, never
+followed), opens files only if they are regular (never waiting on a FIFO), and
+copies across the boundary in both directions, so no file the server keeps is
+one a facility can write to.
 """
 
 from __future__ import annotations
@@ -13,12 +20,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
+import stat
 from pathlib import Path, PurePosixPath
 
 from fedhpc.config import FilesystemMoverConfig
-from fedhpc.errors import TransferError
-from fedhpc.exchange.manifest import MANIFEST_NAME
+from fedhpc.errors import ExchangeError, TransferError
+from fedhpc.exchange.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES
+from fedhpc.exchange.safetensors_stream import open_regular, read_regular
 from fedhpc.exchange.writer import publish_directory
 
 logger = logging.getLogger(__name__)
@@ -32,12 +40,12 @@ _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOTSUP,
 class FilesystemMover:
     """`Mover` over a shared (or local) filesystem.
 
-    With ``config.hardlink`` (the default), files are hard-linked rather than
-    copied whenever source and destination are on one filesystem. That is safe
-    because exchange files are immutable once published: writers only ever
-    create new files in a temporary directory and rename it into place, and no
-    one rewrites a published file, so the two names can never come to differ.
-    (Deleting one name, e.g. when old rounds are pruned, leaves the other intact.)
+    Files are copied. A hard link would make the staged global and the server's
+    committed one a single file, which the facility could rewrite in place (and
+    the same for an update the server accepted). ``config.hardlink: true`` links
+    instead, whenever source and destination are on one filesystem: for a
+    facility trusted with the server's files, to save the copy (docs/contracts.md
+    gives its cost).
 
     `push` and `pull` return the bytes published at the destination (the size
     of its files, whether copied or linked), or 0 when the destination already
@@ -52,16 +60,15 @@ class FilesystemMover:
         return str(self._staged(relative))
 
     def exists(self, relative: str) -> bool:
-        return self._staged(relative).exists()
+        return os.path.lexists(self._staged(relative))
 
     def peek(self, relative: str) -> bytes | None:
-        """A small staged file's bytes (a worker's progress.json); None when absent or over `PEEK_MAX_BYTES`."""
+        """A small staged file's bytes (a worker's progress.json); None when absent, not a regular file
+        (a link, a FIFO) or over `PEEK_MAX_BYTES`."""
         try:
-            with open(self._staged(relative), "rb") as handle:
-                data = handle.read(PEEK_MAX_BYTES + 1)
-        except OSError:
+            return read_regular(self._staged(relative), PEEK_MAX_BYTES)
+        except (OSError, ExchangeError, TransferError):  # TransferError: a link on the way there
             return None
-        return data if len(data) <= PEEK_MAX_BYTES else None
 
     def push(self, local_dir: Path, relative: str) -> int:
         """Publish `local_dir` at `relative` in the staging area, complete or not at all."""
@@ -70,7 +77,7 @@ class FilesystemMover:
     def pull(self, relative: str, local_dir: Path) -> int:
         """Copy `relative` from the staging area to `local_dir`, which must not exist (or be this same copy)."""
         source = self._staged(relative)
-        if not source.is_dir():
+        if not os.path.isdir(source):
             raise TransferError(
                 f"cannot pull {source}: no such directory in the staging area of {self.staging_dir} "
                 "(the facility has not published it; check the job's .err log)"
@@ -78,15 +85,36 @@ class FilesystemMover:
         return self._transfer(source, Path(local_dir).absolute())
 
     def _staged(self, relative: str) -> Path:
+        """`relative` under the staging directory, once no component of it there is a symbolic link.
+
+        The facility can replace any directory of its area with a link (to the
+        server's files, or anywhere); following one would make the server read
+        or write outside the area. Components that do not exist yet are created
+        by the server itself.
+        """
         parts = PurePosixPath(relative).parts
         if not parts or PurePosixPath(relative).is_absolute() or ".." in parts:
             raise TransferError(f"{relative!r} must be a relative path inside the staging area, without '..'")
+        path = self.staging_dir
+        for part in parts:
+            path = path / part
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                break
+            except OSError as e:
+                raise TransferError(f"cannot look at {path} in the staging area: {e.strerror}") from e
+            if stat.S_ISLNK(mode):
+                raise TransferError(
+                    f"{path} is a symbolic link in the staging area of {self.staging_dir}; the server does not "
+                    "follow links a facility could have placed (remove it)"
+                )
         return self.staging_dir.joinpath(*parts)
 
     def _transfer(self, source: Path, dest: Path) -> int:
-        if not source.is_dir():
+        if not os.path.isdir(source) or os.path.islink(source):
             raise TransferError(f"cannot copy {source} to {dest}: the source is not a directory")
-        if dest.exists():
+        if os.path.lexists(dest):
             return _already_there(source, dest)
         try:
             nbytes = publish_directory(
@@ -102,8 +130,10 @@ class FilesystemMover:
 def _already_there(source: Path, dest: Path) -> int:
     """0 when `dest` holds the same exchange directory as `source` (same manifest.json); else an error."""
     try:
-        same = (source / MANIFEST_NAME).read_bytes() == (dest / MANIFEST_NAME).read_bytes()
-    except OSError:
+        same = read_regular(source / MANIFEST_NAME, MAX_MANIFEST_BYTES) == read_regular(
+            dest / MANIFEST_NAME, MAX_MANIFEST_BYTES
+        )
+    except (OSError, ExchangeError):
         same = False
     if not same:
         raise TransferError(
@@ -144,11 +174,53 @@ def copy_tree(source: Path, dest: Path, *, hardlink: bool) -> int:
 
 
 def copy_file(source: Path, dest: Path) -> int:
-    """Copy one file durably (fsynced before the directory is renamed into place); return its size."""
-    shutil.copyfile(source, dest)
-    fd = os.open(dest, os.O_RDONLY)
+    """Copy one regular file durably (fsynced before the directory is renamed into place); return its size.
+
+    The source is opened with `open_regular`, so a link or a FIFO put in its
+    place after the directory was listed is refused rather than followed or
+    waited on. The bytes copied are those the file held when it was opened.
+    """
     try:
-        os.fsync(fd)
-        return os.fstat(fd).st_size
+        source_fd = open_regular(source)
+    except ExchangeError as e:
+        raise TransferError(str(e)) from e
+    try:
+        size = os.fstat(source_fd).st_size
+        dest_fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            _copy_bytes(source_fd, dest_fd, size)
+            os.fsync(dest_fd)
+            return os.fstat(dest_fd).st_size
+        finally:
+            os.close(dest_fd)
     finally:
-        os.close(fd)
+        os.close(source_fd)
+
+
+def _copy_bytes(source_fd: int, dest_fd: int, size: int) -> None:
+    """The first `size` bytes of `source_fd` to `dest_fd`, in the kernel (sendfile) where it can."""
+    offset = 0
+    while offset < size:
+        try:
+            sent = os.sendfile(dest_fd, source_fd, offset, min(size - offset, 1 << 30))
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP) or offset:
+                raise
+            sent = _copy_by_reading(source_fd, dest_fd, offset, size)
+        if sent == 0:
+            break  # the file shrank after it was opened: its checksum will say so
+        offset += sent
+
+
+def _copy_by_reading(source_fd: int, dest_fd: int, offset: int, size: int) -> int:
+    """What `_copy_bytes` does where sendfile cannot copy between files; returns the bytes copied."""
+    copied = 0
+    while offset + copied < size:
+        chunk = os.pread(source_fd, min(size - offset - copied, 8 << 20), offset + copied)
+        if not chunk:
+            break
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dest_fd, view):]
+        copied += len(chunk)
+    return copied
