@@ -70,8 +70,13 @@ def path_exists(value: Path) -> bool:
     try:
         return value.exists()
     except OSError as e:
-        shown = str(value) if len(str(value)) <= 200 else f"{str(value)[:200]}..."
-        raise ValueError(f"cannot use {shown}: {e.strerror}") from None
+        raise ValueError(f"cannot use {shown_path(value)}: {e.strerror}") from None
+
+
+def shown_path(value: Path) -> str:
+    """A path for a message: whole, or its first 200 characters when it is longer (a fuzzed name can be huge)."""
+    text = str(value)
+    return text if len(text) <= 200 else f"{text[:200]}..."
 
 
 def _resolve_against_file(value: Path, info: ValidationInfo) -> Path:
@@ -1292,7 +1297,8 @@ class Experiment(Frozen):
         try:
             blocker = _existing_non_directory(run_dir)
         except (OSError, ValueError) as e:
-            raise KeyedValueError("run_dir", f"cannot use {run_dir}: {getattr(e, 'strerror', None) or e}") from None
+            reason = e.strerror if isinstance(e, OSError) else str(e)
+            raise KeyedValueError("run_dir", f"cannot use {shown_path(run_dir)}: {reason}") from None
         if blocker is not None:
             raise KeyedValueError("run_dir", f"{run_dir} cannot be made a directory: {blocker} exists and is not "
                                   "a directory; choose another run_dir")
@@ -1322,7 +1328,10 @@ class Experiment(Frozen):
 
 
 def _existing_non_directory(path: Path) -> Path | None:
-    """The first of `path` and its parents that exists, if it is not a directory (so `mkdir -p` would fail)."""
+    """The first of `path` and its parents that exists, if it is not a directory (so `mkdir -p` would fail).
+
+    A name the OS refuses to look up (too long, a loop of links) raises its `OSError`.
+    """
     for candidate in (path, *path.parents):
         try:
             mode = candidate.stat().st_mode
