@@ -33,7 +33,7 @@ from pydantic import (
 )
 
 from fedhpc.errors import ConfigError
-from fedhpc.safe_yaml import MAX_FILE_BYTES, load_bounded
+from fedhpc.safe_yaml import MAX_DEPTH, MAX_FILE_BYTES, load_bounded
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 DType = Literal["float32", "bfloat16", "float16"]
@@ -70,11 +70,11 @@ def path_exists(value: Path) -> bool:
     try:
         return value.exists()
     except OSError as e:
-        raise ValueError(f"cannot use {shown_path(value)}: {e.strerror}") from None
+        raise ValueError(f"cannot use {shown(value)}: {e.strerror}") from None
 
 
-def shown_path(value: Path) -> str:
-    """A path for a message: whole, or its first 200 characters when it is longer (a fuzzed name can be huge)."""
+def shown(value: object) -> str:
+    """A path or argument for a message: whole, or its first 200 characters (a fuzzed name can be huge)."""
     text = str(value)
     return text if len(text) <= 200 else f"{text[:200]}..."
 
@@ -1298,7 +1298,7 @@ class Experiment(Frozen):
             blocker = _existing_non_directory(run_dir)
         except (OSError, ValueError) as e:
             reason = e.strerror if isinstance(e, OSError) else str(e)
-            raise KeyedValueError("run_dir", f"cannot use {shown_path(run_dir)}: {reason}") from None
+            raise KeyedValueError("run_dir", f"cannot use {shown(run_dir)}: {reason}") from None
         if blocker is not None:
             raise KeyedValueError("run_dir", f"{run_dir} cannot be made a directory: {blocker} exists and is not "
                                   "a directory; choose another run_dir")
@@ -1367,8 +1367,6 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
         key = _key_of(e.errors()[0])
         error.file, error.key = _source_of(key, file, set_by), key
         raise error from e
-    except RecursionError as e:  # a cycle the YAML bounds cannot see, e.g. a --set value nested in itself
-        raise ConfigError("the experiment nests too deeply to validate", file=file) from e
 
 
 def _read_experiment_text(path: Path) -> str:
@@ -1404,11 +1402,13 @@ def apply_override(raw: dict[str, Any], override: str, *, file: str) -> str:
 
     Errors name the ``--set`` argument rather than `file`: that is what the user must correct.
     """
-    source = f"--set {override}"
+    source = shown(f"--set {override}")
     key, sep, value_text = override.partition("=")
     if not sep or not key:
         raise ConfigError("must look like key.path=value", file=source)
     parts = key.split(".")
+    if len(parts) > MAX_DEPTH:  # each part nests a mapping: as deep as a file may nest, no deeper
+        raise ConfigError(f"the key has {len(parts)} parts, more than {MAX_DEPTH}", file=source)
     node: Any = raw
     for depth, part in enumerate(parts[:-1]):
         node = _step_into(node, part, ".".join(parts[: depth + 1]), source)
@@ -1449,10 +1449,10 @@ def _key_of(item: Any) -> str:
 
 
 def _source_of(key: str, file: str, set_by: dict[str, str]) -> str:
-    """The ``--set`` argument that wrote `key` (or a key above it), else the file."""
+    """The ``--set`` argument that wrote `key`, a key above it or one below it, else the file."""
     for written, override in set_by.items():
-        if key == written or key.startswith(f"{written}."):
-            return f"--set {override}"
+        if key == written or key.startswith(f"{written}.") or (key and written.startswith(f"{key}.")):
+            return shown(f"--set {override}")
     return file
 
 

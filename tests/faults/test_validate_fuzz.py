@@ -252,6 +252,13 @@ def test_a_broken_set_value_names_the_set_argument_and_key(tmp_path: Path):
     assert "<unicode string>" not in output
 
 
+def test_a_set_key_deeper_than_any_file_may_nest_is_refused(tmp_path: Path):
+    key = "facilities.0.launcher.env." + "a." * 100 + "b"
+    code, output, _ = _validate(tmp_path, _quickstart(), f"{key}=1")
+    assert code == 2
+    assert f"--set {key}"[:200] in output and "the key has 105 parts, more than 64" in output
+
+
 def test_a_valid_set_value_out_of_range_names_the_set_argument(tmp_path: Path):
     code, output, _ = _validate(tmp_path, _quickstart(), "algorithm.rounds=0")
     assert code == 2
