@@ -74,6 +74,10 @@ def test_broken_updates_are_rejected_with_reasons_and_the_round_completes(tmp_pa
     assert failed[0].detail["state"] == "failed" and failed[0].detail["returncode"] != 0
     (aggregated,) = ledger.events("aggregated", round=1)
     assert aggregated.detail["facilities"] == ["good"]
+    failures = [line for line in result.stdout.splitlines() if "failed: " in line and "round 1: " in line]
+    assert len(failures) == len(faults), result.stdout  # one line per failure, with its reason, at the end
+    assert any("bad-crash round 1: job failed: " in line and "(log: " in line for line in failures), failures
+    assert any("bad-checksum round 1: update rejected (checksum): " in line for line in failures), failures
 
 
 def test_quorum_not_met_stops_with_a_clear_message(tmp_path: Path) -> None:
@@ -87,7 +91,7 @@ def test_quorum_not_met_stops_with_a_clear_message(tmp_path: Path) -> None:
         "--set", "algorithm.min_facilities=2",
         "--set", f"facilities.1.launcher={crash}",
     )
-    assert result.returncode == 1
+    assert result.returncode == 3  # ExitCode.QUORUM_NOT_MET
     assert "min_facilities" in result.stderr
     assert Ledger(run_dir / "ledger.sqlite").completed_rounds() == [0]
 

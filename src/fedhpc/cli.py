@@ -1,7 +1,8 @@
 """The `fedhpc` command: thin commands that parse, load the config and call the library.
 
-Exit codes: 0 success, 1 a run-time failure (a facility, the quorum, a
-mismatched run directory), 2 a bad experiment file, bad arguments or bad data.
+Exit codes (`fedhpc.errors.ExitCode`): 0 success, 1 a run-time failure (a
+mismatched run directory, a failed init), 2 a bad experiment file, bad arguments
+or bad data; `run` adds 3 quorum not met, 4 time limit, 130/143 interrupted.
 """
 
 from __future__ import annotations

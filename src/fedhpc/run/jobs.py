@@ -27,7 +27,6 @@ from fedhpc.run.clock import Clock
 from fedhpc.run.events import EventLog
 from fedhpc.run.interrupts import OnInterrupt, StopFlag
 from fedhpc.run.rundir import RunDir
-from fedhpc.run.sample_caps import sample_cap
 from fedhpc.run.verification import verify_update
 
 log = logging.getLogger(__name__)
@@ -119,6 +118,7 @@ class Jobs:
         self.base_fingerprint = base_fingerprint
         self.stop = stop or StopFlag()
         self._bad_progress: set[str] = set()  # facilities whose progress.json was unreadable (logged once)
+        self._ids: dict[str, set[str]] = {}  # attempt ids each facility has used: the ledger's, read once
 
     # --- launching -------------------------------------------------------------------------------
 
@@ -154,6 +154,7 @@ class Jobs:
         spec = self._job_spec(attempt)
         self.events.record("launching", round, facility_name, attempt=attempt_id, local_steps=local_steps, seed=seed,
                            started_at=attempt.started_at)  # before the job exists: its id is taken even if we die
+        self._used_ids(facility_name).add(attempt_id)
         attempt.handle = facility.launcher.submit(spec)
         self.events.record("submitted", round, facility_name, job_id=attempt.handle.job_id, attempt=attempt_id,
                            local_steps=local_steps, start=attempt.handle.submitted_at)
@@ -195,7 +196,10 @@ class Jobs:
         return f"{stem}-a{n}"
 
     def _used_ids(self, facility: str) -> set[str]:
-        return self.events.ledger.attempt_ids(facility)
+        """Read from the ledger once; this server adds each id it launches (it is the ledger's only writer)."""
+        if facility not in self._ids:
+            self._ids[facility] = self.events.ledger.attempt_ids(facility)
+        return self._ids[facility]
 
     def _in_staging(self, facility: str, attempt_id: str) -> bool:
         mover = self.facilities[facility].mover
