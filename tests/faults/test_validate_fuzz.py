@@ -112,7 +112,8 @@ def mutate(rng: random.Random, example: Path) -> Case:
                     kind)
     elif kind == "set_bad_key":
         return Case(example, text, [rng.choice(["=1", "novalue", "facilities.-1.name=x", "a.b.c.d.e.f=1",
-                                                "name.sub=1", "facilities.0=1", "x" * 5000 + "=1"])], kind)
+                                                "name.sub=1", "facilities.0=1", "x" * 5000 + "=1",
+                                                "model." + "a." * 3000 + "b=1"])], kind)
     else:
         text = rng.choice([b"", b"# only a comment\n", b"---\n---\n", b"\xef\xbb\xbf", b"null", b"[]", b"42"])
     return Case(example, text, [], kind)
