@@ -93,6 +93,7 @@ def test_quorum_not_met_stops_with_a_clear_message(tmp_path: Path) -> None:
     )
     assert result.returncode == 3  # ExitCode.QUORUM_NOT_MET
     assert "min_facilities" in result.stderr
+    assert "failed: beta round 1: job failed: " in result.stderr, result.stderr
     assert Ledger(run_dir / "ledger.sqlite").completed_rounds() == [0]
 
 

@@ -235,7 +235,7 @@ def run(
     from fedhpc.report.html import write_report
     from fedhpc.report.progress import ProgressView
     from fedhpc.run.interrupts import OnInterrupt, StopFlag
-    from fedhpc.run.orchestrator import run_experiment
+    from fedhpc.run.orchestrator import recorded_failures, run_experiment
 
     try:
         mode = OnInterrupt(on_interrupt)
@@ -267,6 +267,9 @@ def run(
                 + f"; final global model in {summary.final_global}"
             )
     except FedhpcError as e:
+        if exit_code(e) is ExitCode.QUORUM_NOT_MET:  # which facilities failed, and why, is the next question
+            for line in recorded_failures(exp.resolved_run_dir()):
+                console.print(f"failed: {line}", markup=False, highlight=False, soft_wrap=True)
         console.print(f"[red]{'stopped' if exit_code(e) >= ExitCode.INTERRUPTED else 'error'}:[/red] {e}",
                       highlight=False, soft_wrap=True)
         raise typer.Exit(exit_code(e)) from e

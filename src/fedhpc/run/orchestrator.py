@@ -307,6 +307,18 @@ def failure_lines(ledger: Ledger, run_dir: RunDir) -> list[str]:
     return lines
 
 
+def recorded_failures(run_root: Path) -> list[str]:
+    """`failure_lines` of a run directory whose server has stopped (none if it has no ledger)."""
+    run_dir = RunDir(run_root)
+    if not run_dir.exists():
+        return []
+    ledger = Ledger(run_dir.ledger_path)
+    try:
+        return failure_lines(ledger, run_dir)
+    finally:
+        ledger.close()
+
+
 def _close_launchers(facilities: dict[str, Facility]) -> None:
     """The run is over: launchers that keep jobs between rounds (persistent workers) stop them."""
     for name, facility in facilities.items():
