@@ -89,7 +89,7 @@ def test_two_ranks_train_tasks_in_order_survive_a_bad_one_skip_a_cancelled_one_a
 ) -> None:
     """Each update equals what a per-round job publishes for the same task: nothing leaks between tasks."""
     good = workspace / "global" / "r0000"
-    corrupt = tmp_path / "corrupt"  # fails rank 0's checksum check only: the ranks must agree to skip it
+    corrupt = tmp_path / "corrupt-global"  # fails rank 0's checksum check only: the ranks must agree to skip it
     shutil.copytree(good, corrupt)
     shard = next(corrupt.glob("*.safetensors"))
     data = bytearray(shard.read_bytes())
