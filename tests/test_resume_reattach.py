@@ -175,3 +175,41 @@ def test_a_malformed_progress_file_is_ignored(tmp_path: Path, content: bytes) ->
         attempt = Attempt("alpha", 1, "r0001-a0", 2, 1, None, 0.0)
         jobs._show_progress(attempt)
     assert attempt.last_step == -1
+
+
+def test_an_async_job_launched_after_the_last_commit_is_taken_in_not_launched_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job counter is restored from the last commit: the jobs launched after it are planned again, same ids.
+
+    FedBuff with a buffer of 2: an arrival that does not fill the buffer relaunches its facility with
+    no commit, so that job is in no committed state.
+    """
+    algorithm = {"name": "fedbuff", "rounds": 4, "buffer_size": 2}
+    speeds = {"a": 1.0, "b": 1.5, "c": 4.0}
+    straight = run(scenario(tmp_path / "straight", algorithm, speeds))
+    events = Ledger(straight / "ledger.sqlite").events()
+    committed = next(e for e in events if e.event == "aggregated" and e.round == 2)
+    target = next(e.detail["attempt"] for e in events if e.event == "submitted" and e.ts > committed.ts)
+
+    path = scenario(tmp_path / "killed", algorithm, speeds)
+    original = Jobs.launch
+
+    def launch_then_die(self: Jobs, *args, **kwargs) -> Attempt:  # type: ignore[no-untyped-def]
+        attempt = original(self, *args, **kwargs)
+        if attempt.attempt_id == target:
+            raise Killed()
+        return attempt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Jobs, "launch", launch_then_die)
+        with pytest.raises(Killed):
+            run(path)
+    resumed = run(path)
+
+    ledger = Ledger(resumed / "ledger.sqlite")
+    submitted = [(e.facility, e.detail["attempt"]) for e in ledger.events("submitted")]
+    assert len(submitted) == len(set(submitted)), f"a job was launched twice under one id: {submitted}"
+    assert target in {e.detail["attempt"] for e in ledger.events("reattached")}
+    final_a, final_b = tensors(straight / "global" / "r0004"), tensors(resumed / "global" / "r0004")
+    assert all(torch.equal(final_a[name], final_b[name]) for name in final_a)
