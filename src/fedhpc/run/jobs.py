@@ -27,6 +27,7 @@ from fedhpc.run.clock import Clock
 from fedhpc.run.events import EventLog
 from fedhpc.run.interrupts import OnInterrupt, StopFlag
 from fedhpc.run.rundir import RunDir
+from fedhpc.run.sample_caps import sample_cap
 from fedhpc.run.verification import verify_update
 
 log = logging.getLogger(__name__)
