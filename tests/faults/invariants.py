@@ -158,23 +158,24 @@ def check_rounds(run_dir: Path, facilities: dict[int, list[str]] | None = None) 
 
 
 def check_attempts(run_dir: Path) -> None:
-    """Attempt ids are never reused; every job that ended badly or update refused says why; and every job
-    a killed server had launched is accounted for after the resume: it ended, its update was taken, or the
-    ledger says it was relaunched (under a new id) and why."""
+    """Attempt ids are never reused; every job that ended badly, was cancelled or relaunched, and every update
+    refused, says why; and every job a stopped server had launched is accounted for after the resume: it
+    ended or was cancelled, its update was taken, or the ledger says it was relaunched (under a new id)."""
     submitted = [(e.round, e.facility, e.detail.get("attempt")) for e in _events(run_dir, "submitted")]
     repeated = [key for key, n in collections.Counter(submitted).items() if n > 1]
     assert not repeated, f"attempt ids submitted more than once: {repeated}"
-    for event in _events(run_dir, "job_finished") + _events(run_dir, "rejected"):
-        if event.event == "rejected" or event.detail.get("state") != "done":
-            reason = event.detail.get("reason") or event.detail.get("message")
-            assert reason, f"{event.event} without a reason: {event}"
+    stopped = [e for name in ("rejected", "job_cancelled", "job_abandoned", "late_dropped")
+               for e in _events(run_dir, name)]
     relaunched = _events(run_dir, "relaunched")
-    assert all(e.detail.get("reason") for e in relaunched), f"relaunched without a reason: {relaunched}"
+    failed = [e for e in _events(run_dir, "job_finished") if e.detail.get("state") != "done"]
+    for event in stopped + relaunched + failed:
+        reason = event.detail.get("reason") or event.detail.get("message")
+        assert reason, f"{event.event} without a reason: {event}"
     launched = {(e.round, e.facility, e.detail.get("attempt")) for name in ("launching", "submitted")
                 for e in _events(run_dir, name)}
     ended = {(e.round, e.facility, e.detail.get("attempt"))
-             for name in ("job_finished", "accepted", "rejected", "late_dropped", "collected_after_restart")
-             for e in _events(run_dir, name)}
+             for name in ("job_finished", "accepted", "collected_after_restart")
+             for e in _events(run_dir, name)} | {(e.round, e.facility, e.detail.get("attempt")) for e in stopped}
     ended |= {(e.round, e.facility, e.detail.get("previous")) for e in relaunched}
     unaccounted = sorted(launched - ended, key=str)
     assert not unaccounted, f"jobs launched and never accounted for (ended, taken in or relaunched): {unaccounted}"
