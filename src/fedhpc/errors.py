@@ -38,7 +38,7 @@ class UpdateRejected(ExchangeError):
 
     Reasons: ``missing_manifest``, ``bad_manifest``, ``checksum``, ``unexpected_file``,
     ``missing_tensor``, ``unexpected_tensor``, ``shape``, ``dtype``, ``non_finite``,
-    ``fingerprint``, ``norm``, ``stale``, ``round``, ``num_samples``, ``bad_metrics``.
+    ``fingerprint``, ``norm``, ``stale``, ``round``, ``num_samples``, ``local_steps``, ``bad_metrics``.
     """
 
     def __init__(self, reason: str, message: str):

@@ -349,6 +349,18 @@ def test_a_configured_max_samples_bounds_the_claim_and_names_the_key(tmp_path: P
     assert "facilities[alpha].max_samples" in str(info.value)
 
 
+def test_more_local_steps_than_the_task_asked_for_is_rejected(server: Server):
+    """With `weighting: steps` the self-reported step count is a facility's weight: it is held to the task's."""
+    publish(server, local_steps=12)
+    accepted = server.jobs.verified(server.staged, "alpha", 1, server.global_, asked_steps=12)
+    accepted.source.close()
+    assert accepted.local_steps == 12
+    with pytest.raises(UpdateRejected) as info:
+        server.jobs.verified(server.staged, "alpha", 1, server.global_, asked_steps=4)
+    assert info.value.reason == "local_steps"
+    assert "claims 12 local steps" in str(info.value) and "asked for 4" in str(info.value)
+
+
 def test_the_data_size_cap_names_the_data_and_the_key(server: Server):
     publish(server, num_samples=RECORDS + 1)
     with pytest.raises(UpdateRejected) as info:

@@ -308,7 +308,8 @@ class AsyncRounds:
         for record in state["buffer"]:
             attempt = attempt_from_record(record)
             try:
-                update = self.jobs.verified(Path(record["path"]), attempt.facility, attempt.round, current)
+                update = self.jobs.verified(Path(record["path"]), attempt.facility, attempt.round, current,
+                                            attempt.local_steps)
             except UpdateRejected as e:
                 self.jobs.reject(attempt, self.version + 1, e.reason, f"after the restart: {e}")
                 continue

@@ -376,7 +376,7 @@ class Jobs:
             moved = self.facilities[attempt.facility].mover.pull(attempt.update_rel, destination)
             self.events.record("pulled", round, attempt.facility, bytes=moved, seconds=self.clock.now() - started,
                                start=started, attempt=attempt.attempt_id)
-            update = self.verified(destination, attempt.facility, attempt.round, global_)
+            update = self.verified(destination, attempt.facility, attempt.round, global_, attempt.local_steps)
         except (UpdateRejected, TransferError) as e:
             self.reject(attempt, round, e.reason if isinstance(e, UpdateRejected) else "transfer", str(e))
             return None
@@ -417,7 +417,9 @@ class Jobs:
                            attempt=attempt.attempt_id)
         self.progress.facility_state(attempt.facility, f"rejected ({reason})", round)
 
-    def verified(self, path: Path, facility: str | None, trained_round: int, global_: ExchangeDir) -> Update:
+    def verified(
+        self, path: Path, facility: str | None, trained_round: int, global_: ExchangeDir, asked_steps: int | None = None
+    ) -> Update:
         """Verify an update trained for `trained_round` against `global_` (the global it will be aggregated into).
 
         Everything in it came from the facility: its `num_samples` is held to the
@@ -433,6 +435,7 @@ class Jobs:
                 fingerprint=self.base_fingerprint,
                 max_norm=self.experiment.algorithm.max_update_norm,
                 sample_cap=sample_cap(known.config) if known is not None else None,
+                asked_steps=asked_steps,
             )
         except BaseException:
             update_dir.close()

@@ -58,7 +58,13 @@ def verify_update(
     fingerprint: str | None,
     max_norm: float | None = None,
     sample_cap: SampleCap | None = None,
+    asked_steps: int | None = None,
 ) -> None:
+    """Raise `UpdateRejected` unless the update may count; `asked_steps` is what the server's task asked for.
+
+    `local_steps` is self-reported like `num_samples`, and with `weighting: steps` it is the
+    facility's weight: more steps than the task asked for is a claim no honest worker makes.
+    """
     manifest = update.manifest
     if manifest.kind != "update":
         raise UpdateRejected("bad_manifest", f"{update.path}: kind is {manifest.kind!r}, expected 'update'")
@@ -69,6 +75,11 @@ def verify_update(
             "num_samples",
             f"{update.path}: claims num_samples {manifest.num_samples}, over the cap of {sample_cap.limit} "
             f"({sample_cap.origin})",
+        )
+    if asked_steps is not None and manifest.local_steps > asked_steps:
+        raise UpdateRejected(
+            "local_steps",
+            f"{update.path}: claims {manifest.local_steps} local steps, but its task asked for {asked_steps}",
         )
     check_metrics(update.path, manifest)
     shapes = {name: entry.shape for name, entry in global_.manifest.tensors.items()}
