@@ -175,3 +175,27 @@ def test_auto_keeps_jobs_only_when_all_of_them_hold_a_batch_allocation(
     mode: OnInterrupt, kinds: set[str], keeps: bool
 ) -> None:
     assert mode.keeps(kinds) is keeps
+
+
+def test_a_time_limit_stops_between_rounds_with_exit_4_and_the_run_resumes(
+    tmp_path: Path, reference: dict[str, torch.Tensor]
+) -> None:
+    """A server inside its own allocation: no round starts once its seconds are spent."""
+    run_dir = tmp_path / "run"
+    two_rounds = ("--set", "algorithm.rounds=2")
+    stopped = run_fedhpc(*_args(run_dir, *two_rounds, "--time-limit", "0"))
+    output = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 4, output
+    assert "stopped at the time limit after 1 of 2 rounds; run the same command again to resume" in output
+    ledger = Ledger(run_dir / "ledger.sqlite")
+    assert ledger.completed_rounds() == [0, 1] and not ledger.events("launching", round=2)
+    assert [e.detail["error"] for e in ledger.events("run_stopped")] == ["BudgetReached"]
+    assert not ledger.events("run_finished")
+    ledger.close()
+    assert _equal(_final(run_dir), reference), "round 1 of a stopped run differs from an uninterrupted run's"
+
+    resumed = run_fedhpc(*_args(run_dir, *two_rounds))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    ledger = Ledger(run_dir / "ledger.sqlite")
+    assert ledger.completed_rounds() == [0, 1, 2] and len(ledger.events("run_finished")) == 1
+    ledger.close()

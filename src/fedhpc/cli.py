@@ -229,6 +229,12 @@ def run(
                                             "(parsl, globus-compute), whose allocation is paid for, else cancel. "
                                             "A second Ctrl-C cancels at once."),
     ] = "auto",
+    time_limit: Annotated[
+        Optional[float],
+        typer.Option("--time-limit", min=0, help="Seconds this server may run: no round starts after they have "
+                                                "passed, and the run stops with exit code 4 (the same command "
+                                                "resumes). For a server inside an allocation of its own."),
+    ] = None,
 ) -> None:
     """Run (or resume) a federated experiment. Exit codes: see README (0 done, 3 quorum, 130/143 interrupted...)."""
     from fedhpc.errors import ExitCode, exit_code
@@ -249,7 +255,7 @@ def run(
     try:
         with stop.installed(), ProgressView(exp.name, exp.algorithm.rounds, names) as progress:
             try:
-                summary = run_experiment(exp, progress, mode, stop)
+                summary = run_experiment(exp, progress, mode, stop, time_limit)
             finally:
                 if (exp.resolved_run_dir() / "metrics.jsonl").exists():
                     with stop.shielded():

@@ -344,12 +344,12 @@ def _brief_scores(tasks: dict[str, dict]) -> str:
 
 def run_experiment(
     experiment: Experiment, progress: ProgressView, on_interrupt: OnInterrupt = OnInterrupt.AUTO,
-    stop: StopFlag | None = None,
+    stop: StopFlag | None = None, time_limit: float | None = None,
 ) -> RunSummary:
     """`fedhpc run`: `keep` (and only keep) starts local jobs so that they outlive the server."""
     orchestrator = Orchestrator(experiment, progress)
     try:
-        return orchestrator.run(on_interrupt=on_interrupt, stop=stop,
+        return orchestrator.run(time_limit=time_limit, on_interrupt=on_interrupt, stop=stop,
                                 outlive_server=on_interrupt is OnInterrupt.KEEP)
     finally:
         orchestrator.close()
