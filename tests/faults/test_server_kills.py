@@ -87,19 +87,32 @@ def _kill_at(point: str, tmp_path: Path, reference: dict[str, torch.Tensor], rec
     try:
         killed = run_server(run_dir, tmp_path, server_env(FEDHPC_TEST_SERVER_KILL=point))
         assert killed.returncode == -signal.SIGKILL and f"{MARKER} {point}" in killed.stderr, killed.explain()
-        first, left = orphans_after(run_dir)
         record_property("killed_after_seconds", round(killed.seconds, 2))
-        record_property("processes_at_kill", first)
-        record_property("orphans_after_grace", len(left))
-        if left:
-            problems.append(f"the killed server's processes outlived it by {len(left)}: {left[:3]}")
-        try:
-            _resume_and_check(tmp_path, run_dir, reference, outside, example, record_property)
-        except AssertionError as e:
-            problems.append(f"after the resume: {e}")
+        problems += _orphans(run_dir, record_property)
+        problems += _resumed(tmp_path, run_dir, reference, outside, example, record_property)
     finally:
         kill_processes_mentioning(str(run_dir))
     assert not problems, "\n".join(problems)
+
+
+def _orphans(run_dir: Path, record_property) -> list[str]:
+    """What outlived the killed server past the grace period, as problems; the counts go to the junit record."""
+    first, left = orphans_after(run_dir)
+    record_property("processes_at_kill", first)
+    record_property("orphans_after_grace", len(left))
+    return [f"the killed server's processes outlived it by {len(left)}: {left[:3]}"] if left else []
+
+
+def _resumed(
+    tmp_path: Path, run_dir: Path, reference: dict[str, torch.Tensor], outside: list[str], example: dict,
+    record_property,
+) -> list[str]:
+    """Resume and check every invariant; a broken one is a problem, reported with the kill's own."""
+    try:
+        _resume_and_check(tmp_path, run_dir, reference, outside, example, record_property)
+    except AssertionError as e:
+        return [f"after the resume: {e}"]
+    return []
 
 
 @pytest.mark.parametrize("point", DEFAULT_POINTS)
@@ -188,15 +201,8 @@ def test_server_killed_at_a_random_moment_resumes_to_the_same_global(
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
-            first, left = orphans_after(run_dir)
-            record_property("processes_at_kill", first)
-            record_property("orphans_after_grace", len(left))
-            if left:
-                problems.append(f"the killed server's processes outlived it by {len(left)}: {left[:3]}")
-        try:
-            _resume_and_check(tmp_path, run_dir, reference, outside, example, record_property)
-        except AssertionError as e:
-            problems.append(f"after the resume: {e}")
+            problems += _orphans(run_dir, record_property)
+        problems += _resumed(tmp_path, run_dir, reference, outside, example, record_property)
     finally:
         kill_processes_mentioning(str(run_dir))
     assert not problems, "\n".join(problems)
