@@ -8,10 +8,13 @@ facilities, the final global bit-identical to an uninterrupted run's, attempt
 ids never reused, no job failed for the server's sake, no process left and
 nothing written outside the run directory.
 
-The default run takes one point of each distinct recovery path (round 0 not
-committed; a round in flight, jobs submitted but not recorded; the new global
-written but not committed; the round committed but not yet logged); the whole
-matrix and kills at seeded random moments are marked slow.
+The whole matrix is slow-marked (about 4 minutes of real runs even for one point
+per recovery path). The default run covers each recovery path with faster tests:
+tests/test_resume_reattach.py kills the server at the same points on the
+simulated launcher (round 0 not committed; jobs submitted but not recorded; an
+update published while the server was down; the round committed but not yet
+logged), tests/test_run_e2e.py kills a real server mid-round, and
+tests/test_interrupts.py interrupts one with SIGINT.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from invariants import (
 )
 from server_faults import MARKER
 
-DEFAULT_POINTS = ["init", "after_submit:1", "before_commit:2", "after_commit:3"]
+RECOVERY_POINTS = ["init", "after_submit:1", "before_commit:2", "after_commit:3"]
 """One per recovery path: Ledger.complete_round is entered for round 0, then 1, then 2 (`:3` is the last round)."""
 SLOW_POINTS = [
     "staging:1", "after_submit:2", "training:4", "pulling:1", "verifying:2", "aggregating:1",
@@ -115,7 +118,8 @@ def _resumed(
     return []
 
 
-@pytest.mark.parametrize("point", DEFAULT_POINTS)
+@pytest.mark.slow
+@pytest.mark.parametrize("point", RECOVERY_POINTS)
 def test_server_killed_at_a_phase_resumes_to_the_same_global(
     point: str, tmp_path: Path, reference: dict[str, torch.Tensor], record_property
 ) -> None:
@@ -150,7 +154,7 @@ def _start_and_wait_for(run_dir: Path, cwd: Path, wanted: set[tuple[str, int | N
 @pytest.mark.parametrize(
     ("signum", "exit_code"),
     [
-        (signal.SIGINT, 130),
+        pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow),
         pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow),
     ],
 )

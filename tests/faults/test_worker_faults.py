@@ -76,6 +76,7 @@ def test_a_failing_facility_is_left_out_of_its_rounds_with_the_reason(
         kill_processes_mentioning(str(run_dir))
 
 
+@pytest.mark.slow  # tests/test_run_e2e.py stops below quorum in the default run; the resume is any mid-round resume
 def test_below_quorum_stops_and_a_resume_without_the_fault_completes_to_the_same_global(
     tmp_path: Path, reference: dict[str, torch.Tensor]
 ) -> None:
