@@ -60,11 +60,29 @@ class JobHandle:
 
 
 class Launcher(Protocol):
+    """Runs jobs at one facility. A backend subclasses this and implements the first three methods.
+
+    The last two have defaults because not every backend can do them; the server calls
+    them on every launcher, so what a backend can do is read here, not discovered.
+    """
+
     def submit(self, job: JobSpec) -> JobHandle: ...
 
     def poll(self, handle: JobHandle) -> JobStatus: ...
 
     def cancel(self, handle: JobHandle) -> None: ...
+
+    def reattach(self, spec: JobSpec, submitted_at: float) -> JobHandle | None:
+        """The job a killed server submitted as `spec` at `submitted_at`, if it is still running; else None.
+
+        A resumed server asks before it runs a job again. None (the default, for a backend
+        whose jobs cannot outlive the server) makes it collect a published update or relaunch.
+        """
+        return None
+
+    def close(self) -> None:
+        """The run is over: stop what the launcher keeps between jobs (persistent workers); by default nothing."""
+        return None
 
 
 class Mover(Protocol):
@@ -85,3 +103,10 @@ class Mover(Protocol):
     def peek(self, relative: str) -> bytes | None:
         """A small file's bytes (a worker's progress.json), or None when absent or not cheap to read."""
         ...
+
+    def worker_args(self) -> list[str]:
+        """What the worker's command line must add to reach its files (the proxystore mover names its store).
+
+        By default nothing: the worker reads and writes the paths its task names.
+        """
+        return []

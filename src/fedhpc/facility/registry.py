@@ -24,7 +24,7 @@ from fedhpc.facility.launchers.simulated import SimulatedLauncher
 from fedhpc.facility.movers.filesystem import FilesystemMover
 from fedhpc.facility.movers.globus_transfer import GlobusTransferMover
 from fedhpc.facility.movers.proxystore import ProxyStoreMover
-from fedhpc.run.clock import Clock, VirtualClock
+from fedhpc.clock import Clock, VirtualClock
 
 # One member per launcher kind in config.py (FacilityConfig.launcher).
 LauncherConfig = LocalLauncherConfig | SimulatedLauncherConfig | ParslLauncherConfig | GlobusComputeLauncherConfig

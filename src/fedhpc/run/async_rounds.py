@@ -31,7 +31,7 @@ from fedhpc.errors import FedhpcError, QuorumNotMet, RunInterrupted, UpdateRejec
 from fedhpc.exchange import ExchangeDir
 from fedhpc.report.progress import ProgressView
 from fedhpc.run.async_policies import AsyncPolicy, Decision, Dispatch, FedAsyncPolicy, FedBuffPolicy
-from fedhpc.run.clock import Clock
+from fedhpc.clock import Clock
 from fedhpc.run.compass import CompassPolicy
 from fedhpc.run.events import EventLog
 from fedhpc.run.globals import GlobalStore

@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 from fedhpc.report.metrics_log import MetricsLog
-from fedhpc.run.clock import Clock
+from fedhpc.clock import Clock
 from fedhpc.run.ledger import Ledger
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from fedhpc.exchange import (
     write_state_dict,
 )
 from fedhpc.report.progress import ProgressView
-from fedhpc.run.clock import Clock
+from fedhpc.clock import Clock
 from fedhpc.run.events import EventLog
 from fedhpc.run.rundir import RunDir
 from fedhpc.run.server_command import run_server_command

@@ -23,7 +23,7 @@ from fedhpc.exchange import ExchangeDir, TrainSettings, WorkerTask
 from fedhpc.exchange.delta import DeltaUpdateDir
 from fedhpc.facility.base import JobHandle, JobSpec, JobState, Launcher, Mover
 from fedhpc.report.progress import ProgressView
-from fedhpc.run.clock import Clock
+from fedhpc.clock import Clock
 from fedhpc.run.events import EventLog
 from fedhpc.run.interrupts import OnInterrupt, StopFlag
 from fedhpc.run.rundir import RunDir
@@ -73,16 +73,6 @@ class Attempt:
             "seed": self.seed,
             "started_at": self.started_at,
         }
-
-
-def _worker_args(mover: Mover) -> list[str]:
-    """What a mover adds to the worker's command line, if its jobs must be told how to reach their files.
-
-    Optional (the filesystem mover has none): the proxystore mover names its store here,
-    since the job fetches its task and global from it and publishes its update to it.
-    """
-    worker_args = getattr(mover, "worker_args", None)
-    return list(worker_args()) if worker_args is not None else []
 
 
 def attempt_from_record(record: dict[str, Any]) -> Attempt:
@@ -166,8 +156,7 @@ class Jobs:
         """Take in a job a killed (or interrupted) server launched: reattach to it, or to its published update."""
         facility = self.facilities[attempt.facility]
         spec = self._job_spec(attempt)
-        reattach = getattr(facility.launcher, "reattach", None)
-        handle = reattach(spec, attempt.started_at) if reattach is not None else None
+        handle = facility.launcher.reattach(spec, attempt.started_at)
         if handle is not None:
             attempt.handle = handle
             self.events.record("reattached", attempt.round, attempt.facility, job_id=handle.job_id,
@@ -259,7 +248,7 @@ class Jobs:
         task_path = mover.facility_path(f"tasks/{attempt.attempt_id}/task.json")
         return JobSpec(
             name=f"{attempt.facility}-{attempt.attempt_id}",
-            argv=[sys.executable, "-m", "fedhpc", "worker", "--task", task_path, *_worker_args(mover)],
+            argv=[sys.executable, "-m", "fedhpc", "worker", "--task", task_path, *mover.worker_args()],
             log_dir=self.run_dir.log_dir(attempt.round),
             walltime_s=algorithm.round_timeout,
             task=task_path,

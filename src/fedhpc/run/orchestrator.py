@@ -28,7 +28,7 @@ from fedhpc.facility.registry import make_launcher, make_mover
 from fedhpc.report.metrics_log import MetricsLog
 from fedhpc.report.progress import ProgressView
 from fedhpc.run.async_rounds import AsyncRounds, make_policy
-from fedhpc.run.clock import Clock, RealClock, VirtualClock
+from fedhpc.clock import Clock, RealClock, VirtualClock
 from fedhpc.run.events import EventLog
 from fedhpc.run.globals import GlobalStore, run_server_command
 from fedhpc.run.interrupts import OnInterrupt, StopFlag
@@ -322,11 +322,8 @@ def recorded_failures(run_root: Path) -> list[str]:
 def _close_launchers(facilities: dict[str, Facility]) -> None:
     """The run is over: launchers that keep jobs between rounds (persistent workers) stop them."""
     for name, facility in facilities.items():
-        close = getattr(facility.launcher, "close", None)
-        if close is None:
-            continue
         try:
-            close()
+            facility.launcher.close()
         except Exception:  # noqa: BLE001 - one facility's cleanup must not hide the run's outcome or skip the others
             log.exception("could not stop the jobs of facility %s", name)
 

@@ -24,7 +24,7 @@ from fedhpc.config import Experiment
 from fedhpc.errors import FedhpcError, QuorumNotMet, RunInterrupted, UpdateRejected
 from fedhpc.exchange import ExchangeDir
 from fedhpc.report.progress import ProgressView
-from fedhpc.run.clock import Clock
+from fedhpc.clock import Clock
 from fedhpc.run.events import EventLog
 from fedhpc.run.globals import GlobalStore
 from fedhpc.run.jobs import Attempt, Jobs, attempt_from_record

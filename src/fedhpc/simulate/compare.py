@@ -22,7 +22,7 @@ from rich.console import Console
 from fedhpc.config import Experiment, load_experiment
 from fedhpc.errors import ConfigError
 from fedhpc.report.progress import ProgressView
-from fedhpc.run.clock import VirtualClock
+from fedhpc.clock import VirtualClock
 from fedhpc.run.orchestrator import Orchestrator
 from fedhpc.simulate.heldout import HeldoutScorer
 

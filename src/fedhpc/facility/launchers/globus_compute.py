@@ -57,7 +57,7 @@ from typing import Any, TypeVar
 
 from fedhpc.config import GlobusComputeLauncherConfig
 from fedhpc.errors import AuthError, SubmitError
-from fedhpc.facility.base import JobHandle, JobSpec, JobState, JobStatus
+from fedhpc.facility.base import JobHandle, JobSpec, JobState, JobStatus, Launcher
 from fedhpc.facility.launchers.compute_command import (
     SNIPPET_LINES,
     WALLTIME_EXIT,
@@ -197,7 +197,7 @@ def task_outcome(doc: dict[str, Any], *, walltime_s: float | None, stderr_path: 
     return Outcome(JobStatus(JobState.FAILED, returncode, reason), stdout, stderr)
 
 
-class GlobusComputeLauncher:
+class GlobusComputeLauncher(Launcher):
     """`Launcher` for one Globus Compute task per job; see the module docstring.
 
     `client`: a ``globus_compute_sdk.Client`` whose credentials the launcher uses; by default

@@ -48,7 +48,7 @@ from typing import Any, NamedTuple
 
 from fedhpc.config import LocalLauncherConfig
 from fedhpc.errors import SubmitError
-from fedhpc.facility.base import JobHandle, JobSpec, JobState, JobStatus
+from fedhpc.facility.base import JobHandle, JobSpec, JobState, JobStatus, Launcher
 from fedhpc.lifeline import spawn, with_lifeline
 
 logger = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ class LocalJob:
         return self.process.wait() if self.process is not None else None
 
 
-class LocalLauncher:
+class LocalLauncher(Launcher):
     """`Launcher` for jobs on this machine; see the module docstring."""
 
     def __init__(

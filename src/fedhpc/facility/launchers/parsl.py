@@ -41,7 +41,7 @@ from typing import Any
 
 from fedhpc.config import ParslLauncherConfig
 from fedhpc.errors import ConfigError, SubmitError
-from fedhpc.facility.base import JobHandle, JobSpec, JobState, JobStatus
+from fedhpc.facility.base import JobHandle, JobSpec, JobState, JobStatus, Launcher
 from fedhpc.facility.launchers.batch_job import UNEXPLAINED, job_outcome, job_script, walltime_for
 
 logger = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def make_provider(config: ParslLauncherConfig) -> Any:
     return classes[config.provider](launcher=SimpleLauncher(debug=False), **provider_arguments(config))
 
 
-class ParslLauncher:
+class ParslLauncher(Launcher):
     """`Launcher` for one batch job per round through a Parsl provider; see the module docstring."""
 
     def __init__(self, config: ParslLauncherConfig, *, kill_grace_s: float = KILL_GRACE_S):

@@ -93,7 +93,7 @@ class Assignment:
     history: list[str] = field(default_factory=list)  # "w0001/000003", one per pilot it was given to
 
 
-class PersistentLauncher:
+class PersistentLauncher(Launcher):
     """`Launcher` that runs each task on the facility's persistent worker; see the module docstring."""
 
     def __init__(
@@ -177,7 +177,7 @@ class PersistentLauncher:
     def close(self) -> None:
         """The run is over: ask the worker to stop, give it `STOP_WAIT_S` seconds, then cancel its job.
 
-        Then the inner launcher's own `close`, if it has one.
+        Then the inner launcher's own `close`.
         """
         pilot, self.pilot = self.pilot, None
         for assignment in self._open:
@@ -185,9 +185,7 @@ class PersistentLauncher:
         self._open = []
         if pilot is not None:
             self._stop_pilot(pilot)
-        inner_close = getattr(self.inner, "close", None)
-        if inner_close is not None:
-            inner_close()
+        self.inner.close()
 
     def _stop_pilot(self, pilot: Pilot) -> None:
         self._write_stop(pilot.inbox)

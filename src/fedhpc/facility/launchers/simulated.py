@@ -37,8 +37,8 @@ from fedhpc.config import (
 )
 from fedhpc.errors import FedhpcError, SubmitError
 from fedhpc.exchange import WorkerTask
-from fedhpc.facility.base import JobHandle, JobSpec, JobState, JobStatus
-from fedhpc.run.clock import VirtualClock
+from fedhpc.facility.base import JobHandle, JobSpec, JobState, JobStatus, Launcher
+from fedhpc.clock import VirtualClock
 from fedhpc.worker.distributed import RankEnv
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class SimulatedJob:
     cancelled: JobStatus | None = None
 
 
-class SimulatedLauncher:
+class SimulatedLauncher(Launcher):
     """`Launcher` on a `VirtualClock`; see the module docstring."""
 
     def __init__(self, config: SimulatedLauncherConfig, clock: VirtualClock):

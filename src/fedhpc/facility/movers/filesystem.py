@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 
 from fedhpc.config import FilesystemMoverConfig
 from fedhpc.errors import ExchangeError, TransferError
+from fedhpc.facility.base import Mover
 from fedhpc.exchange.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES
 from fedhpc.exchange.safetensors_stream import open_regular, read_regular
 from fedhpc.exchange.writer import publish_directory
@@ -37,7 +38,7 @@ PEEK_MAX_BYTES = 1024 * 1024
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
-class FilesystemMover:
+class FilesystemMover(Mover):
     """`Mover` over a shared (or local) filesystem.
 
     Files are copied. A hard link would make the staged global and the server's

@@ -62,6 +62,7 @@ from fedhpc.config import GlobusTransferMoverConfig
 from fedhpc.errors import AuthError, ConfigError, FedhpcError, TransferError, UpdateRejected
 from fedhpc.exchange import MANIFEST_NAME, ExchangeDir
 from fedhpc.exchange.writer import fsync_path, publish_directory
+from fedhpc.facility.base import Mover
 from fedhpc.facility.movers.filesystem import copy_tree
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ def _sdk() -> ModuleType:
     return globus_sdk
 
 
-class GlobusTransferMover:
+class GlobusTransferMover(Mover):
     """`Mover` through Globus Transfer; see the module docstring.
 
     `default_staging` (``<run_dir>/staging/<facility>``, as for every mover) only names

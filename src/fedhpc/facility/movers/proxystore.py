@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 from fedhpc.config import ProxyStoreMoverConfig
 from fedhpc.errors import TransferError
 from fedhpc.exchange.stores import StoreSpec, open_objects
+from fedhpc.facility.base import Mover
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ PEEK_MAX_BYTES = 1024 * 1024
 NAMESPACE_FILE = "proxystore-namespace"
 
 
-class ProxyStoreMover:
+class ProxyStoreMover(Mover):
     """`Mover` through a ProxyStore connector; `default_staging` keeps only the run's namespace."""
 
     def __init__(self, config: ProxyStoreMoverConfig, default_staging: Path):
