@@ -19,7 +19,7 @@ from fedhpc.config import StalenessConfig, load_experiment
 from fedhpc.aggregate.staleness import staleness_weight
 from fedhpc.exchange import ExchangeDir
 from fedhpc.report.progress import ProgressView
-from fedhpc.run.clock import VirtualClock
+from fedhpc.clock import VirtualClock
 from fedhpc.run.ledger import Ledger
 from fedhpc.run.orchestrator import Orchestrator
 

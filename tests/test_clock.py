@@ -7,7 +7,7 @@ import time
 import pytest
 
 from fedhpc.errors import FedhpcError, SimulationStalled
-from fedhpc.run.clock import RealClock, VirtualClock
+from fedhpc.clock import RealClock, VirtualClock
 
 
 def test_virtual_clock_jumps_to_the_earliest_of_wake_at_and_the_next_scheduled_time():

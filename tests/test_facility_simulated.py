@@ -16,7 +16,7 @@ from fedhpc.exchange import ExchangeDir, TrainSettings, WorkerTask
 from fedhpc.facility.base import JobHandle, JobSpec, JobState, JobStatus
 from fedhpc.facility.launchers.simulated import SimulatedLauncher, plan_job
 from fedhpc.facility.registry import make_launcher
-from fedhpc.run.clock import VirtualClock
+from fedhpc.clock import VirtualClock
 
 START = 1_000_000.0
 STEPS = 2

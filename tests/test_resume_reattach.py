@@ -20,7 +20,7 @@ from fedhpc.facility.movers.filesystem import FilesystemMover
 from fedhpc.config import load_experiment
 from fedhpc.report.metrics_log import read_events
 from fedhpc.report.progress import ProgressView
-from fedhpc.run.clock import VirtualClock
+from fedhpc.clock import VirtualClock
 from fedhpc.run.events import EventLog
 from fedhpc.run.jobs import Attempt, Facility, Jobs
 from fedhpc.run.ledger import Ledger

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,8 +51,14 @@ class RunSummary:
 
 
 class Orchestrator:
-    def __init__(self, experiment: Experiment, progress: ProgressView, clock: Clock | None = None):
+    def __init__(
+        self, experiment: Experiment, progress: ProgressView, clock: Clock | None = None,
+        launchers: Mapping[str, Launcher] | None = None,
+    ):
+        """`launchers`: one per facility, built by the caller (`fedhpc simulate` builds simulated ones on its
+        virtual clock); by default the registry builds each from the facility's launcher config."""
         self.experiment = experiment
+        self.launchers = dict(launchers) if launchers is not None else None
         self.progress = progress
         self.clock = clock or RealClock()
         self.run_dir = RunDir(experiment.resolved_run_dir())
@@ -72,9 +79,10 @@ class Orchestrator:
         """
         stop = stop or StopFlag()
         started = self.clock.now()
-        launchers = {f.name: make_launcher(f.launcher, self.clock, outlive_server=outlive_server)
-                     for f in self.experiment.facilities}  # before anything is written: a launcher this server
-        # cannot drive is a configuration error, not a broken run
+        launchers = self.launchers or {
+            f.name: make_launcher(f.launcher, self.clock, outlive_server=outlive_server)
+            for f in self.experiment.facilities
+        }  # before anything is written: a launcher this server cannot drive is a configuration error, not a broken run
         resumed_from = self._open_run()
         if resumed_from is not None and isinstance(self.clock, VirtualClock):
             # a simulated run continues from the virtual time of its last complete round
