@@ -24,7 +24,7 @@ from fedhpc.worker.data import (
 from fedhpc.chem.release import read_release
 from fedhpc.chem.release_build import build_from_release
 from fedhpc.worker.model import build_base_model
-from fedhpc.worker.records import check_examples
+from fedhpc.train_examples import check_examples
 from fedhpc.worker.tokenizer import build_byte_tokenizer
 from smolinstruct_release import write_release
 
@@ -275,7 +275,7 @@ def test_check_reads_only_the_first_records_and_raises_what_training_would(tmp_p
 
 def test_the_worker_reads_data_without_rdkit_and_validate_without_torch() -> None:
     code = (
-        "import sys, fedhpc.worker.records; assert 'torch' not in sys.modules, 'torch'; "
+        "import sys, fedhpc.train_examples; assert 'torch' not in sys.modules, 'torch'; "
         "import fedhpc.worker.data; "
         "loaded = [m for m in ('rdkit', 'rdchiral', 'nltk', 'rouge_score') if m in sys.modules]; "
         "assert not loaded, loaded"

@@ -116,7 +116,7 @@ def _check_data(facility: Any, out: Console) -> list[str]:
     Returns the problem (the worker's own `DataError`, naming file and line) or nothing; writes nothing.
     """
     from fedhpc.errors import DataError
-    from fedhpc.worker.records import check_examples
+    from fedhpc.train_examples import check_examples
 
     try:
         reachable = Path(facility.data).exists()

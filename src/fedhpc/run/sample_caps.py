@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fedhpc.config import FacilityConfig
 from fedhpc.errors import DataError
-from fedhpc.worker.records import read_examples
+from fedhpc.train_examples import read_examples
 
 logger = logging.getLogger(__name__)
 

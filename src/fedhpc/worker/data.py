@@ -28,8 +28,8 @@ from transformers import PreTrainedTokenizerBase
 
 from fedhpc.config import DataConfig
 from fedhpc.errors import DataError
-from fedhpc.worker.records import Example
-from fedhpc.worker.records import read_examples as read_examples  # re-exported: the worker's entry point reads here
+from fedhpc.train_examples import Example
+from fedhpc.train_examples import read_examples as read_examples  # re-exported: the worker's entry point reads here
 
 IGNORE_INDEX = -100  # label value the Hugging Face causal-LM loss skips
 
