@@ -16,11 +16,10 @@ import pytest
 from conftest import wait_finished
 from fedhpc.config import LocalLauncherConfig
 from fedhpc.errors import SubmitError
-from fedhpc.facility.base import JobHandle, JobSpec, JobState, JobStatus
+from fedhpc.facility.base import JobHandle, JobSpec, JobState, JobStatus, failure_reason
 from fedhpc.facility.launchers.local import (
     SIDECAR_SUFFIX,
     LocalLauncher,
-    failure_reason,
     job_environment,
     pick_free_port,
     torchrun_command,

@@ -8,9 +8,13 @@ orchestrator. Job states from any scheduler are translated into `JobState`.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+REASON_LINES = 20
+"""How many of a failed program's last stderr lines its reason keeps."""
 
 
 class JobState(enum.Enum):
@@ -57,6 +61,37 @@ class JobHandle:
     spec: JobSpec
     submitted_at: float
     native: Any = field(default=None, repr=False, compare=False)
+
+
+# torchrun's own stderr, told apart from the program's: its failure report starts at
+# the agent's "failed (exitcode: N)" log line; banners and log lines before it are noise.
+_REPORT_START = re.compile(r"torch/distributed/elastic/.*failed \(exitcode: -?\d+\)")
+_ROOT_CAUSE = re.compile(r"Root Cause.*?\brank\s*:\s*(\d+).*?\bexitcode\s*:\s*(-?\d+)", re.S)
+_TORCHRUN_NOISE = re.compile(
+    r"^(\*{5,}$|Setting OMP_NUM_THREADS environment variable|[IWE]\d{4} [\d:.]+ \d+ \S*torch/distributed/)"
+)
+
+
+def failure_reason(stderr: str, returncode: int | None, max_lines: int = REASON_LINES) -> str:
+    """Why a job failed, for the ledger: which rank failed first, then the program's last stderr lines.
+
+    Here, beside `JobStatus`, because every backend whose jobs run torchrun (local, batch, Globus
+    Compute) reads the same stderr the same way, so a failure reads alike whatever ran it.
+    """
+    lines = stderr.splitlines()
+    start = next((i for i, line in enumerate(lines) if _REPORT_START.search(line)), None)
+    head = f"exited with code {returncode}"
+    if start is not None:
+        root = _ROOT_CAUSE.search("\n".join(lines[start:]))
+        if root:
+            rank, code = root.group(1), int(root.group(2))
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            head = f"rank {rank} {how} (first failure)"
+        lines = lines[:start]
+    program = [line for line in lines if line.strip() and not _TORCHRUN_NOISE.match(line)]
+    if not program:
+        return f"{head}; nothing on stderr"
+    return f"{head}; stderr tail:\n" + "\n".join(program[-max_lines:])
 
 
 class Launcher(Protocol):

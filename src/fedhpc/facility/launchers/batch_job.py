@@ -26,13 +26,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from fedhpc.config import ParslLauncherConfig
-from fedhpc.facility.base import JobState, JobStatus
-from fedhpc.facility.launchers.local import failure_reason
+from fedhpc.facility.base import REASON_LINES, JobState, JobStatus, failure_reason
 from fedhpc.facility.launchers.ranks import Layout, rank_command
 
 DEFAULT_WALLTIME_S = 3600.0
 """Walltime of a job whose spec names none and whose config sets none."""
-REASON_LINES = 20
 _FREE_PORT = 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'
 
 # Why a scheduler stopped a job, from the banner it writes to the job's stderr.

@@ -57,7 +57,7 @@ from typing import Any, TypeVar
 
 from fedhpc.config import GlobusComputeLauncherConfig
 from fedhpc.errors import AuthError, SubmitError
-from fedhpc.facility.base import JobHandle, JobSpec, JobState, JobStatus, Launcher
+from fedhpc.facility.base import REASON_LINES, JobHandle, JobSpec, JobState, JobStatus, Launcher, failure_reason
 from fedhpc.facility.launchers.compute_command import (
     SNIPPET_LINES,
     WALLTIME_EXIT,
@@ -65,7 +65,6 @@ from fedhpc.facility.launchers.compute_command import (
     resource_specification,
     worker_function,
 )
-from fedhpc.facility.launchers.local import failure_reason
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +100,6 @@ _ENDPOINT_HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
      "launcher.function mpi needs an endpoint whose engine is GlobusMPIEngine; use function: shell otherwise"),
 )
 """What to do about endpoint errors whose cause is the endpoint's configuration."""
-_REASON_LINES = 20
 T = TypeVar("T")
 
 
@@ -143,7 +141,7 @@ def _retry_after(error: Exception) -> float | None:
         return None
 
 
-def _tail(text: str, lines: int = _REASON_LINES) -> str:
+def _tail(text: str, lines: int = REASON_LINES) -> str:
     return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
 
 

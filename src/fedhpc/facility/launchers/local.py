@@ -4,7 +4,7 @@ The embedded default: every facility is a ``torchrun --nproc-per-node N``
 subprocess on loopback (gloo on CPU, or the local GPUs). Shape as in Parsl:
 the command line and the environment are pure functions of strings
 (`torchrun_command`, `job_environment`), and a failed job's stderr is turned
-into a one-paragraph reason by `failure_reason`; the class only starts, polls
+into a one-paragraph reason by `base.failure_reason`; the class only starts, polls
 and stops processes.
 
 A job runs in its own session, so its process group is the job. torchrun
@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -48,7 +47,7 @@ from typing import Any, NamedTuple
 
 from fedhpc.config import LocalLauncherConfig
 from fedhpc.errors import SubmitError
-from fedhpc.facility.base import JobHandle, JobSpec, JobState, JobStatus, Launcher
+from fedhpc.facility.base import JobHandle, JobSpec, JobState, JobStatus, Launcher, failure_reason
 from fedhpc.lifeline import spawn, with_lifeline
 
 logger = logging.getLogger(__name__)
@@ -58,7 +57,6 @@ KILL_GRACE_S = 10.0
 """Seconds between SIGTERM and SIGKILL when a job is cancelled or runs out of walltime."""
 PORT_REUSE_AFTER_S = 120.0
 """A port handed to one job is not handed to another for this long (it is free again once torchrun exits)."""
-REASON_LINES = 20
 SIDECAR_SUFFIX = ".local.json"
 """``<log_dir>/<job name>.local.json``: what a later server needs to find the job again."""
 UNKNOWN_EXIT = "reattached after a server restart, so its exit status is unknown (the job is gone)"
@@ -94,33 +92,6 @@ def job_environment(
     env.update(config.env)
     env.update(job_env)
     return env
-
-
-# torchrun's own stderr, told apart from the program's: its failure report starts at
-# the agent's "failed (exitcode: N)" log line; banners and log lines before it are noise.
-_REPORT_START = re.compile(r"torch/distributed/elastic/.*failed \(exitcode: -?\d+\)")
-_ROOT_CAUSE = re.compile(r"Root Cause.*?\brank\s*:\s*(\d+).*?\bexitcode\s*:\s*(-?\d+)", re.S)
-_TORCHRUN_NOISE = re.compile(
-    r"^(\*{5,}$|Setting OMP_NUM_THREADS environment variable|[IWE]\d{4} [\d:.]+ \d+ \S*torch/distributed/)"
-)
-
-
-def failure_reason(stderr: str, returncode: int | None, max_lines: int = REASON_LINES) -> str:
-    """Why a job failed, for the ledger: which rank failed first, then the program's last stderr lines."""
-    lines = stderr.splitlines()
-    start = next((i for i, line in enumerate(lines) if _REPORT_START.search(line)), None)
-    head = f"exited with code {returncode}"
-    if start is not None:
-        root = _ROOT_CAUSE.search("\n".join(lines[start:]))
-        if root:
-            rank, code = root.group(1), int(root.group(2))
-            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-            head = f"rank {rank} {how} (first failure)"
-        lines = lines[:start]
-    program = [line for line in lines if line.strip() and not _TORCHRUN_NOISE.match(line)]
-    if not program:
-        return f"{head}; nothing on stderr"
-    return f"{head}; stderr tail:\n" + "\n".join(program[-max_lines:])
 
 
 class _PortBook:

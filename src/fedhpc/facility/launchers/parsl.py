@@ -178,7 +178,7 @@ class ParslLauncher(Launcher):
         command = job_script(self.config, job.argv, job.env, native.rc_file, native.started_file)
         with self._lock:
             self.provider.script_dir = str(script_dir)
-            if hasattr(self.provider, "walltime"):
+            if self.config.provider != "local":  # a local process has no walltime to set
                 self.provider.walltime = walltime
             submitted_at = time.time()  # before sbatch/qsub: queue wait counts from here
             native.provider_id = self._submit(command, job.name)

@@ -365,11 +365,12 @@ class GlobusTransferMover(Mover):
         collections = sorted({m.lower() for m in _DATA_ACCESS_SCOPE.findall(error.text)}) or [
             self.config.facility_collection
         ]
+        consents = {self.config.facility_collection: ("facility_data_access", self.config.facility_data_access),
+                    self.config.server_collection: ("server_data_access", self.config.server_data_access)}
         steps = []
         for collection in collections:
-            key = {self.config.facility_collection: "facility_data_access",
-                   self.config.server_collection: "server_data_access"}.get(collection)
-            if key is not None and not getattr(self.config, key):
+            key, given = consents.get(collection, (None, True))
+            if not given:
                 steps.append(f"set mover.{key}: true")
         todo = ", ".join(steps + ["run `fedhpc login` (it asks for that consent), then run the experiment again"])
         return (f"Globus needs your consent before fedhpc may use collection {', '.join(collections)} while "
