@@ -23,7 +23,7 @@ from fedhpc.errors import ExchangeError, UpdateRejected
 from fedhpc.exchange import MANIFEST_NAME, ExchangeDir, ExchangeMeta, TensorLayout, read_manifest, write_exchange
 from fedhpc.exchange import write_state_dict
 from fedhpc.exchange.safetensors_stream import sha256_of_file
-from fedhpc.run.verification import verify_update
+from fedhpc.run.intake import verify_update
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "exchange_v1"
 FINGERPRINT = "sha256:" + "ab" * 32

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import fedhpc.run.globals as globals_module
+import fedhpc.run.global_chain as globals_module
 from fedhpc.facility.base import JobSpec
 from fedhpc.facility.launchers.simulated import SimulatedLauncher
 from fedhpc.facility.movers.filesystem import FilesystemMover
@@ -22,7 +22,9 @@ from fedhpc.report.metrics_log import read_events
 from fedhpc.report.progress import ProgressView
 from fedhpc.clock import VirtualClock
 from fedhpc.run.events import EventLog
-from fedhpc.run.jobs import Attempt, Facility, Jobs
+from fedhpc.run.context import RunContext
+from fedhpc.run.interrupts import StopFlag
+from fedhpc.run.launches import Attempt, Facility, Launches
 from fedhpc.run.ledger import Ledger
 from fedhpc.run.rundir import RunDir
 from fedhpc.report.metrics_log import MetricsLog
@@ -171,7 +173,9 @@ def test_a_malformed_progress_file_is_ignored(tmp_path: Path, content: bytes) ->
     with ProgressView("t", 2, ["alpha"], console=Console(quiet=True)) as view:
         facility = Facility(experiment.facilities[0], SimulatedLauncher(experiment.facilities[0].launcher, clock),
                             mover)
-        jobs = Jobs(experiment, run_dir, {"alpha": facility}, EventLog(ledger, metrics, clock), view, clock, None)
+        context = RunContext(run_dir, EventLog(ledger, metrics, clock), clock, view, StopFlag())
+        jobs = Launches(context, {"alpha": facility}, experiment.algorithm, experiment.model, experiment.data,
+                        experiment.exchange)
         attempt = Attempt("alpha", 1, "r0001-a0", 2, 1, None, 0.0)
         jobs._show_progress(attempt)
     assert attempt.last_step == -1
@@ -193,16 +197,16 @@ def test_an_async_job_launched_after_the_last_commit_is_taken_in_not_launched_tw
     target = next(e.detail["attempt"] for e in events if e.event == "submitted" and e.ts > committed.ts)
 
     path = scenario(tmp_path / "killed", algorithm, speeds)
-    original = Jobs.launch
+    original = Launches.launch
 
-    def launch_then_die(self: Jobs, *args, **kwargs) -> Attempt:  # type: ignore[no-untyped-def]
+    def launch_then_die(self: Launches, *args, **kwargs) -> Attempt:  # type: ignore[no-untyped-def]
         attempt = original(self, *args, **kwargs)
         if attempt.attempt_id == target:
             raise Killed()
         return attempt
 
     with monkeypatch.context() as patch:
-        patch.setattr(Jobs, "launch", launch_then_die)
+        patch.setattr(Launches, "launch", launch_then_die)
         with pytest.raises(Killed):
             run(path)
     resumed = run(path)

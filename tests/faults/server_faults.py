@@ -77,7 +77,7 @@ def _before(owner: Any, name: str, trigger: _Trigger) -> None:
 
 def _kill_once_init_worker_runs(trigger: _Trigger) -> None:
     """Round 0: kill the server once its init worker has exec'd (it is running, not yet finished)."""
-    import fedhpc.run.globals as globals_module
+    import fedhpc.run.global_chain as globals_module
 
     original = globals_module.run_server_command
 
@@ -107,9 +107,9 @@ def _watch_for_init_child(trigger: _Trigger) -> None:
 
 def _kill_mid_aggregation(trigger: _Trigger) -> None:
     """Kill after the aggregator has yielded the first tensor of the new global (half-written)."""
-    from fedhpc.run.globals import GlobalStore
+    from fedhpc.run.global_chain import GlobalChain
 
-    original = GlobalStore.commit
+    original = GlobalChain.commit
 
     @functools.wraps(original)
     def commit(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -127,14 +127,15 @@ def _kill_mid_aggregation(trigger: _Trigger) -> None:
         finally:
             del self.aggregator.aggregate
 
-    GlobalStore.commit = commit
+    GlobalChain.commit = commit
 
 
 def _install_point(point: str, trigger: _Trigger) -> None:
     from fedhpc.facility.launchers.local import LocalLauncher
     from fedhpc.facility.movers.filesystem import FilesystemMover
-    from fedhpc.run.globals import GlobalStore
-    from fedhpc.run.jobs import Jobs
+    from fedhpc.run.global_chain import GlobalChain
+    from fedhpc.run.intake import Intake
+    from fedhpc.run.launches import Launches
     from fedhpc.run.ledger import Ledger
 
     if point == "init":
@@ -144,11 +145,11 @@ def _install_point(point: str, trigger: _Trigger) -> None:
     elif point == "after_submit":  # the job runs, the ledger has no `submitted` for it yet
         _after(LocalLauncher, "submit", trigger)
     elif point == "training":  # the server has looked at its running jobs `nth` times
-        _after(Jobs, "poll", trigger)
+        _after(Launches, "poll", trigger)
     elif point == "pulling":  # an update was pulled into the run directory, not yet verified
         _after(FilesystemMover, "pull", trigger, lambda self, relative, local_dir: relative.startswith("updates/"))
     elif point == "verifying":  # an update verified, not yet recorded as accepted
-        _after(Jobs, "verified", trigger)
+        _after(Intake, "verified", trigger)
     elif point == "aggregating":
         _kill_mid_aggregation(trigger)
     elif point == "before_commit":  # global (and server state) written, ledger row not
@@ -156,7 +157,7 @@ def _install_point(point: str, trigger: _Trigger) -> None:
     elif point == "after_commit":  # ledger row committed, nothing after it done
         _after(Ledger, "complete_round", trigger)
     elif point == "pruning":
-        _before(GlobalStore, "prune", trigger)
+        _before(GlobalChain, "prune", trigger)
     elif point == "report":
         import fedhpc.report.html as html
 

@@ -1,8 +1,8 @@
-"""Every kind of damaged update, fed through the server's own gate: the mover's pull, then `Jobs.verified`.
+"""Every kind of damaged update, fed through the server's own gate: the mover's pull, then `Intake.verified`.
 
 A facility publishes an update with the real writer into its staging area; the
 test damages it the way a broken or hostile facility could; the server pulls
-it into the run directory and verifies it, as `Jobs.collect` does. Each case
+it into the run directory and verifies it, as `Intake.collect` does. Each case
 checks the reason the ledger would record, that nothing hung, and that the
 server neither opened nor changed any file outside the update: an audit hook
 sees every `open` the process makes.
@@ -28,7 +28,9 @@ from fedhpc.errors import TransferError, UpdateRejected
 from fedhpc.exchange import MANIFEST_NAME, ExchangeDir, ExchangeMeta, write_state_dict
 from fedhpc.exchange.safetensors_stream import sha256_of_file
 from fedhpc.facility.movers.filesystem import FilesystemMover
-from fedhpc.run.jobs import Facility, Jobs
+from fedhpc.run.context import RunContext
+from fedhpc.run.intake import Intake
+from fedhpc.run.launches import Facility
 from fedhpc.run.rundir import RunDir
 
 FINGERPRINT = "sha256:" + "ab" * 32
@@ -52,7 +54,7 @@ sys.addaudithook(_record_opens)  # audit hooks cannot be removed; this one recor
 class Server:
     root: Path
     run_dir: RunDir
-    jobs: Jobs
+    intake: Intake
     mover: FilesystemMover
     global_: ExchangeDir
     data: Path
@@ -79,8 +81,9 @@ def make_server(tmp_path: Path, **facility: object) -> Server:
     mover = FilesystemMover(config.mover, run_dir.default_staging("alpha"))
     # Verification needs no launcher, event log, progress view or clock: none is started here.
     facilities = {"alpha": Facility(config, None, mover)}  # type: ignore[arg-type]
-    jobs = Jobs(experiment, run_dir, facilities, None, None, None, FINGERPRINT)  # type: ignore[arg-type]
-    return Server(tmp_path, run_dir, jobs, mover, ExchangeDir(run_dir.global_dir(0)), data)
+    context = RunContext(run_dir, None, None, None, None)  # type: ignore[arg-type]
+    intake = Intake(context, facilities, FINGERPRINT, experiment.algorithm.max_update_norm)
+    return Server(tmp_path, run_dir, intake, mover, ExchangeDir(run_dir.global_dir(0)), data)
 
 
 @pytest.fixture
@@ -292,9 +295,9 @@ def without_hanging(run: Callable[[], str], fifos: list[Path]) -> str:
 
 
 def verdict(server: Server, path: Path) -> str:
-    """What `Jobs.collect` records for the update at `path`: "accepted" or the rejection reason."""
+    """What `Intake.collect` records for the update at `path`: "accepted" or the rejection reason."""
     try:
-        update = server.jobs.verified(path, "alpha", 1, server.global_)
+        update = server.intake.verified(path, "alpha", 1, server.global_)
     except UpdateRejected as e:
         return e.reason
     update.source.close()
@@ -343,7 +346,7 @@ def test_a_configured_max_samples_bounds_the_claim_and_names_the_key(tmp_path: P
     server = make_server(tmp_path, max_samples=3)
     publish(server, num_samples=4)
     with pytest.raises(UpdateRejected) as info:
-        server.jobs.verified(server.staged, "alpha", 1, server.global_)
+        server.intake.verified(server.staged, "alpha", 1, server.global_)
     assert info.value.reason == "num_samples"
     assert "num_samples 4" in str(info.value) and "cap of 3" in str(info.value)
     assert "facilities[alpha].max_samples" in str(info.value)
@@ -352,11 +355,11 @@ def test_a_configured_max_samples_bounds_the_claim_and_names_the_key(tmp_path: P
 def test_more_local_steps_than_the_task_asked_for_is_rejected(server: Server):
     """With `weighting: steps` the self-reported step count is a facility's weight: it is held to the task's."""
     publish(server, local_steps=12)
-    accepted = server.jobs.verified(server.staged, "alpha", 1, server.global_, asked_steps=12)
+    accepted = server.intake.verified(server.staged, "alpha", 1, server.global_, asked_steps=12)
     accepted.source.close()
     assert accepted.local_steps == 12
     with pytest.raises(UpdateRejected) as info:
-        server.jobs.verified(server.staged, "alpha", 1, server.global_, asked_steps=4)
+        server.intake.verified(server.staged, "alpha", 1, server.global_, asked_steps=4)
     assert info.value.reason == "local_steps"
     assert "claims 12 local steps" in str(info.value) and "asked for 4" in str(info.value)
 
@@ -364,7 +367,7 @@ def test_more_local_steps_than_the_task_asked_for_is_rejected(server: Server):
 def test_the_data_size_cap_names_the_data_and_the_key(server: Server):
     publish(server, num_samples=RECORDS + 1)
     with pytest.raises(UpdateRejected) as info:
-        server.jobs.verified(server.staged, "alpha", 1, server.global_)
+        server.intake.verified(server.staged, "alpha", 1, server.global_)
     assert f"num_samples {RECORDS + 1}" in str(info.value) and str(server.data) in str(info.value)
     assert "facilities[alpha].max_samples" in str(info.value)
 
@@ -373,7 +376,7 @@ def test_zero_samples_is_accepted_and_weighs_nothing(server: Server):
     from fedhpc.aggregate.base import aggregation_weights
 
     publish(server, num_samples=0)
-    update = server.jobs.verified(server.staged, "alpha", 1, server.global_)
+    update = server.intake.verified(server.staged, "alpha", 1, server.global_)
     try:
         assert aggregation_weights([update], "samples") == [1.0]  # alone: equal weights, nothing divides by 0
     finally:
@@ -383,7 +386,7 @@ def test_zero_samples_is_accepted_and_weighs_nothing(server: Server):
 def test_a_remote_facility_without_max_samples_is_unbounded(tmp_path: Path):
     server = make_server(tmp_path, launcher={"kind": "parsl", "provider": "local"})
     publish(server, num_samples=10**9)
-    server.jobs.verified(server.staged, "alpha", 1, server.global_).source.close()
+    server.intake.verified(server.staged, "alpha", 1, server.global_).source.close()
 
 
 def test_an_oversized_manifest_is_refused_before_parsing(server: Server):
@@ -393,5 +396,5 @@ def test_an_oversized_manifest_is_refused_before_parsing(server: Server):
     with open(path, "ab") as handle:
         handle.truncate(MAX_MANIFEST_BYTES + 1)
     with pytest.raises(UpdateRejected, match="more than the") as info:
-        server.jobs.verified(server.staged, "alpha", 1, server.global_)
+        server.intake.verified(server.staged, "alpha", 1, server.global_)
     assert info.value.reason == "bad_manifest"

@@ -26,24 +26,22 @@ from pathlib import Path
 from typing import Any
 
 from fedhpc.aggregate import Update
-from fedhpc.config import Experiment
+from fedhpc.config import AlgorithmConfig
 from fedhpc.errors import FedhpcError, QuorumNotMet, RunInterrupted, UpdateRejected
 from fedhpc.exchange import ExchangeDir
-from fedhpc.report.progress import ProgressView
 from fedhpc.run.async_policies import AsyncPolicy, Decision, Dispatch, FedAsyncPolicy, FedBuffPolicy
-from fedhpc.clock import Clock
 from fedhpc.run.compass import CompassPolicy
-from fedhpc.run.events import EventLog
-from fedhpc.run.globals import GlobalStore
-from fedhpc.run.jobs import Attempt, Jobs, attempt_from_record
+from fedhpc.run.context import RunContext
+from fedhpc.run.global_chain import GlobalChain
+from fedhpc.run.intake import Intake
+from fedhpc.run.launches import Attempt, Launches, attempt_from_record
 
 log = logging.getLogger(__name__)
 STATE_KEY = "async_state"
 MAX_CONSECUTIVE_LOSSES = 3  # a facility whose jobs keep failing is retired instead of relaunched forever
 
 
-def make_policy(experiment: Experiment) -> AsyncPolicy:
-    algorithm = experiment.algorithm
+def make_policy(algorithm: AlgorithmConfig) -> AsyncPolicy:
     if algorithm.name == "fedasync":
         return FedAsyncPolicy(algorithm.local_steps)
     if algorithm.name == "fedbuff":
@@ -61,22 +59,23 @@ class Buffered:
 
 class AsyncRounds:
     def __init__(
-        self, experiment: Experiment, jobs: Jobs, globals_: GlobalStore, events: EventLog, progress: ProgressView,
-        clock: Clock, policy: AsyncPolicy,
+        self, context: RunContext, algorithm: AlgorithmConfig, launches: Launches, intake: Intake, chain: GlobalChain,
+        policy: AsyncPolicy,
     ):
-        self.experiment = experiment
-        self.algorithm = experiment.algorithm
-        self.jobs = jobs
-        self.globals = globals_
-        self.events = events
-        self.progress = progress
-        self.clock = clock
+        self.context = context
+        self.events = context.events
+        self.clock = context.clock
+        self.progress = context.progress
+        self.algorithm = algorithm
+        self.launches = launches
+        self.intake = intake
+        self.chain = chain
         self.policy = policy
         self.version = 0
         self.serial = 0
         self.pending: list[Attempt] = []
         self.arriving: list[Attempt] = []  # ended in the last poll, not yet handled: still in flight for a resume
-        self.last_commit_at = clock.now()
+        self.last_commit_at = context.clock.now()
         self.buffer: dict[str, Buffered] = {}
         self.losses: dict[str, int] = {}
         self.retired: set[str] = set()
@@ -89,16 +88,16 @@ class AsyncRounds:
         if last_complete > 0 and saved is not None:
             self._restore(json.loads(saved))
         else:
-            self._launch_all(self.policy.start([f.name for f in self.experiment.facilities], self.clock.now()))
+            self._launch_all(self.policy.start(list(self.launches.facilities), self.clock.now()))
         interrupted = False
         try:
             while self.version < self.algorithm.rounds:
-                self.jobs.stop.check()
+                self.context.stop.check()
                 if stop_at is not None and self.clock.now() >= stop_at:
                     self.progress.message(f"stopping at the time limit after version {self.version}")
                     break
                 before = list(self.pending)
-                done = self.jobs.poll(self.pending)
+                done = self.launches.poll(self.pending)
                 self.arriving = [attempt for attempt in before if attempt not in self.pending]
                 while self.arriving:
                     attempt = self.arriving.pop(0)
@@ -123,8 +122,8 @@ class AsyncRounds:
         finally:
             if not interrupted:
                 for attempt in self.pending:
-                    self.jobs.cancel(attempt, "job_abandoned", "the run stopped before its update arrived",
-                                     round=self.version)
+                    self.launches.cancel(attempt, "job_abandoned", "the run stopped before its update arrived",
+                                         round=self.version)
                 self.pending = []
 
     def in_flight(self) -> list[Attempt]:
@@ -134,9 +133,9 @@ class AsyncRounds:
     # --- arrivals --------------------------------------------------------------------------------
 
     def _arrived(self, attempt: Attempt) -> None:
-        destination = self.globals.run_dir.update_dir(attempt.round, f"{attempt.facility}-{attempt.attempt_id}")
-        current = self.globals.get(self.version)
-        update = self.jobs.collect(attempt, self.version + 1, current, destination)
+        destination = self.context.run_dir.update_dir(attempt.round, f"{attempt.facility}-{attempt.attempt_id}")
+        current = self.chain.get(self.version)
+        update = self.intake.collect(attempt, self.version + 1, current, destination)
         if update is not None and update.staleness > self.algorithm.max_staleness:
             self._reject_stale(attempt, update)
             update = None
@@ -148,7 +147,7 @@ class AsyncRounds:
         self._apply(self.policy.arrived(attempt.attempt_id, attempt.facility, self.clock.now()))
 
     def _reject_stale(self, attempt: Attempt, update: Update) -> None:
-        self.jobs.reject(
+        self.intake.reject(
             attempt, self.version + 1, "stale",
             f"trained from global {update.based_on_round}, {update.staleness} versions behind global "
             f"{self.version}; algorithm.max_staleness is {self.algorithm.max_staleness}",
@@ -186,7 +185,7 @@ class AsyncRounds:
             buffered = self.buffer.pop(key)
             update = buffered.update
             staleness = self.version - update.based_on_round
-            base = self.globals.run_dir.global_dir(update.based_on_round)
+            base = self.context.run_dir.global_dir(update.based_on_round)
             if staleness > self.algorithm.max_staleness or not base.exists():
                 self._reject_stale(buffered.attempt, replace(update, staleness=staleness))
                 continue
@@ -206,7 +205,7 @@ class AsyncRounds:
             attempt.round = version + 1
         state = self._state(version, planned)
         staleness = {buffered.attempt.attempt_id: update.staleness for buffered, update in updates}
-        self.globals.commit(
+        self.chain.commit(
             version,
             [update for _, update in updates],
             extra_meta={STATE_KEY: json.dumps(state)},
@@ -228,7 +227,7 @@ class AsyncRounds:
                     source.close()
             if isinstance(update.source, ExchangeDir):
                 shutil.rmtree(update.source.path, ignore_errors=True)  # applied: the global holds it now
-        self.globals.prune(version)
+        self.chain.prune(version)
 
     def _launch(self, planned: list[Attempt]) -> None:
         for attempt in planned:
@@ -243,9 +242,9 @@ class AsyncRounds:
         if restore_at is None:
             restore_at = self._launched_before(attempt)
         try:
-            staged = self.globals.staged(attempt.round - 1)
-            launched = self.jobs.launch(attempt.round, attempt.facility, attempt.local_steps, staged, attempt.seed,
-                                        attempt.attempt_id, restore_at=restore_at)
+            staged = self.chain.staged(attempt.round - 1)
+            launched = self.launches.launch(attempt.round, attempt.facility, attempt.local_steps, staged, attempt.seed,
+                                            attempt.attempt_id, restore_at=restore_at)
         except RunInterrupted:
             raise
         except FedhpcError as e:
@@ -267,7 +266,7 @@ class AsyncRounds:
         return None
 
     def _next_wake(self) -> float | None:
-        times = [self.jobs.timeout_at(attempt) for attempt in self.pending]
+        times = [self.launches.timeout_at(attempt) for attempt in self.pending]
         if (policy_wake := self.policy.next_wake()) is not None:
             times.append(policy_wake)
         future = [t for t in times if t > self.clock.now()]
@@ -304,14 +303,14 @@ class AsyncRounds:
             f"resuming after version {self.version}: {len(state['in_flight'])} job(s) in flight, "
             f"{len(state['buffer'])} update(s) buffered"
         )
-        current = self.globals.get(self.version)
+        current = self.chain.get(self.version)
         for record in state["buffer"]:
             attempt = attempt_from_record(record)
             try:
-                update = self.jobs.verified(Path(record["path"]), attempt.facility, attempt.round, current,
-                                            attempt.local_steps)
+                update = self.intake.verified(Path(record["path"]), attempt.facility, attempt.round, current,
+                                              attempt.local_steps)
             except UpdateRejected as e:
-                self.jobs.reject(attempt, self.version + 1, e.reason, f"after the restart: {e}")
+                self.intake.reject(attempt, self.version + 1, e.reason, f"after the restart: {e}")
                 continue
             self.buffer[attempt.attempt_id] = Buffered(attempt, update)
         for record in state["in_flight"]:

@@ -1,4 +1,8 @@
-"""The chain of globals: build round 0, stage copies for facilities, aggregate and commit the next.
+"""The chain of global models: build round 0, stage copies for facilities, aggregate and commit the next.
+
+Named a chain, not a store, because that is what it holds: global `r` exists only
+as global `r - 1` with round `r`'s updates aggregated into it, together with the
+aggregator's state after it; this class makes each link and prunes the old ones.
 
 A global is complete when its directory is in place, the aggregator's state
 after it is saved, and the ledger row is committed, in that order: a server
@@ -16,7 +20,7 @@ from pathlib import Path
 import torch
 
 from fedhpc.aggregate import Aggregator, Update
-from fedhpc.config import Experiment
+from fedhpc.config import AlgorithmConfig, DataConfig, ExchangeConfig, ModelConfig
 from fedhpc.errors import FedhpcError, UpdateRejected
 from fedhpc.exchange import (
     ExchangeDir,
@@ -26,10 +30,7 @@ from fedhpc.exchange import (
     write_exchange,
     write_state_dict,
 )
-from fedhpc.report.progress import ProgressView
-from fedhpc.clock import Clock
-from fedhpc.run.events import EventLog
-from fedhpc.run.rundir import RunDir
+from fedhpc.run.context import RunContext
 from fedhpc.run.server_command import run_server_command
 
 
@@ -40,23 +41,32 @@ class Committed:
     bytes: int
 
 
-class GlobalStore:
+class GlobalChain:
+    """Globals built for `model` on `data`, written in `exchange`'s shards, aggregated by `algorithm`'s rule.
+
+    `keep_last` globals stay on disk (`prune`): a stale update is applied against the one it was trained from.
+    """
+
     def __init__(
-        self, experiment: Experiment, run_dir: RunDir, aggregator: Aggregator, events: EventLog, clock: Clock,
-        keep_last: int,
+        self, context: RunContext, aggregator: Aggregator, algorithm: AlgorithmConfig, model: ModelConfig,
+        data: DataConfig, exchange: ExchangeConfig, keep_last: int,
     ):
-        self.experiment = experiment
-        self.run_dir = run_dir
+        self.context = context
+        self.events = context.events
+        self.clock = context.clock
+        self.progress = context.progress
         self.aggregator = aggregator
-        self.events = events
-        self.clock = clock
+        self.algorithm = algorithm
+        self.model = model
+        self.data = data
+        self.exchange = exchange
         self.keep_last = keep_last
         self.server_state: dict[str, torch.Tensor] | None = None  # None: read it from the run directory
 
     def get(self, round: int) -> ExchangeDir:
-        return ExchangeDir(self.run_dir.global_dir(round))
+        return ExchangeDir(self.context.run_dir.global_dir(round))
 
-    def initialise(self, progress: ProgressView) -> None:
+    def initialise(self) -> None:
         """Round 0: one worker process writes the seeded initial trainable state as the first global.
 
         The worker writes into a directory of its own under `logs/r0000/`, which is verified and then
@@ -64,9 +74,9 @@ class GlobalStore:
         restarted, publishes into its own directory and can never collide with its successor's.
         The initial state is a function of the seed, so which of them builds it does not matter.
         """
-        self.run_dir.discard_after(-1)
-        destination = self.run_dir.global_dir(0)
-        log_dir = self.run_dir.log_dir(0)
+        self.context.run_dir.discard_after(-1)
+        destination = self.context.run_dir.global_dir(0)
+        log_dir = self.context.run_dir.log_dir(0)
         log_dir.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="init-", dir=log_dir))
         built = work / "global"
@@ -75,14 +85,14 @@ class GlobalStore:
             round=0,
             facility="server",
             update_dir=built,
-            model=self.experiment.model,
-            data_config=self.experiment.data,
-            shard_bytes=int(self.experiment.exchange.shard_size),
+            model=self.model,
+            data_config=self.data,
+            shard_bytes=int(self.exchange.shard_size),
             device="cpu",
         )
         task_path = work / "init-task.json"
         task.write(task_path)
-        progress.message("building the initial global model (round 0)")
+        self.progress.message("building the initial global model (round 0)")
         started = self.clock.now()
         failure = run_server_command("init", ["worker", "--task", str(task_path)], work)
         if failure:
@@ -104,12 +114,12 @@ class GlobalStore:
     def staged(self, round: int) -> Path:
         """Global `round` as facilities receive it: the fp32 master, or a copy cast to the training dtype."""
         global_ = self.get(round)
-        wanted = self.experiment.exchange.stage_dtype
+        wanted = self.exchange.stage_dtype
         if wanted == "auto":
-            wanted = self.experiment.model.dtype
+            wanted = self.model.dtype
         if wanted == "float32":
             return global_.path
-        destination = self.run_dir.stage_dir(round)
+        destination = self.context.run_dir.stage_dir(round)
         if not destination.exists():
             dtype = dtype_from_name(wanted)
             meta = ExchangeMeta(**global_.manifest.model_dump(include=set(ExchangeMeta.model_fields)))
@@ -118,7 +128,7 @@ class GlobalStore:
                 global_.layout(dtype),
                 ((name, global_.get(name).to(dtype)) for name in global_.names()),
                 meta,
-                int(self.experiment.exchange.shard_size),
+                int(self.exchange.shard_size),
             )
         return destination
 
@@ -131,7 +141,7 @@ class GlobalStore:
         """
         started = self.clock.now()
         global_ = self.get(round - 1)
-        destination = self.run_dir.global_dir(round)
+        destination = self.context.run_dir.global_dir(round)
         meta = ExchangeMeta(kind="global", round=round, base_fingerprint=global_.manifest.base_fingerprint)
         state = self.server_state if self.server_state is not None else self._load_server_state(round - 1)
         self.server_state = None  # the aggregator updates it in place: until saved, only the disk copy is whole
@@ -140,14 +150,14 @@ class GlobalStore:
             global_.layout(torch.float32),
             self.aggregator.aggregate(global_, sorted(updates, key=lambda u: u.facility), state),
             meta,
-            int(self.experiment.exchange.shard_size),
+            int(self.exchange.shard_size),
         )
         global_.close()
         self._save_server_state(round, state, meta.base_fingerprint)
         self.server_state = state
         size = sum(f.bytes for f in manifest.files.values())
         fields = dict(
-            algorithm=self.experiment.algorithm.name,
+            algorithm=self.algorithm.name,
             seconds=self.clock.now() - started,
             start=started,
             bytes=size,
@@ -159,7 +169,7 @@ class GlobalStore:
         return Committed(round, self.clock.now() - started, size)
 
     def prune(self, latest: int) -> None:
-        self.run_dir.prune(latest, self.keep_last)
+        self.context.run_dir.prune(latest, self.keep_last)
 
     def _save_server_state(self, round: int, state: dict[str, torch.Tensor], fingerprint: str) -> None:
         """Publish the aggregator's state after `round` (empty for stateless algorithms) as an exchange directory.
@@ -170,15 +180,15 @@ class GlobalStore:
             kind="global",
             round=round,
             base_fingerprint=fingerprint,
-            metrics={"content": "server_state", "algorithm": self.experiment.algorithm.name},
+            metrics={"content": "server_state", "algorithm": self.algorithm.name},
         )
-        write_state_dict(self.run_dir.server_state_dir(round), state, meta, int(self.experiment.exchange.shard_size))
+        write_state_dict(self.context.run_dir.server_state_dir(round), state, meta, int(self.exchange.shard_size))
 
     def _load_server_state(self, round: int) -> dict[str, torch.Tensor]:
         """The aggregator's state saved after `round`, verified like an update; round 0 has none."""
         if round == 0:
             return {}
-        path = self.run_dir.server_state_dir(round)
+        path = self.context.run_dir.server_state_dir(round)
         try:
             saved = ExchangeDir(path)
             saved.verify()

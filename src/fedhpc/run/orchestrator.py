@@ -8,7 +8,8 @@ resumes from the last complete round and continues as if never stopped.
 
 Which loop runs the rounds depends on the algorithm: `SyncRounds` (FedAvg and
 the server optimisers) or `AsyncRounds` (FedAsync, FedBuff, FedCompass). Both
-share the job handling (`jobs.py`) and the chain of globals (`globals.py`).
+share the jobs (`launches.py`), the gate updates pass (`intake.py`) and the chain of globals
+(`global_chain.py`), and each gets only its own sub-config: this is the one place that holds the `Experiment`.
 """
 
 from __future__ import annotations
@@ -31,11 +32,14 @@ from fedhpc.report.progress import ProgressView
 from fedhpc.run.async_rounds import AsyncRounds, make_policy
 from fedhpc.clock import Clock, RealClock, VirtualClock
 from fedhpc.run.events import EventLog
-from fedhpc.run.globals import GlobalStore, run_server_command
+from fedhpc.run.context import RunContext
+from fedhpc.run.global_chain import GlobalChain
+from fedhpc.run.intake import Intake
 from fedhpc.run.interrupts import OnInterrupt, StopFlag
-from fedhpc.run.jobs import Facility, Jobs
+from fedhpc.run.launches import Facility, Launches
 from fedhpc.run.ledger import Ledger
 from fedhpc.run.rundir import RunDir, check_same_experiment, experiment_document
+from fedhpc.run.server_command import run_server_command
 from fedhpc.run.sync_rounds import SyncRounds
 
 log = logging.getLogger(__name__)
@@ -98,7 +102,10 @@ class Orchestrator:
         if algorithm.is_async:  # a stale update is applied against the global it was trained from
             keep_last = max(keep_last, algorithm.max_staleness + 1)
         aggregator = make_aggregator(algorithm, len(facilities))
-        globals_ = GlobalStore(self.experiment, self.run_dir, aggregator, events, self.clock, keep_last)
+        context = RunContext(self.run_dir, events, self.clock, self.progress, stop)
+        experiment = self.experiment
+        chain = GlobalChain(context, aggregator, algorithm, experiment.model, experiment.data, experiment.exchange,
+                            keep_last)
         events.record(
             "run_started",
             name=self.experiment.name,
@@ -108,24 +115,23 @@ class Orchestrator:
             algorithm=algorithm.name,
         )
         loop: SyncRounds | AsyncRounds | None = None
-        jobs: Jobs | None = None
+        launches: Launches | None = None
         try:
             if resumed_from is None:
-                globals_.initialise(self.progress)
+                chain.initialise()
             stop.check()
             if self.experiment.evaluation is not None and self.experiment.evaluation.include_base:
                 self._evaluate(events, 0)
-            jobs = Jobs(self.experiment, self.run_dir, facilities, events, self.progress, self.clock,
-                        self._ledger.get_meta("base_fingerprint"), stop=stop)
+            launches = Launches(context, facilities, algorithm, experiment.model, experiment.data, experiment.exchange)
+            intake = Intake(context, facilities, self._ledger.get_meta("base_fingerprint"), algorithm.max_update_norm)
             stop_at = started + time_limit if time_limit is not None else None
             last = self._ledger.last_complete_round() or 0
             if algorithm.is_async:
-                loop = AsyncRounds(self.experiment, jobs, globals_, events, self.progress, self.clock,
-                                   make_policy(self.experiment))
+                loop = AsyncRounds(context, algorithm, launches, intake, chain, make_policy(algorithm))
                 loop.committed_hook = lambda version: self._after_round(events, version)
                 loop.run(last, stop_at)
             else:
-                loop = SyncRounds(self.experiment, jobs, globals_, events, self.progress, self.clock)
+                loop = SyncRounds(context, algorithm, launches, intake, chain)
                 for round in range(last + 1, algorithm.rounds + 1):
                     stop.check()
                     loop.run_round(round)
@@ -135,7 +141,7 @@ class Orchestrator:
                 loop.finish()
         except RunInterrupted as e:
             with stop.shielded():
-                raise self._interrupted(e, events, jobs, loop, on_interrupt) from e
+                raise self._interrupted(e, events, launches, loop, on_interrupt) from e
         except FedhpcError as e:
             if isinstance(loop, SyncRounds):
                 loop.finish()
@@ -156,12 +162,12 @@ class Orchestrator:
                           complete, failure_lines(self._ledger, self.run_dir))
 
     def _interrupted(
-        self, error: RunInterrupted, events: EventLog, jobs: Jobs | None, loop: SyncRounds | AsyncRounds | None,
-        on_interrupt: OnInterrupt,
+        self, error: RunInterrupted, events: EventLog, launches: Launches | None,
+        loop: SyncRounds | AsyncRounds | None, on_interrupt: OnInterrupt,
     ) -> RunInterrupted:
         """Keep or cancel the jobs in flight, record `run_interrupted`; the error carries the console's line."""
         in_flight = loop.in_flight() if loop is not None else []
-        kept, cancelled = jobs.settle_interrupted(in_flight, on_interrupt) if jobs is not None else ([], [])
+        kept, cancelled = launches.settle_interrupted(in_flight, on_interrupt) if launches is not None else ([], [])
         last = self._ledger.last_complete_round() or 0
         name = signal.Signals(error.signum).name
         events.record("run_interrupted", rounds_completed=last, signal=name, on_interrupt=on_interrupt.value,

@@ -20,14 +20,13 @@ from __future__ import annotations
 import json
 
 from fedhpc.aggregate import Update
-from fedhpc.config import Experiment
+from fedhpc.config import AlgorithmConfig
 from fedhpc.errors import FedhpcError, QuorumNotMet, RunInterrupted, UpdateRejected
 from fedhpc.exchange import ExchangeDir
-from fedhpc.report.progress import ProgressView
-from fedhpc.clock import Clock
-from fedhpc.run.events import EventLog
-from fedhpc.run.globals import GlobalStore
-from fedhpc.run.jobs import Attempt, Jobs, attempt_from_record
+from fedhpc.run.context import RunContext
+from fedhpc.run.global_chain import GlobalChain
+from fedhpc.run.intake import Intake
+from fedhpc.run.launches import Attempt, Launches, attempt_from_record
 from fedhpc.run.scheduling import SyncPolicy
 
 
@@ -38,16 +37,17 @@ ENDED = ("job_finished", "job_cancelled", "late_dropped", "job_abandoned", "reje
 
 class SyncRounds:
     def __init__(
-        self, experiment: Experiment, jobs: Jobs, globals_: GlobalStore, events: EventLog, progress: ProgressView,
-        clock: Clock,
+        self, context: RunContext, algorithm: AlgorithmConfig, launches: Launches, intake: Intake, chain: GlobalChain,
     ):
-        self.experiment = experiment
-        self.jobs = jobs
-        self.globals = globals_
-        self.events = events
-        self.progress = progress
-        self.clock = clock
-        self.policy = SyncPolicy(experiment.algorithm, [f.name for f in experiment.facilities])
+        self.context = context
+        self.events = context.events
+        self.clock = context.clock
+        self.progress = context.progress
+        self.algorithm = algorithm
+        self.launches = launches
+        self.intake = intake
+        self.chain = chain
+        self.policy = SyncPolicy(algorithm, list(launches.facilities))
         self.carried: list[Attempt] = []  # late jobs of closed rounds whose updates count in the next (next_round)
         self.pending: list[Attempt] = []  # jobs of the current round still running
         self._restore_carried()
@@ -60,11 +60,11 @@ class SyncRounds:
         assignments = self.policy.assignments(round)
         participants = [a.facility for a in assignments]
         self.events.record("round_started", round, participants=participants, carried=sorted(busy))
-        for name in self.jobs.facilities:
+        for name in self.launches.facilities:
             if name not in participants and name not in busy:
                 self.progress.facility_state(name, "idle", round)
-        previous = self.globals.get(round - 1)
-        staged = self.globals.staged(round - 1)
+        previous = self.chain.get(round - 1)
+        staged = self.chain.staged(round - 1)
         accepted = self._reusable_updates(round, previous)
         for assignment in assignments:
             if assignment.facility in accepted:
@@ -76,12 +76,12 @@ class SyncRounds:
             unfinished = self._unfinished(round, assignment.facility)
             try:
                 if unfinished is not None:  # launched by a server that was stopped: take it in first
-                    attempts.append(self.jobs.launch(round, assignment.facility, unfinished.local_steps, staged,
-                                                     unfinished.seed, unfinished.attempt_id,
-                                                     restore_at=unfinished.started_at))
+                    attempts.append(self.launches.launch(round, assignment.facility, unfinished.local_steps, staged,
+                                                         unfinished.seed, unfinished.attempt_id,
+                                                         restore_at=unfinished.started_at))
                 else:
-                    attempts.append(self.jobs.launch(round, assignment.facility, assignment.local_steps, staged,
-                                                     self.experiment.algorithm.seed + round, f"r{round:04d}-a0"))
+                    attempts.append(self.launches.launch(round, assignment.facility, assignment.local_steps, staged,
+                                                         self.algorithm.seed + round, f"r{round:04d}-a0"))
             except RunInterrupted:
                 self.pending = attempts
                 raise
@@ -93,24 +93,24 @@ class SyncRounds:
         if not self.policy.quorum_met(len(accepted)):
             raise QuorumNotMet(
                 f"round {round}: {len(accepted)} update(s) accepted, algorithm.min_facilities is "
-                f"{self.experiment.algorithm.min_facilities}; see the ledger and "
-                f"{self.globals.run_dir.log_dir(round)}. Fix the failing facilities and run the same command "
+                f"{self.algorithm.min_facilities}; see the ledger and "
+                f"{self.context.run_dir.log_dir(round)}. Fix the failing facilities and run the same command "
                 "again to resume."
             )
         carried = json.dumps([attempt.record() for attempt in self.carried])
-        self.globals.commit(round, list(accepted.values()), extra_meta={CARRIED_KEY: carried})
+        self.chain.commit(round, list(accepted.values()), extra_meta={CARRIED_KEY: carried})
         losses = [loss for u in accepted.values() if (loss := self._mean_loss(round, u.facility)) is not None]
         mean_loss = sum(losses) / len(losses) if losses else None
         self.events.record("round_complete", round, seconds=self.clock.now() - round_started, mean_loss=mean_loss,
                            start=round_started)
         self.progress.round_done(round, self.clock.now() - round_started, mean_loss)
-        self.globals.prune(round)
+        self.chain.prune(round)
         return mean_loss
 
     def _unfinished(self, round: int, facility: str) -> Attempt | None:
         """The facility's last attempt at `round` if the ledger shows no end for it (its server was stopped).
 
-        Ids are never reused (`Jobs.fresh_attempt_id`), so a resumed server that runs it again
+        Ids are never reused (`Launches.fresh_attempt_id`), so a resumed server that runs it again
         takes a new one, and an orphan of the stopped server cannot overwrite its update.
         """
         ledger = self.events.ledger
@@ -131,7 +131,7 @@ class SyncRounds:
         launching = next((e for e in launched if e.event == "launching" and e.detail["attempt"] == attempt_id), last)
         started_at = launching.detail.get("started_at", launching.detail.get("start", launching.ts))
         return Attempt(facility, round, attempt_id, int(launching.detail.get("local_steps", 0)),
-                       int(launching.detail.get("seed", self.experiment.algorithm.seed + round)), None,
+                       int(launching.detail.get("seed", self.algorithm.seed + round)), None,
                        float(started_at))
 
     def _restore_carried(self) -> None:
@@ -140,9 +140,10 @@ class SyncRounds:
         for record in json.loads(saved) if saved else []:
             attempt = attempt_from_record(record)
             try:
-                staged = self.globals.staged(attempt.round - 1)
-                self.carried.append(self.jobs.launch(attempt.round, attempt.facility, attempt.local_steps, staged,
-                                                     attempt.seed, attempt.attempt_id, restore_at=attempt.started_at))
+                staged = self.chain.staged(attempt.round - 1)
+                self.carried.append(self.launches.launch(attempt.round, attempt.facility, attempt.local_steps, staged,
+                                                         attempt.seed, attempt.attempt_id,
+                                                         restore_at=attempt.started_at))
             except RunInterrupted:
                 raise
             except FedhpcError as e:
@@ -156,7 +157,7 @@ class SyncRounds:
     def finish(self) -> None:
         """The run is over: jobs still carried, or still running in a round that failed, will never be applied."""
         for attempt in self.pending:
-            self.jobs.cancel(attempt, "job_abandoned", "the run stopped before its update arrived")
+            self.launches.cancel(attempt, "job_abandoned", "the run stopped before its update arrived")
         for attempt in self.carried:
             self._drop_late(attempt, "the run ended before its update arrived")
         self.pending, self.carried = [], []
@@ -168,10 +169,10 @@ class SyncRounds:
         """
         reusable = {}
         for event in self.events.ledger.events("accepted", round=round):
-            path = self.globals.run_dir.update_dir(round, event.facility or "")
+            path = self.context.run_dir.update_dir(round, event.facility or "")
             trained_round = round - int(event.detail.get("staleness", 0))
             try:
-                reusable[event.facility] = self.jobs.verified(path, event.facility, trained_round, global_)
+                reusable[event.facility] = self.intake.verified(path, event.facility, trained_round, global_)
             except UpdateRejected:
                 continue
             self.events.record("reused", round, event.facility)
@@ -187,29 +188,29 @@ class SyncRounds:
         """
         self.pending = pending = list(attempts)
         while pending:
-            for attempt in self.jobs.poll(pending):
-                destination = self.globals.run_dir.update_dir(round, attempt.facility)
-                update = self.jobs.collect(attempt, round, global_, destination)
+            for attempt in self.launches.poll(pending):
+                destination = self.context.run_dir.update_dir(round, attempt.facility)
+                update = self.intake.collect(attempt, round, global_, destination)
                 if update is not None:
                     accepted[attempt.facility] = update
             if not pending or self.policy.may_close(round_started, len(accepted), self.clock.now()):
                 break
-            self.jobs.stop.check()
+            self.context.stop.check()
             self.clock.sleep_until(self._next_wake(pending, round_started))
         self.pending = []
         return pending
 
     def _next_wake(self, pending: list[Attempt], round_started: float) -> float | None:
-        times = [self.jobs.timeout_at(attempt) for attempt in pending]
-        if self.experiment.algorithm.round_deadline is not None:
-            times.append(round_started + self.experiment.algorithm.round_deadline)
+        times = [self.launches.timeout_at(attempt) for attempt in pending]
+        if self.algorithm.round_deadline is not None:
+            times.append(round_started + self.algorithm.round_deadline)
         future = [t for t in times if t > self.clock.now()]
         return min(future) if future else None
 
     def _settle_late(self, round: int, late: list[Attempt]) -> None:
         """Jobs still running when `round` closed: carry them into the next round, or cancel them."""
         for attempt in late:
-            if self.policy.late_updates == "next_round" and round < self.experiment.algorithm.rounds:
+            if self.policy.late_updates == "next_round" and round < self.algorithm.rounds:
                 self.carried.append(attempt)
                 self.events.record("late_carried", round, attempt.facility,
                                    job_id=attempt.handle.job_id if attempt.handle else None,
@@ -218,14 +219,14 @@ class SyncRounds:
             elif self.policy.late_updates == "next_round":
                 self._drop_late(attempt, "the run's last round closed without it")
             else:
-                deadline = self.experiment.algorithm.round_deadline or 0.0
+                deadline = self.algorithm.round_deadline or 0.0
                 self._drop_late(
                     attempt, f"algorithm.round_deadline ({deadline:g} s) passed and the round closed without it"
                 )
 
     def _drop_late(self, attempt: Attempt, reason: str) -> None:
         """Cancel a job whose round closed without it; recorded as `late_dropped` under the job's round."""
-        self.jobs.cancel(attempt, "late_dropped", reason)
+        self.launches.cancel(attempt, "late_dropped", reason)
         self.progress.facility_state(attempt.facility, "late, dropped", attempt.round)
 
     def _mean_loss(self, round: int, facility: str) -> float | None:
