@@ -14,11 +14,11 @@ made anywhere can be scored the same way.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedhpc.atomic_files import atomic_write_text
 from fedhpc.errors import DataError
 from fedhpc.json_lines import read_json_lines
 
@@ -56,13 +56,13 @@ def predictions_path(scores_path: Path) -> Path:
 
 
 def write_predictions(path: Path, predictions: Iterable[Prediction]) -> None:
-    """Write one line per answer, replacing `path` atomically (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as out:
-        for prediction in predictions:
-            out.write(json.dumps(prediction.as_json(), ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    """Write one line per answer, replacing `path` atomically (a reader never sees half a file).
+
+    The answers are all in memory already (`evaluate_chem` returns them as one
+    list), so building the file as one string only adds a copy of that size.
+    """
+    lines = (json.dumps(prediction.as_json(), ensure_ascii=False) + "\n" for prediction in predictions)
+    atomic_write_text(path, "".join(lines))
 
 
 def read_predictions(path: Path) -> list[Prediction]:

@@ -8,8 +8,6 @@ written beside it (`eval/r0003.json` -> `eval/r0003.predictions.jsonl`), so
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fedhpc.atomic_files import atomic_write_json
 from fedhpc.config import Experiment
 from fedhpc.errors import ConfigError, FedhpcError
 from fedhpc.evaluation.chem_eval import evaluate_chem
@@ -138,8 +137,5 @@ def evaluate_run(request: EvalRequest, out: Path | None) -> dict[str, Any]:
     result = {"round": request.round, "data": str(request.data), "split": request.split, **scored}
     if out is not None:
         write_predictions(predictions_path(out), predictions)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(out)
+        atomic_write_json(out, result, indent=1)
     return result
