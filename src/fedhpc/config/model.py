@@ -1,0 +1,125 @@
+"""The `model` section: which base model, its dtype, and how a worker trains it (LoRA or every weight)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from fedhpc.config.types import (
+    DType,
+    Frozen,
+    KeyedValueError,
+    ModelDim,
+    PositiveFloat,
+    RelPath,
+    Seed,
+    SeqLen,
+    path_exists,
+)
+
+MODEL_NAMES = ("tiny-llama", "smollm2-135m-instruct")
+
+
+class LoraConfig(Frozen):
+    r: ModelDim = 8
+    alpha: PositiveFloat = 16.0
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1
+    )
+
+
+class TinyLlamaConfig(Frozen):
+    """A randomly initialised Llama built from a seed: identical at every facility."""
+
+    hidden_size: ModelDim = 64
+    num_layers: ModelDim = 2
+    num_heads: ModelDim = 4
+    num_kv_heads: ModelDim = 2
+    intermediate_size: ModelDim = 128
+    max_position_embeddings: SeqLen = 1024
+    seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyLlamaConfig:
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError("hidden_size must be divisible by num_heads, and num_heads by num_kv_heads")
+        return self
+
+
+class FullFinetuneConfig(Frozen):
+    """How a worker trains every weight (`model.peft: none`); LoRA ignores it (docs/full-finetuning.md).
+
+    FSDP2 shards parameters, gradients and optimizer state over the job's ranks,
+    so a model that does not fit one GPU with AdamW (16 bytes per parameter in
+    fp32 master + moments) still trains; DDP keeps a whole copy per rank and is
+    faster for models that fit.
+    """
+
+    sharding: Literal["auto", "fsdp", "ddp"] = Field(
+        "auto", description="auto: FSDP on more than one rank, a single process otherwise; ddp: a copy per rank"
+    )
+    compute_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="forward/backward dtype (autocast on one rank); auto: bfloat16 on GPUs, float32 on CPUs"
+    )
+    reduce_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="dtype of FSDP's gradient reduce-scatter"
+    )
+    activation_checkpointing: bool = Field(
+        True, description="recompute each decoder layer in the backward pass: one layer's activations, not all"
+    )
+    cpu_offload: bool = Field(
+        False, description="FSDP keeps parameters, gradients and optimizer state in host memory between uses"
+    )
+
+
+class ModelConfig(Frozen):
+    source: str = Field(
+        "tiny-llama",
+        description="'tiny-llama', 'smollm2-135m-instruct', a Hugging Face model directory, or a .gguf file",
+    )
+    tiny: TinyLlamaConfig = TinyLlamaConfig()
+    dtype: DType = "float32"
+    peft: Literal["lora", "none"] = "lora"
+    lora: LoraConfig = LoraConfig()
+    full: FullFinetuneConfig = FullFinetuneConfig()
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="torch.compile each decoder layer; auto: on GPUs only (docs/performance.md)"
+    )
+    cache_dir: RelPath | None = Field(
+        None, description="converted-model and compiled-kernel cache; default ~/.cache/fedhpc/models"
+    )
+    keep_optimizer_state: bool = Field(
+        False,
+        description="a persistent worker keeps AdamW's moments from one task to the next (never shipped), "
+        "for LoRA and full fine-tuning alike",
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _resolve_source_path(cls, value: str, info: ValidationInfo) -> str:
+        """A source that names a file or directory resolves like every other path in the file.
+
+        A hub id (``org/name``) also has a slash, so a bare ``a/b`` counts as a path
+        only when it exists next to the file; ``./a/b`` and ``x.gguf`` always do.
+        """
+        if value in MODEL_NAMES or Path(value).is_absolute():
+            return value
+        base = (info.context or {}).get("base_dir")
+        if base is None:
+            return value
+        candidate = Path(base) / value
+        looks_like_path = value.endswith(".gguf") or value.startswith(".") or path_exists(candidate)
+        return str(candidate) if looks_like_path else value
+
+    @model_validator(mode="after")
+    def _full_needs_full_finetuning(self) -> ModelConfig:
+        # Not fields_set: a task.json carries every key, defaults included.
+        if self.full != FullFinetuneConfig() and self.peft != "none":
+            raise KeyedValueError(
+                "model.full", f"configures full fine-tuning, but model.peft is {self.peft!r}; set model.peft: none "
+                "to train every weight, or remove model.full"
+            )
+        return self
