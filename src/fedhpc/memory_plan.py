@@ -202,12 +202,12 @@ def facility_plan(
     gpu_memory: int | None = None,
 ) -> MemoryPlan:  # fmt: skip
     """The plan of `facility`'s jobs; `gpus` and `gpu_memory` are what-ifs overriding the file."""
-    model, full = exp.model, exp.model.full
-    on_cpu = getattr(facility.launcher, "device", "auto") == "cpu"
+    model, full, job = exp.model, exp.model.full, facility.launcher.resources()
+    on_cpu = job.device == "cpu"
     compute = full.compute_dtype if full.compute_dtype != "auto" else "float32" if on_cpu else "bfloat16"
     lora = model.peft != "none"
     return plan_memory(
-        shape, ranks=gpus or facility.launcher.nprocs, sharding=full.sharding, param_dtype=model.dtype,
+        shape, ranks=gpus or job.ranks, sharding=full.sharding, param_dtype=model.dtype,
         compute_dtype=model.dtype if lora else compute, reduce_dtype=full.reduce_dtype, peft=model.peft,
         lora_r=model.lora.r, lora_targets=model.lora.target_modules, seq_len=exp.data.seq_len,
         micro_batch=exp.algorithm.batch_size, activation_checkpointing=full.activation_checkpointing and not lora,
@@ -300,11 +300,11 @@ def describe_memory(
         f"an update is {format_bytes(trainable * DTYPE_BYTES[dtype])} in {dtype}"
     ]
     for facility, plan in plans:
-        nodes, started = getattr(facility.launcher, "nodes", 1), facility.launcher.nprocs
-        layout = f"{nodes} node{'s' * (nodes > 1)} x {started // nodes}"
+        job = facility.launcher.resources()
+        layout = f"{job.nodes} node{'s' * (job.nodes > 1)} x {job.ranks_per_node}"
         ranks = plan.inputs.ranks
-        where = f"--gpus; the launcher starts {started}: {layout}" if gpus else layout
-        if getattr(facility.launcher, "device", "auto") == "cpu":
+        where = f"--gpus; the launcher starts {job.ranks}: {layout}" if gpus else layout
+        if job.device == "cpu":
             where += "; device cpu: bytes per process"
         lines.append(f"  facility {facility.name}: {ranks} rank{'s' * (ranks > 1)} ({where}), {describe_layout(plan)}")
         lines += [f"    {line}" for line in describe_plan(plan)]
