@@ -1,4 +1,8 @@
-"""The filesystem mover: atomic, idempotent, verified round trips of exchange directories."""
+"""The filesystem mover: hard links or copies, interrupted pushes, symlinks.
+
+What every mover promises (round trips, no-op re-pushes, refusals, peek) is asked of this one in
+tests/contracts/test_mover_contract.py.
+"""
 
 from __future__ import annotations
 
@@ -89,31 +93,6 @@ def test_copies_when_the_filesystem_refuses_links(tmp_path, update, monkeypatch)
     assert all(s.st_nlink == 1 for s in files_of(staged).values())
 
 
-def test_pushing_the_same_directory_again_is_a_no_op(tmp_path, update):
-    mover = FilesystemMover(FilesystemMoverConfig(hardlink=False), default_staging=tmp_path / "staging")
-    mover.push(update, "global/r0001")
-    assert mover.push(update, "global/r0001") == 0
-    other = write_update(tmp_path / "other", scale=2.0)
-    with pytest.raises(TransferError, match="exists and does not hold the same manifest.json") as info:
-        mover.push(other, "global/r0001")
-    assert str(other) in str(info.value) and str(tmp_path / "staging" / "global" / "r0001") in str(info.value)
-    ExchangeDir(tmp_path / "staging" / "global" / "r0001").verify()
-
-
-def test_pull_needs_a_source_and_a_free_destination(tmp_path, update):
-    mover = FilesystemMover(FilesystemMoverConfig(), default_staging=tmp_path / "staging")
-    with pytest.raises(TransferError, match=r"cannot pull .*updates/r0001-abc: no such directory"):
-        mover.pull("updates/r0001-abc", tmp_path / "dest")
-    assert not (tmp_path / "dest").exists()
-
-    mover.push(update, "updates/r0001-abc")
-    taken = write_update(tmp_path / "taken", scale=3.0)
-    with pytest.raises(TransferError, match="destination exists"):
-        mover.pull("updates/r0001-abc", taken)
-    assert mover.pull("updates/r0001-abc", tmp_path / "dest") > 0
-    assert mover.pull("updates/r0001-abc", tmp_path / "dest") == 0  # a retried pull
-
-
 @pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()])
 def test_an_interrupted_push_leaves_no_partial_destination(tmp_path, update, monkeypatch, error):
     copied = []
@@ -141,23 +120,9 @@ def test_an_interrupted_push_leaves_no_partial_destination(tmp_path, update, mon
     ExchangeDir(tmp_path / "staging" / "global" / "r0001").verify()
 
 
-def test_refuses_paths_outside_the_staging_area_and_symlinks(tmp_path, update):
+def test_a_push_refused_for_a_symlink_leaves_no_partial_copy(tmp_path, update):
     mover = FilesystemMover(FilesystemMoverConfig(), default_staging=tmp_path / "staging")
-    for bad in ("", "../elsewhere", "global/../../x", "/etc"):
-        with pytest.raises(TransferError, match="relative path inside the staging area"):
-            mover.exists(bad)
     (update / "link").symlink_to("/etc/hostname")
     with pytest.raises(TransferError, match="not a plain file or directory"):
         mover.push(update, "global/r0001")
     assert only_entries(tmp_path / "staging" / "global") == []
-    with pytest.raises(TransferError, match="not a directory"):
-        mover.push(tmp_path / "missing", "global/r0002")
-
-
-def test_peek_reads_small_staged_files(tmp_path, update):
-    mover = FilesystemMover(FilesystemMoverConfig(), default_staging=tmp_path / "staging")
-    assert mover.peek("progress/r0001.json") is None
-    (tmp_path / "staging" / "progress").mkdir(parents=True)
-    (tmp_path / "staging" / "progress" / "r0001.json").write_text('{"step": 3}')
-    assert mover.peek("progress/r0001.json") == b'{"step": 3}'
-    assert mover.peek("progress") is None  # a directory
