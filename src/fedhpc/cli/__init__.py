@@ -1,0 +1,39 @@
+"""The `fedhpc` command: thin commands that parse, load the config and call the library.
+
+Exit codes (`fedhpc.errors.ExitCode`): 0 success, 1 a run-time failure (a
+mismatched run directory, a failed init), 2 a bad experiment file, bad arguments
+or bad data; `run` adds 3 quorum not met, 4 time limit, 130/143 interrupted.
+
+The commands live one group to a module; this one builds the app, holds the
+global options, and registers the commands in the order `fedhpc --help` lists them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from fedhpc.cli import data, globus, run, validate, worker
+from fedhpc.cli import eval as evaluation
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated fine-tuning across HPC facilities.")
+data_app = typer.Typer(no_args_is_help=True, help="Build datasets.")
+app.add_typer(data_app, name="data")
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs on stderr.")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+
+
+for command in (validate.validate, globus.login, globus.logout, globus.whoami, run.run, run.simulate, run.report):
+    app.command()(command)
+app.command(name="eval")(evaluation.evaluate)
+for command in (evaluation.score, run.status, worker.worker):
+    app.command()(command)
+data_app.command("chem")(data.data_chem)
+data_app.command("smolinstruct")(data.data_smolinstruct)

@@ -1,0 +1,116 @@
+"""`fedhpc validate`: check an experiment file, its facilities' data and memory plan, without running anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from fedhpc.cli.common import ExperimentArg, SetOption, console, failure, globus_module, load_or_exit
+from fedhpc.errors import ConfigError, FedhpcError
+
+
+def validate(
+    experiment: ExperimentArg,
+    set_: SetOption = None,
+    online: Annotated[
+        bool,
+        typer.Option("--online", help="Also check that each Globus Compute endpoint is online and each Globus "
+                                      "collection lists and takes a write (needs `fedhpc login`)."),
+    ] = False,
+    params: Annotated[
+        Optional[str],
+        typer.Option("--params", help="What-if model size for the memory plan, e.g. 7e9 or 13B (a Llama shape); "
+                                      "overrides the model's own shape."),
+    ] = None,
+    gpus: Annotated[
+        Optional[int], typer.Option("--gpus", min=1, help="What-if ranks (GPUs) per job, for every facility.")
+    ] = None,
+    gpu_memory: Annotated[
+        Optional[str], typer.Option("--gpu-memory", help="What-if memory of one GPU, e.g. 40GiB, for every facility.")
+    ] = None,
+) -> None:
+    """Check an experiment file without running anything; print each facility's memory plan per GPU."""
+    from fedhpc.globus.facilities import describe
+    from fedhpc.memory_plan import describe_memory
+
+    shape, memory = _what_if(params, gpu_memory)
+    exp = load_or_exit(experiment, set_)
+    out = Console(markup=False, highlight=False, soft_wrap=True)  # every line quotes paths and names from the file
+    out.print(f"ok {experiment}: experiment {exp.name!r}, {exp.algorithm.rounds} rounds of {exp.algorithm.name}",
+              style="green")
+    out.print(f"  model {exp.model.source} ({exp.model.dtype}, peft={exp.model.peft}), run dir {exp.resolved_run_dir()}")
+    data_problems: list[str] = []
+    for facility in exp.facilities:
+        out.print(
+            f"  facility {facility.name}: {facility.launcher.kind} x{facility.launcher.nprocs}, "
+            f"mover {facility.mover.kind}, data {facility.data}"
+            + (", persistent worker" if facility.mode == "persistent" else ""),
+        )
+        for line in describe(facility):
+            out.print(f"    {line}")
+        data_problems += _check_data(facility, out)
+    if data_problems:
+        for problem in data_problems:
+            console.print(f"[red]error:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    for line in describe_memory(exp, shape, gpus=gpus, gpu_memory=memory):
+        out.print(line)
+    if online:
+        try:
+            checks = globus_module("online_checks").run_online_checks(exp)
+        except FedhpcError as e:
+            raise failure(e) from e
+        for check in checks:
+            out.print(check.line())
+        if not checks:
+            out.print("no Globus endpoint or collection to check online")
+        if not all(check.ok for check in checks):
+            raise typer.Exit(1)
+
+
+def _check_data(facility: Any, out: Console) -> list[str]:
+    """`validate`: read the first records of a facility's data as its worker will, if this machine can reach it.
+
+    Returns the problem (the worker's own `DataError`, naming file and line) or nothing; writes nothing.
+    """
+    from fedhpc.errors import DataError
+    from fedhpc.train_examples import check_examples
+
+    try:
+        reachable = Path(facility.data).exists()
+    except OSError:  # a remote path this machine cannot even look up (too long here)
+        reachable = False
+    if not reachable:
+        out.print(f"    data not checked: {facility.data} is not reachable from here (read at the facility)")
+        return []
+    try:
+        out.print(f"    data ok: {check_examples(Path(facility.data))}")
+    except DataError as e:
+        return [f"facility {facility.name}: {e}"]
+    return []
+
+
+def _what_if(params: str | None, gpu_memory: str | None) -> tuple[Any, int | None]:
+    """`validate`'s --params (a Llama shape of that size) and --gpu-memory (bytes); a bad one exits 2."""
+    from pydantic import ByteSize, TypeAdapter, ValidationError
+
+    from fedhpc.model_shape import parse_param_count, shape_for_params
+
+    try:
+        shape = shape_for_params(parse_param_count(params)) if params is not None else None
+    except ConfigError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from e
+    try:
+        memory = int(TypeAdapter(ByteSize).validate_python(gpu_memory)) if gpu_memory is not None else None
+    except ValidationError:
+        memory = 0
+    if memory is not None and memory <= 0:
+        console.print(f"[red]error:[/red] --gpu-memory {gpu_memory!r}: give a size such as 40GiB or 80GB",
+                      highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    return shape, memory

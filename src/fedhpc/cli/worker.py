@@ -1,0 +1,54 @@
+"""`fedhpc worker`: what the launcher starts on every rank at a facility, for one task or as a persistent worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fedhpc.cli.common import console
+
+
+def worker(
+    task: Annotated[Optional[Path], typer.Option("--task", help="The task.json the server staged.")] = None,
+    persistent: Annotated[
+        bool, typer.Option("--persistent", help="Stay up and train every task the server assigns in --inbox.")
+    ] = False,
+    inbox: Annotated[Optional[Path], typer.Option("--inbox", help="--persistent: the worker's inbox directory.")] = None,
+    heartbeat_interval: Annotated[
+        float, typer.Option("--heartbeat-interval", min=0.01, help="--persistent: seconds between heartbeats.")
+    ] = 5.0,
+    idle_timeout: Annotated[
+        float, typer.Option("--idle-timeout", min=0.0, help="--persistent: exit after this many seconds without work.")
+    ] = 600.0,
+    device: Annotated[str, typer.Option("--device", help="--persistent: auto, cpu or cuda.")] = "auto",
+    store: Annotated[
+        Optional[str],
+        typer.Option("--store", help="--task: JSON of the proxystore mover the task's files travel through."),
+    ] = None,
+) -> None:
+    """Run one job at a facility, or a persistent worker (started by the launcher on every rank)."""
+    problem = None
+    if (task is None) == (not persistent):
+        problem = "give exactly one of --task TASK.json and --persistent --inbox DIR"
+    elif task is not None and inbox is not None:
+        problem = "--inbox goes with --persistent, not with --task"
+    elif persistent and inbox is None:
+        problem = "--persistent needs --inbox DIR"
+    elif persistent and store is not None:
+        problem = "--store goes with --task, not with --persistent"
+    elif device not in ("auto", "cpu", "cuda"):
+        problem = f"--device must be auto, cpu or cuda, not {device!r}"
+    if problem is not None:
+        console.print(f"[red]error:[/red] {problem}", highlight=False)
+        raise typer.Exit(2)
+    if task is not None:
+        from fedhpc.worker.main import run_task
+
+        run_task(task, store)
+    else:
+        from fedhpc.worker.persistent import run_persistent
+
+        assert inbox is not None
+        run_persistent(inbox, heartbeat_interval, idle_timeout, device)
