@@ -6,8 +6,11 @@ timestamped lines: one per state change, finished round and message, and at most
 one training-progress line per facility every `progress_interval` seconds, so a
 log stays readable over a multi-day run.
 
-The orchestrator reports facility states as free words; those in `STATE_STYLES`
-get a colour, any other word is shown as is. A facility's "last round" time runs
+The server's event log feeds it (`on_event`): a job submitted, running,
+reattached, failed or timed out, an update accepted or rejected, a round
+complete. What no event mirrors (a job's live step count, a facility idle, a
+round's messages) is reported by calling it directly. Facility states are free
+words; those in `STATE_STYLES` get a colour, any other word is shown as is. A facility's "last round" time runs
 from the first state it reports for a round to the first of `FINISHED_STATES`.
 
     with ProgressView("chem-demo", rounds=3, facilities=["polaris", "aurora"]) as view:
@@ -21,9 +24,10 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -51,6 +55,15 @@ STATE_STYLES = {
     "cancelled": "red",
 }
 FINISHED_STATES = frozenset({"done", "accepted", "rejected", "failed", "timeout", "cancelled"})
+EVENT_STATES = {
+    "submitted": "submitted",
+    "reattached": "reattached",
+    "job_running": "running",
+    "accepted": "accepted",
+    "late_carried": "late",
+    "late_dropped": "late, dropped",
+}
+"""The facility state each of these server events shows (`ProgressView.on_event`)."""
 
 
 @dataclass
@@ -128,6 +141,26 @@ class ProgressView:
             self._line(f"run {run_name}: {rounds} rounds, facilities {names}")
 
     # -- what the orchestrator calls -------------------------------------------------
+
+    def on_event(self, event: str, round: int | None, facility: str | None, fields: Mapping[str, Any]) -> None:
+        """A server event (the run's `EventLog` subscribes this), shown as a facility state or a finished round.
+
+        A `job_finished` shows its state unless the job ended done (its update is still to be taken in)
+        or never started (no `start`: the round loop shows a failed launch where it matters).
+        """
+        if event == "round_complete" and round is not None:
+            self.round_done(round, fields["seconds"], fields.get("mean_loss"))
+            return
+        if facility is None:
+            return
+        if event == "rejected":
+            state: str | None = f"rejected ({fields.get('reason')})"
+        elif event == "job_finished":
+            state = fields.get("state") if fields.get("state") != "done" and "start" in fields else None
+        else:
+            state = EVENT_STATES.get(event)
+        if state is not None:
+            self.facility_state(facility, state, round)
 
     def facility_state(self, facility: str, state: str, round: int | None = None) -> None:
         """`facility` is now in `state` (for `round`, when given)."""

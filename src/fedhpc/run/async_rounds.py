@@ -219,7 +219,6 @@ class AsyncRounds:
         seconds = self.clock.now() - self.last_commit_at
         self.events.record("round_complete", version, seconds=seconds, mean_loss=mean_loss, num_updates=len(updates),
                            start=self.last_commit_at)
-        self.progress.round_done(version, seconds, mean_loss)
         self.last_commit_at = self.clock.now()
         for _, update in updates:
             for source in (update.source, update.base):

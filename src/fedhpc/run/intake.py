@@ -148,7 +148,6 @@ class Intake:
         self.context = context
         self.events = context.events
         self.clock = context.clock
-        self.progress = context.progress
         self.facilities = facilities
         self.base_fingerprint = base_fingerprint
         self.max_norm = max_norm
@@ -184,7 +183,6 @@ class Intake:
             attempt=attempt.attempt_id,
             path=str(destination),
         )
-        self.progress.facility_state(attempt.facility, "accepted", round)
         return update
 
     def _open_update(self, path: Path) -> ExchangeDir:
@@ -204,7 +202,6 @@ class Intake:
     def reject(self, attempt: Attempt, round: int, reason: str, message: str) -> None:
         self.events.record("rejected", round, attempt.facility, reason=reason, message=message,
                            attempt=attempt.attempt_id)
-        self.progress.facility_state(attempt.facility, f"rejected ({reason})", round)
 
     def verified(
         self, path: Path, facility: str | None, trained_round: int, global_: ExchangeDir, asked_steps: int | None = None

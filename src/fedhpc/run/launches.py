@@ -2,8 +2,10 @@
 
 Shared by the synchronous round loop and the asynchronous one; neither knows
 how a job is started (launcher) or how files travel (mover). Every step is
-recorded as an event, so the ledger tells each job's story. What a finished
-job published is taken in by `intake.py`.
+recorded as an event, so the ledger tells each job's story, and the progress
+view shows the job's state from those events (`ProgressView.on_event`); only
+the live step count, read from the job's progress file, is reported directly.
+What a finished job published is taken in by `intake.py`.
 """
 
 from __future__ import annotations
@@ -144,7 +146,6 @@ class Launches:
         attempt.handle = facility.launcher.submit(spec)
         self.events.record("submitted", round, facility_name, job_id=attempt.handle.job_id, attempt=attempt_id,
                            local_steps=local_steps, start=attempt.handle.submitted_at)
-        self.progress.facility_state(facility_name, "submitted", round)
         return attempt
 
     def _restored(self, attempt: Attempt) -> bool:
@@ -156,7 +157,6 @@ class Launches:
             attempt.handle = handle
             self.events.record("reattached", attempt.round, attempt.facility, job_id=handle.job_id,
                                attempt=attempt.attempt_id)
-            self.progress.facility_state(attempt.facility, "reattached", attempt.round)
             return True
         if facility.mover.exists(f"{attempt.update_rel}/manifest.json"):
             self.events.record("collected_after_restart", attempt.round, attempt.facility,
@@ -277,8 +277,6 @@ class Launches:
                 )
                 if status.state is JobState.DONE:
                     done.append(attempt)
-                else:
-                    self.progress.facility_state(attempt.facility, status.state.value, attempt.round)
             elif self.clock.now() > self.timeout_at(attempt):
                 pending.remove(attempt)
                 facility.launcher.cancel(attempt.handle)
@@ -292,13 +290,11 @@ class Launches:
                     start=attempt.handle.submitted_at,
                     attempt=attempt.attempt_id,
                 )
-                self.progress.facility_state(attempt.facility, "timeout", attempt.round)
             elif status.state is JobState.RUNNING and not attempt.seen_running:
                 # the first look at a running job: what it waited in the scheduler's queue, to the poll interval
                 self.events.record("job_running", attempt.round, attempt.facility, attempt=attempt.attempt_id,
                                    job_id=attempt.handle.job_id,
                                    queue_seconds=self.clock.now() - attempt.handle.submitted_at)
-                self.progress.facility_state(attempt.facility, "running", attempt.round)
                 attempt.seen_running = True
         return done
 

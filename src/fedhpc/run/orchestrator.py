@@ -96,6 +96,7 @@ class Orchestrator:
         if resumed_from is not None:
             events.catch_up()  # what a killed server committed but never wrote to metrics.jsonl
             _close_committed_round(events, resumed_from)
+        events.subscribe(self.progress.on_event)  # from here on: what a killed server did is not shown again
         facilities = self._facilities(launchers, events)
         algorithm = self.experiment.algorithm
         keep_last = self.experiment.checkpoint.keep_last

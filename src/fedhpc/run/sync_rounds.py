@@ -103,7 +103,6 @@ class SyncRounds:
         mean_loss = sum(losses) / len(losses) if losses else None
         self.events.record("round_complete", round, seconds=self.clock.now() - round_started, mean_loss=mean_loss,
                            start=round_started)
-        self.progress.round_done(round, self.clock.now() - round_started, mean_loss)
         self.chain.prune(round)
         return mean_loss
 
@@ -215,7 +214,6 @@ class SyncRounds:
                 self.events.record("late_carried", round, attempt.facility,
                                    job_id=attempt.handle.job_id if attempt.handle else None,
                                    trained_round=attempt.round)
-                self.progress.facility_state(attempt.facility, "late", round)
             elif self.policy.late_updates == "next_round":
                 self._drop_late(attempt, "the run's last round closed without it")
             else:
@@ -227,7 +225,6 @@ class SyncRounds:
     def _drop_late(self, attempt: Attempt, reason: str) -> None:
         """Cancel a job whose round closed without it; recorded as `late_dropped` under the job's round."""
         self.launches.cancel(attempt, "late_dropped", reason)
-        self.progress.facility_state(attempt.facility, "late, dropped", attempt.round)
 
     def _mean_loss(self, round: int, facility: str) -> float | None:
         """The facility's mean training loss over its local steps this round, from the ledger."""
