@@ -31,6 +31,8 @@ _RELAUNCH_SUFFIX = re.compile(r"-a\d+$")
 
 @dataclass
 class Facility:
+    """A facility as the run drives it: its config, the launcher that runs its jobs, the mover its files take."""
+
     config: FacilityConfig
     launcher: Launcher
     mover: Mover
@@ -81,7 +83,6 @@ def attempt_from_record(record: dict[str, Any]) -> Attempt:
         handle=None,
         started_at=float(record["started_at"]),
     )
-
 
 
 class Launches:
