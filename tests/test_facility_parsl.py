@@ -1,6 +1,8 @@
 """The parsl launcher: its config, the job script, the outcome of ended jobs, and real jobs on Parsl's LocalProvider.
 
-The Slurm cases are in test_facility_parsl_slurm.py (marked slurm).
+The Slurm cases are in test_facility_parsl_slurm.py (marked slurm). What every launcher promises (a failing
+job's reason, cancel on every rank, reattach, foreign handles) is asked of this one in
+tests/contracts/test_launcher_contract.py.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from conftest import QUICKSTART, fedhpc_command, processes_mentioning, wait_fini
 from fedhpc.config import ParslLauncherConfig, load_experiment
 from fedhpc.errors import ConfigError, SubmitError
 from fedhpc.exchange import ExchangeDir
-from fedhpc.facility.base import JobHandle, JobSpec, JobState, JobStatus
+from fedhpc.facility.base import JobSpec, JobState, JobStatus
 from fedhpc.facility.launchers.batch_job import job_outcome, job_script, walltime_for
 from fedhpc.facility.launchers.parsl import ParslLauncher, make_provider, provider_arguments
 from fedhpc.run.ledger import Ledger
@@ -254,31 +256,6 @@ def test_two_mpich_ranks_run_to_done_with_their_rank_environment(tmp_path):
     assert launcher.poll(handle) == JobStatus(JobState.DONE, 0)
 
 
-def test_a_failing_job_reports_its_exit_status_and_stderr(tmp_path):
-    program = "import sys; print('reading shard 7', file=sys.stderr); sys.exit('bad shard: /data/7.jsonl')"
-    launcher = ParslLauncher(local_config())
-    handle = launcher.submit(JobSpec("beta-r0001-a0", [PY, "-c", program], tmp_path))
-    status = wait_finished(launcher, handle)
-    assert status == JobStatus(JobState.FAILED, 1, "exited with code 1; stderr tail:\nreading shard 7\n"
-                                                   "bad shard: /data/7.jsonl")
-
-
-def test_cancel_stops_every_rank_and_reports_cancelled(tmp_path):
-    marker = str(tmp_path / "ranks-of-the-cancelled-job")
-    program = "import os, sys, time; open(sys.argv[1] + '.' + os.environ['PMI_RANK'], 'w'); time.sleep(120)"
-    launcher = ParslLauncher(local_config(ranks_per_node=2, mpi={"launcher": "mpiexec"}), kill_grace_s=5)
-    handle = launcher.submit(JobSpec("alpha-r0002-a0", [PY, "-c", program, marker], tmp_path))
-    deadline = time.monotonic() + 30
-    while not (Path(marker + ".0").exists() and Path(marker + ".1").exists()):
-        assert time.monotonic() < deadline and not launcher.poll(handle).state.finished, "ranks never started"
-        time.sleep(0.05)
-    assert launcher.poll(handle).state is JobState.RUNNING
-    launcher.cancel(handle)
-    assert launcher.poll(handle) == JobStatus(JobState.CANCELLED, None, "cancelled")
-    assert no_processes_mentioning(marker) == []
-    launcher.cancel(handle)  # idempotent
-
-
 def test_status_queries_are_cached_for_the_status_interval(tmp_path):
     launcher = ParslLauncher(local_config(status_interval=30))
     handle = launcher.submit(JobSpec("slow", [PY, "-c", "import time; time.sleep(1.5)"], tmp_path))
@@ -293,27 +270,12 @@ def test_status_queries_are_cached_for_the_status_interval(tmp_path):
     assert len(queries) == 1
 
 
-def test_a_restarted_server_reattaches_to_its_job(tmp_path):
-    first = ParslLauncher(local_config())
-    spec = JobSpec("alpha-r0003-a0", [PY, "-c", "import time; time.sleep(1); print('done')"], tmp_path, walltime_s=60)
-    submitted = first.submit(spec)
-    second = ParslLauncher(local_config())  # a new server process: knows nothing of the job
-    assert second.reattach(JobSpec("gamma-r0003-a0", spec.argv, tmp_path), 0.0) is None
-    handle = second.reattach(spec, submitted.submitted_at)
-    assert handle is not None and handle.job_id == submitted.job_id
-    assert second.poll(handle).state is JobState.RUNNING
-    assert wait_finished(second, handle) == JobStatus(JobState.DONE, 0)
-
-
-def test_submit_errors(tmp_path):
+def test_a_job_name_or_directory_the_providers_cannot_take_is_refused(tmp_path):
     launcher = ParslLauncher(local_config())
     with pytest.raises(SubmitError, match="plain file name"):
         launcher.submit(JobSpec("../escape", [PY], tmp_path))
     with pytest.raises(SubmitError, match="characters Parsl's providers do not quote"):
         launcher.submit(JobSpec("alpha", [PY], tmp_path / "my logs"))
-    foreign = JobHandle("local-1", JobSpec("x", [PY], tmp_path), 0.0)
-    assert launcher.poll(foreign).state is JobState.UNKNOWN
-    launcher.cancel(foreign)  # logged, not raised
 
 
 def test_pbspro_and_lsf_submit_scripts_carry_the_request(tmp_path, monkeypatch):
