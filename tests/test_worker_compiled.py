@@ -15,7 +15,8 @@ import torch
 from fedhpc.config import ModelConfig
 from fedhpc.exchange import ExchangeDir, TrainSettings
 from fedhpc.worker.compiled import INDUCTOR_CACHE_VARIABLE, keep_compiled_kernels, wants_compile
-from fedhpc.worker.main import load_model, run_task, training_dtype
+from fedhpc.worker.loaded import load_model, training_dtype
+from fedhpc.worker.main import run_task
 from tests.test_worker_run import MODEL, make_workspace, train_task
 
 

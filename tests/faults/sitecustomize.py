@@ -49,17 +49,17 @@ if FAULT == "crash":
     _main.run_task = _crash
 
 elif FAULT == "rank_kill":
-    import fedhpc.worker.main as _main
+    from fedhpc.worker.train_recipe import TrainRecipe
 
     _KILL_RANK = os.environ.get("FEDHPC_TEST_KILL_RANK", "0")
-    _original_train = _main.RoundRecipe.train
+    _original_train = TrainRecipe.train
 
     def _killed_train(self):
         if _targets(self.task.facility) and os.environ.get("RANK", "0") == _KILL_RANK:
             os.kill(os.getpid(), signal.SIGKILL)
         return _original_train(self)
 
-    _main.RoundRecipe.train = _killed_train
+    TrainRecipe.train = _killed_train
 
 elif FAULT == "slow":
     # Sleep FEDHPC_TEST_SLOW_SECONDS before training (every rank), in the rounds listed in
@@ -68,13 +68,13 @@ elif FAULT == "slow":
     # it to those persistent workers: one allocation that hangs until its walltime, not its successor.
     import time
 
-    import fedhpc.worker.main as _main
+    from fedhpc.worker.train_recipe import TrainRecipe
 
     _SLOW_SECONDS = float(os.environ.get("FEDHPC_TEST_SLOW_SECONDS", "30"))
     _SLOW_ROUNDS = {int(r) for r in os.environ.get("FEDHPC_TEST_SLOW_ROUNDS", "").split(",") if r.strip()}
     _SLOW_WORKERS = {w for w in os.environ.get("FEDHPC_TEST_SLOW_WORKERS", "").split(",") if w.strip()}
     _INBOX = sys.argv[sys.argv.index("--inbox") + 1] if "--inbox" in sys.argv[:-1] else ""
-    _original_train = _main.RoundRecipe.train
+    _original_train = TrainRecipe.train
 
     def _slow_train(self):
         in_worker = not _SLOW_WORKERS or os.path.basename(_INBOX.rstrip("/")) in _SLOW_WORKERS
@@ -83,7 +83,7 @@ elif FAULT == "slow":
             time.sleep(_SLOW_SECONDS)
         return _original_train(self)
 
-    _main.RoundRecipe.train = _slow_train
+    TrainRecipe.train = _slow_train
 
 elif FAULT:
     import torch

@@ -7,7 +7,7 @@ rank runs this command), joins the process group once, builds the base model
 and adapters once, and then loops:
 
     rank 0 looks at the inbox ──broadcast──► every rank: idle | task | stop
-    task: read task.json → apply the global → read data → train → publish the update (`RoundRecipe`)
+    task: read task.json → apply the global → read data → train → publish the update (`TrainRecipe`)
           → rank 0 writes results/<seq>.json
 
 The inbox is the server–facility contract (docs/contracts.md, "Persistent
@@ -61,7 +61,9 @@ from fedhpc.worker.distributed import (
     resolve_device,
 )
 from fedhpc.worker.inbox import Heartbeat, Inbox
-from fedhpc.worker.main import LOG_FORMAT, LoadedModel, RoundRecipe, load_model, read_task
+from fedhpc.worker.loaded import LoadedModel, load_model
+from fedhpc.worker.main import LOG_FORMAT, read_task, recipe_for
+from fedhpc.worker.recipe import Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -236,7 +238,7 @@ class PersistentWorker:
         self._beat(state="training", seq=seq)
         started = time.time()
         logger.info("task %s: %s", seq, command.task)
-        recipe: RoundRecipe | None = None
+        recipe: Recipe | None = None
         error: str | None = None
         try:
             task = read_task(Path(command.task))
@@ -248,7 +250,7 @@ class PersistentWorker:
                 self._beat(state="training")
                 assert self.loaded is not None
                 rebuilt = self.loaded.seconds
-            recipe = RoundRecipe(task, env, self.loaded)
+            recipe = recipe_for(task, env, self.loaded)
             recipe.prepare_task()
             recipe.load_seconds += rebuilt  # a build this task waited for counts in its load time
         except Exception as e:  # noqa: BLE001 - reported in the result; the next task may well work

@@ -4,7 +4,7 @@ With ``fedhpc worker --store JSON`` the task, the global and the update live
 in the store rather than on a filesystem the server writes: every path in the
 task is under the mover's ``facility_dir``, and its place there names its
 objects (``facility_dir/global/r0003`` is ``global/r0003``), exactly as the
-server's `ProxyStoreMover.facility_path` made them. The recipe (`worker.main`)
+server's `ProxyStoreMover.facility_path` made them. The job (`worker.main`, `worker.train_recipe`)
 calls in here before it reads and after it writes.
 """
 

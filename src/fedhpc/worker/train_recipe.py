@@ -1,0 +1,151 @@
+"""`mode: train`: apply the staged global, train `local_steps` steps on this facility's data, publish the update.
+
+Rank 0 alone logs and rewrites the progress file. The model is whole on every
+rank or sharded over them (`fedhpc.worker.loaded`); this recipe reads the same
+either way. With a store (a proxystore mover, `fedhpc.worker.store`) each node's
+first rank fetches the global before it is read, and rank 0 publishes the
+update after writing it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from transformers import set_seed
+
+from fedhpc.errors import ConfigError
+from fedhpc.exchange import ExchangeDir, ExchangeMeta, WorkerTask
+from fedhpc.worker.data import GPU_LENGTH_MULTIPLE, batches, read_examples, shard_indices
+from fedhpc.worker.distributed import RankEnv, barrier, init_process_group
+from fedhpc.worker.loaded import LoadedModel, training_dtype
+from fedhpc.worker.recipe import Recipe
+from fedhpc.worker.store import FacilityStore
+from fedhpc.worker.train import train_local_steps
+
+logger = logging.getLogger(__name__)
+
+
+class TrainRecipe(Recipe):
+    """One round's local training.
+
+    `prepare_task` overwrites every trainable tensor with the global, so nothing of
+    an earlier task survives in a persistent worker's model, and `train` starts a
+    fresh optimizer unless `model.keep_optimizer_state`.
+    """
+
+    def __init__(
+        self, task: WorkerTask, env: RankEnv, loaded: LoadedModel | None = None, store: FacilityStore | None = None
+    ):
+        for key, value in (("global_dir", task.global_dir), ("data", task.data), ("train", task.train)):
+            if value is None:
+                raise ConfigError(f"mode 'train' needs {key!r}", key=key)
+        super().__init__(task, env, loaded, store)
+
+    def setup(self) -> None:
+        """Join the job, build base model + adapters, apply the global, read this rank's data shard."""
+        init_process_group(self.env, self.device)
+        self.fetch_global()
+        self.load_base()
+        self.prepare_task()
+
+    def fetch_global(self) -> None:
+        """With a store: each node's first rank fetches the global, the others wait for it.
+
+        One fetch per node, not per job, so a ``facility_dir`` on node-local disk works too;
+        nodes that share it race for one rename, and the losers find the same files in place.
+        """
+        if self.store is None:
+            return
+        assert self.task.global_dir is not None
+        if self.env.local_rank == 0:
+            self.store.fetch(self.task.global_dir)
+        barrier()
+
+    def prepare_task(self) -> None:
+        """Apply the global and read this rank's data shard.
+
+        `load_seconds` (reported in the update) is the time spent here plus the base
+        model's build when this recipe built it, i.e. everything before training.
+        """
+        task, env, loaded = self.task, self.env, self.loaded
+        assert loaded is not None, "load_base first"
+        assert task.global_dir is not None and task.data is not None and task.train is not None
+        start = time.perf_counter()
+        self._progress("loading")
+        logger.info(
+            "round %d at %s: %s on %d rank(s), device %s", task.round, task.facility, task.mode, env.world_size,
+            self.device,
+        )
+        global_ = ExchangeDir(task.global_dir)
+        try:
+            # Once per job: a bad global fails rank 0, and torchrun stops the rest (a persistent
+            # worker's ranks instead agree to skip the task).
+            if env.is_main:
+                global_.verify(fingerprint=loaded.fingerprint)
+            loaded.apply_global(global_)
+            self.based_on_round = global_.manifest.round
+        finally:
+            global_.close()
+        examples = read_examples(task.data)
+        self.num_samples = len(examples)
+        shard = [examples[i] for i in shard_indices(len(examples), env.rank, env.world_size, task.train.seed)]
+        multiple = GPU_LENGTH_MULTIPLE if self.device.type == "cuda" else 1
+        self.batches = batches(shard, loaded.tokenizer, task.data_config, task.train.batch_size, multiple)
+        logger.info("%d examples at this facility, %d on rank 0", len(examples), len(shard))
+        self.load_seconds = self.built_seconds() + time.perf_counter() - start
+
+    def train(self) -> None:
+        settings, loaded = self.task.train, self.loaded
+        assert settings is not None and loaded is not None
+        set_seed(settings.seed)  # the server derives a job's seed (docs/contracts.md): data order and dropout
+
+        def on_step(step: int, loss: float) -> None:
+            logger.info("step %d/%d loss %.4f", step, settings.local_steps, loss)
+            self._progress("training", step=step, loss=loss)
+
+        self._progress("training")
+        keep = self.task.model.keep_optimizer_state
+        dtype = training_dtype(self.task.model, self.device)
+        self.result = train_local_steps(
+            loaded.model, self.batches, settings, self.device, self.env, dtype, on_step, loss=loaded.loss,
+            sharded=loaded.sharded, optimizer=loaded.optimizer if keep else None,
+        )  # fmt: skip
+        loaded.optimizer = self.result.optimizer if keep else None
+
+    def save(self) -> None:
+        """Publish the update (atomically, manifest last): rank 0 alone, or every FSDP rank its rows."""
+        assert self.loaded is not None and self.result is not None, "train first"
+        last_loss = self.result.losses[-1]
+        self._progress("saving", step=self.local_steps, loss=last_loss)
+        manifest = self.loaded.write_update(self.task, self._meta(), self.env, self.device)
+        if manifest is None:  # the other ranks: rank 0 has the manifest and speaks for the job
+            return
+        logger.info("wrote %s: %d tensors", self.task.update_dir, len(manifest.tensors))
+        if self.store is not None:
+            self.store.publish(self.task.update_dir)
+        self._progress("done", step=self.local_steps, loss=last_loss)
+
+    def _meta(self) -> ExchangeMeta:
+        task, result, loaded = self.task, self.result, self.loaded
+        assert result is not None and loaded is not None
+        return ExchangeMeta(
+            kind="update",
+            round=task.round,
+            facility=task.facility,
+            based_on_round=self.based_on_round,
+            num_samples=self.num_samples,
+            local_steps=self.local_steps,
+            base_fingerprint=loaded.fingerprint,
+            update_form=task.update_form,
+            metrics={
+                "loss": result.losses,
+                "tokens": result.tokens,
+                "samples_seen": result.samples_seen,
+                "train_seconds": result.seconds,
+                "load_seconds": self.load_seconds,
+                "world_size": self.env.world_size,
+                "device": self.device.type,
+                "sharded": loaded.sharded,
+            },
+        )
