@@ -22,6 +22,7 @@ from fedhpc.report.progress import ProgressView
 from fedhpc.clock import VirtualClock
 from fedhpc.run.ledger import Ledger
 from fedhpc.run.orchestrator import Orchestrator
+from fedhpc.simulate.launcher import simulated_launchers
 
 QUICKSTART_DATA = ROOT / "examples" / "quickstart" / "data"
 
@@ -55,7 +56,9 @@ def run(path: Path, *overrides: str) -> Path:
     experiment = load_experiment(path, list(overrides))
     names = [f.name for f in experiment.facilities]
     with ProgressView(experiment.name, experiment.algorithm.rounds, names, console=Console(quiet=True)) as view:
-        orchestrator = Orchestrator(experiment, view, VirtualClock(start=0.0))
+        clock = VirtualClock(start=0.0)
+        launchers = simulated_launchers(experiment.facilities, clock)
+        orchestrator = Orchestrator(experiment, view, clock, launchers=launchers)
         try:
             orchestrator.run()
         finally:

@@ -10,13 +10,13 @@ import pytest
 import yaml
 from test_worker_run import MODEL, init_global, train_task, write_dataset
 
-from fedhpc.config import SimulatedLauncherConfig, load_experiment
+from fedhpc.config import FacilityConfig, SimulatedLauncherConfig, load_experiment
 from fedhpc.errors import ConfigError, SubmitError
 from fedhpc.exchange import ExchangeDir, TrainSettings, WorkerTask
 from fedhpc.facility.base import JobHandle, JobSpec, JobState, JobStatus
-from fedhpc.facility.launchers.simulated import SimulatedLauncher, plan_job
 from fedhpc.facility.registry import make_launcher
 from fedhpc.clock import VirtualClock
+from fedhpc.simulate.launcher import SimulatedLauncher, plan_job, simulated_launchers
 
 START = 1_000_000.0
 STEPS = 2
@@ -185,9 +185,10 @@ def test_an_init_task_runs_too(tmp_path: Path) -> None:
     ExchangeDir(tmp_path / "r0000").verify()
 
 
-def test_the_registry_builds_it_only_on_a_virtual_clock() -> None:
+def test_simulate_builds_it_on_its_virtual_clock_and_the_registry_refuses_it(tmp_path: Path) -> None:
     clock = VirtualClock(START)
-    launcher = make_launcher(CONFIG, clock)
+    facility = FacilityConfig(name="alpha", data=tmp_path, launcher=CONFIG)
+    launcher = simulated_launchers([facility], clock)["alpha"]
     assert isinstance(launcher, SimulatedLauncher) and launcher.clock is clock and launcher.config is CONFIG
     with pytest.raises(ConfigError, match="fedhpc simulate"):
         make_launcher(CONFIG)

@@ -15,7 +15,7 @@ import torch
 
 import fedhpc.run.global_chain as globals_module
 from fedhpc.facility.base import JobSpec
-from fedhpc.facility.launchers.simulated import SimulatedLauncher
+from fedhpc.simulate.launcher import SimulatedLauncher
 from fedhpc.facility.movers.filesystem import FilesystemMover
 from fedhpc.config import load_experiment
 from fedhpc.report.metrics_log import read_events

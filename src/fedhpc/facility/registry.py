@@ -2,7 +2,9 @@
 
 The experiment file picks a backend with ``kind:``, validated by pydantic at
 load time; these tables map that name to a factory, which builds the backend
-from its own sub-config only (and a launcher, from the server's clock).
+from its own sub-config only. The simulated launcher is not built here: it runs
+the worker in-process on the virtual clock, so `fedhpc simulate` builds it
+(`fedhpc.simulate.launcher`) and hands it to the orchestrator.
 """
 
 from __future__ import annotations
@@ -20,11 +22,9 @@ from fedhpc.facility.base import Launcher, Mover
 from fedhpc.facility.launchers.globus_compute import GlobusComputeLauncher
 from fedhpc.facility.launchers.local import LocalLauncher
 from fedhpc.facility.launchers.parsl import ParslLauncher
-from fedhpc.facility.launchers.simulated import SimulatedLauncher
 from fedhpc.facility.movers.filesystem import FilesystemMover
 from fedhpc.facility.movers.globus_transfer import GlobusTransferMover
 from fedhpc.facility.movers.proxystore import ProxyStoreMover
-from fedhpc.clock import Clock, VirtualClock
 
 # One member per launcher kind in config.py (FacilityConfig.launcher).
 LauncherConfig = LocalLauncherConfig | SimulatedLauncherConfig | ParslLauncherConfig | GlobusComputeLauncherConfig
@@ -32,34 +32,31 @@ MoverConfig = FilesystemMoverConfig | GlobusTransferMoverConfig | ProxyStoreMove
 T = TypeVar("T")
 
 
-def _local(config: LocalLauncherConfig, clock: Clock | None, outlive_server: bool) -> Launcher:
-    """Real jobs end in real time: the server's clock is no concern of theirs.
-
-    `outlive_server` (`fedhpc run --on-interrupt keep`): the jobs are not tied to the server's life,
+def _local(config: LocalLauncherConfig, outlive_server: bool) -> Launcher:
+    """`outlive_server` (`fedhpc run --on-interrupt keep`): the jobs are not tied to the server's life,
     so an interrupted server's jobs finish and a resume collects their updates.
     """
     return LocalLauncher(config, outlive_server=outlive_server)
 
 
-def _simulated(config: SimulatedLauncherConfig, clock: Clock | None, outlive_server: bool) -> Launcher:
-    if not isinstance(clock, VirtualClock):
-        raise ConfigError(
-            "launcher kind: simulated needs virtual time; run the experiment with `fedhpc simulate`, not `fedhpc run`"
-        )
-    return SimulatedLauncher(config, clock)
+def _simulated(config: SimulatedLauncherConfig, outlive_server: bool) -> Launcher:
+    """A known kind that only `fedhpc simulate` can build (it needs the virtual clock)."""
+    raise ConfigError(
+        "launcher kind: simulated needs virtual time; run the experiment with `fedhpc simulate`, not `fedhpc run`"
+    )
 
 
-def _parsl(config: ParslLauncherConfig, clock: Clock | None, outlive_server: bool) -> Launcher:
-    """Batch jobs end in real time, like local ones."""
+def _parsl(config: ParslLauncherConfig, outlive_server: bool) -> Launcher:
+    """Batch jobs outlive the server whatever `outlive_server` says."""
     return ParslLauncher(config)
 
 
-def _globus_compute(config: GlobusComputeLauncherConfig, clock: Clock | None, outlive_server: bool) -> Launcher:
-    """Tasks end in real time; the Globus credentials are read at the first request, not here."""
+def _globus_compute(config: GlobusComputeLauncherConfig, outlive_server: bool) -> Launcher:
+    """Remote tasks outlive the server; the Globus credentials are read at the first request, not here."""
     return GlobusComputeLauncher(config)
 
 
-LAUNCHERS: dict[str, Callable[[Any, Clock | None, bool], Launcher]] = {
+LAUNCHERS: dict[str, Callable[[Any, bool], Launcher]] = {
     "local": _local,
     "simulated": _simulated,
     "parsl": _parsl,
@@ -72,13 +69,11 @@ MOVERS: dict[str, Callable[[MoverConfig, Path], Mover]] = {
 }
 
 
-def make_launcher(config: LauncherConfig, clock: Clock | None = None, *, outlive_server: bool = False) -> Launcher:
-    """`clock`: the server's; a simulated launcher needs a `VirtualClock`, the others ignore it.
-
-    `outlive_server`: jobs keep running if the server dies (only local jobs die with it otherwise;
+def make_launcher(config: LauncherConfig, *, outlive_server: bool = False) -> Launcher:
+    """`outlive_server`: jobs keep running if the server dies (only local jobs die with it otherwise;
     batch and remote jobs always outlive it).
     """
-    return _lookup(LAUNCHERS, config.kind, "launcher")(config, clock, outlive_server)
+    return _lookup(LAUNCHERS, config.kind, "launcher")(config, outlive_server)
 
 
 def make_mover(config: MoverConfig, default_staging: Path) -> Mover:

@@ -84,7 +84,7 @@ class Orchestrator:
         stop = stop or StopFlag()
         started = self.clock.now()
         launchers = self.launchers or {
-            f.name: make_launcher(f.launcher, self.clock, outlive_server=outlive_server)
+            f.name: make_launcher(f.launcher, outlive_server=outlive_server)
             for f in self.experiment.facilities
         }  # before anything is written: a launcher this server cannot drive is a configuration error, not a broken run
         resumed_from = self._open_run()

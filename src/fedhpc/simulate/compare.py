@@ -2,9 +2,10 @@
 
 Each variant is the scenario's experiment with a few overrides (at least
 `algorithm.name`), run by the real orchestrator into its own run directory
-with a `VirtualClock`: the facilities' `simulated` launchers run the real
-worker at once and report the job done when its drawn queue wait and step
-times have passed in virtual time. Every global is kept and scored; the
+with a `VirtualClock`: the facilities' simulated launchers (built here, one
+per facility, and handed to the orchestrator) run the real worker at once and
+report the job done when its drawn queue wait and step times have passed in
+virtual time. Every global is kept and scored; the
 result is virtual wall-clock time to a target held-out loss.
 """
 
@@ -25,6 +26,7 @@ from fedhpc.report.progress import ProgressView
 from fedhpc.clock import VirtualClock
 from fedhpc.run.orchestrator import Orchestrator
 from fedhpc.simulate.heldout import HeldoutScorer
+from fedhpc.simulate.launcher import simulated_launchers
 
 UNBOUNDED_ROUNDS = 1_000_000  # a simulation stops at its time horizon, not a round count
 
@@ -81,7 +83,9 @@ def simulate(
         started = time.perf_counter()
         facilities = [f.name for f in experiment.facilities]
         with ProgressView(experiment.name, experiment.algorithm.rounds, facilities, console=Console(quiet=True)) as view:
-            orchestrator = Orchestrator(experiment, view, VirtualClock(start=0.0))
+            clock = VirtualClock(start=0.0)
+            launchers = simulated_launchers(experiment.facilities, clock)
+            orchestrator = Orchestrator(experiment, view, clock, launchers=launchers)
             try:
                 orchestrator.run(time_limit=horizon)
             finally:

@@ -13,6 +13,11 @@ Every draw comes from its own `random.Random`, seeded by a SHA-256 of
 but its name: not on submission order, wall time or Python's hash salt.
 A job that the simulation fails (``failure_rate``, or a duration past its
 walltime) never runs the worker, as its output would never be used.
+
+It lives in `simulate/`, not among the facility launchers, because it runs
+the worker itself and needs the virtual clock: the server's packages must not
+import the worker. `fedhpc simulate` builds one per facility
+(`simulated_launchers`) and hands them to the orchestrator.
 """
 
 from __future__ import annotations
@@ -23,22 +28,23 @@ import math
 import os
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedhpc.clock import VirtualClock
 from fedhpc.config import (
     Distribution,
     ExponentialDistribution,
+    FacilityConfig,
     LognormalDistribution,
     SimulatedLauncherConfig,
     UniformDistribution,
 )
-from fedhpc.errors import FedhpcError, SubmitError
+from fedhpc.errors import ConfigError, FedhpcError, SubmitError
 from fedhpc.exchange import WorkerTask
 from fedhpc.facility.base import JobHandle, JobSpec, JobState, JobStatus, Launcher
-from fedhpc.clock import VirtualClock
 from fedhpc.worker.distributed import RankEnv
 
 logger = logging.getLogger(__name__)
@@ -180,6 +186,17 @@ class SimulatedLauncher(Launcher):
             logger.warning("cannot cancel %s: not started by this launcher", handle.job_id)
         elif job.cancelled is None and self.clock.now() < job.ends_at:
             job.cancelled = JobStatus(JobState.CANCELLED, reason="cancelled")
+
+
+def simulated_launchers(facilities: Sequence[FacilityConfig], clock: VirtualClock) -> dict[str, Launcher]:
+    """One `SimulatedLauncher` per facility, all on `clock`: the launchers `fedhpc simulate` gives the orchestrator."""
+    launchers: dict[str, Launcher] = {}
+    for facility in facilities:
+        if not isinstance(facility.launcher, SimulatedLauncherConfig):
+            raise ConfigError(f"facility {facility.name} does not use `launcher: {{kind: simulated}}`; a simulation "
+                              "runs every facility on the virtual clock", key="facilities")
+        launchers[facility.name] = SimulatedLauncher(facility.launcher, clock)
+    return launchers
 
 
 def worker_task_path(argv: list[str]) -> Path:
