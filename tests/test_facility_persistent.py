@@ -17,7 +17,7 @@ import pytest
 import fedhpc.facility.launchers.persistent as persistent_module
 from fedhpc.config import FilesystemMoverConfig, ModelConfig, PersistentConfig
 from fedhpc.errors import SubmitError
-from fedhpc.facility.base import JobHandle, JobSpec, JobState, JobStatus
+from fedhpc.facility.base import JobHandle, JobSpec, JobState, JobStatus, Launcher
 from fedhpc.facility.launchers.persistent import PersistentLauncher
 from fedhpc.facility.movers.filesystem import FilesystemMover
 
@@ -30,7 +30,7 @@ class FakeClock:
         return self.t
 
 
-class FakeInner:
+class FakeInner(Launcher):
     """A launcher whose jobs run until the test says otherwise."""
 
     def __init__(self) -> None:

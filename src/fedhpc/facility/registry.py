@@ -17,11 +17,13 @@ from fedhpc.config import FilesystemMoverConfig, LocalLauncherConfig, ParslLaunc
 from fedhpc.config import GlobusTransferMoverConfig
 from fedhpc.config import ProxyStoreMoverConfig
 from fedhpc.config import GlobusComputeLauncherConfig
+from fedhpc.config import FacilityConfig, ModelConfig
 from fedhpc.errors import ConfigError
 from fedhpc.facility.base import Launcher, Mover
 from fedhpc.facility.launchers.globus_compute import GlobusComputeLauncher
 from fedhpc.facility.launchers.local import LocalLauncher
 from fedhpc.facility.launchers.parsl import ParslLauncher
+from fedhpc.facility.launchers.persistent import Clock, EventSink, PersistentLauncher
 from fedhpc.facility.movers.filesystem import FilesystemMover
 from fedhpc.facility.movers.globus_transfer import GlobusTransferMover
 from fedhpc.facility.movers.proxystore import ProxyStoreMover
@@ -74,6 +76,24 @@ def make_launcher(config: LauncherConfig, *, outlive_server: bool = False) -> La
     batch and remote jobs always outlive it).
     """
     return _lookup(LAUNCHERS, config.kind, "launcher")(config, outlive_server)
+
+
+def facility_launcher(
+    facility: FacilityConfig, launcher: Launcher, mover: Mover, workers_log_dir: Path, clock: Clock,
+    model: ModelConfig, events: EventSink,
+) -> Launcher:
+    """The launcher the rounds drive at `facility`: `launcher` itself, or, with `mode: persistent`, one that
+    runs each task on a worker it keeps alive through `launcher` (`launchers/persistent.py`).
+
+    `workers_log_dir`: where the persistent workers' job logs go; `clock`: the server's; `model`: announced
+    to a new worker so it builds the base before its first task; `events`: records its workers' comings and goings.
+    """
+    if facility.mode != "persistent":
+        return launcher
+    return PersistentLauncher(
+        launcher, mover, facility.persistent, facility.name, workers_log_dir, clock,
+        model=model, device=facility.launcher.device, events=events,
+    )
 
 
 def make_mover(config: MoverConfig, default_staging: Path) -> Mover:

@@ -25,8 +25,7 @@ from fedhpc.aggregate import make_aggregator
 from fedhpc.config import Experiment
 from fedhpc.errors import FedhpcError, RunInterrupted
 from fedhpc.facility.base import Launcher
-from fedhpc.facility.launchers.persistent import PersistentLauncher
-from fedhpc.facility.registry import make_launcher, make_mover
+from fedhpc.facility.registry import facility_launcher, make_launcher, make_mover
 from fedhpc.report.metrics_log import MetricsLog
 from fedhpc.report.progress import ProgressView
 from fedhpc.run.async_rounds import AsyncRounds, make_policy
@@ -190,12 +189,8 @@ class Orchestrator:
         facilities = {}
         for f in self.experiment.facilities:
             mover = make_mover(f.mover, self.run_dir.default_staging(f.name))
-            launcher = launchers[f.name]
-            if f.mode == "persistent":
-                launcher = PersistentLauncher(
-                    launcher, mover, f.persistent, f.name, self.run_dir.root / "logs" / "workers", self.clock,
-                    model=self.experiment.model, device=f.launcher.device, events=events.record,
-                )
+            launcher = facility_launcher(f, launchers[f.name], mover, self.run_dir.root / "logs" / "workers",
+                                         self.clock, self.experiment.model, events.record)
             facilities[f.name] = Facility(f, launcher, mover)
         return facilities
 
