@@ -4,7 +4,7 @@ The server writes ``worker.json``, ``assign/<seq>/assignment.json``,
 ``cancel/<seq>/`` and ``stop``, each published whole through its mover; the
 worker writes ``results/<seq>.json`` and ``heartbeat.json``, each atomically
 (temporary file, then rename), so neither side ever reads half a file.
-Everything is JSON.
+Names, formats and payloads are the server's own, from `fedhpc.exchange.inbox`.
 """
 
 from __future__ import annotations
@@ -19,19 +19,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from fedhpc.atomic_files import atomic_write_json
 from fedhpc.config import ModelConfig
+from fedhpc.exchange import inbox as protocol
 
 logger = logging.getLogger(__name__)
-
-WORKER_FILE = "worker.json"
-"""The server's note in a new inbox: {"worker", "facility", "model"}; `model` lets the base load early."""
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Rewrite a small JSON file so a reader sees the old or the new content, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(payload))
-    os.replace(tmp, path)
 
 
 class Inbox:
@@ -39,10 +31,10 @@ class Inbox:
 
     def __init__(self, root: Path):
         self.root = Path(root)
-        self.assign_dir = self.root / "assign"
-        self.results_dir = self.root / "results"
-        self.cancel_dir = self.root / "cancel"
-        self.heartbeat_path = self.root / "heartbeat.json"
+        self.assign_dir = self.root / protocol.ASSIGN
+        self.results_dir = self.root / protocol.RESULTS
+        self.cancel_dir = self.root / protocol.CANCEL
+        self.heartbeat_path = self.root / protocol.HEARTBEAT_FILE
 
     def create(self) -> None:
         for directory in (self.assign_dir, self.results_dir, self.cancel_dir):
@@ -50,37 +42,37 @@ class Inbox:
 
     def stopped(self) -> bool:
         """A `stop` file, or a `stop/` directory as a mover publishes one."""
-        return (self.root / "stop").exists()
+        return (self.root / protocol.STOP).exists()
 
     def model_config(self) -> ModelConfig | None:
         """The model section the server announced in worker.json; None when absent or unreadable."""
         try:
-            raw = json.loads((self.root / WORKER_FILE).read_text())
+            raw = json.loads((self.root / protocol.WORKER_FILE).read_text())
             return ModelConfig.model_validate(raw["model"]) if raw.get("model") is not None else None
         except (OSError, ValueError, KeyError, TypeError, ValidationError) as e:
             logger.warning("no model section in %s (%s); the base model loads with the first task",
-                           self.root / WORKER_FILE, e)
+                           self.root / protocol.WORKER_FILE, e)
             return None
 
     def pending(self) -> list[str]:
         """Assignments without a result, in sequence order (hidden partial copies are not yet assignments)."""
         try:
-            names = [entry.name for entry in os.scandir(self.assign_dir) if entry.name.isdigit()]
+            names = [entry.name for entry in os.scandir(self.assign_dir) if protocol.is_seq(entry.name)]
         except OSError:
             return []
         return [seq for seq in sorted(names, key=int) if not self.result_path(seq).exists()]
 
     def assignment(self, seq: str) -> dict[str, Any]:
-        return json.loads((self.assign_dir / seq / "assignment.json").read_text())
+        return json.loads((self.root / protocol.assignment_entry(seq) / protocol.ASSIGNMENT_FILE).read_text())
 
     def cancelled(self, seq: str) -> bool:
-        return (self.cancel_dir / seq).exists()
+        return (self.root / protocol.cancel_entry(seq)).exists()
 
     def result_path(self, seq: str) -> Path:
-        return self.results_dir / f"{seq}.json"
+        return self.root / protocol.result_file(seq)
 
     def write_result(self, seq: str, payload: dict[str, Any]) -> None:
-        write_json_atomic(self.result_path(seq), {"seq": seq, "finished_at": time.time(), **payload})
+        atomic_write_json(self.result_path(seq), protocol.result(seq, time.time(), payload))
 
 
 class Heartbeat:
@@ -120,6 +112,6 @@ class Heartbeat:
         with self._lock:
             payload = {**self.fields, "updated_at": time.time()}
         try:
-            write_json_atomic(self.path, payload)
+            atomic_write_json(self.path, payload)
         except OSError as e:  # a full or vanished disk: the server will see the heartbeat stop
             logger.warning("cannot write %s: %s", self.path, e)

@@ -7,8 +7,9 @@ the task's state, `cancel` withdraws it. Behind that, the launcher keeps one
 *pilot* job alive through `inner`: ``fedhpc worker --persistent --inbox
 workers/wNNNN`` (`fedhpc.worker.persistent`), and talks to it only through the
 files of its inbox in the staging area (docs/contracts.md, "Persistent worker
-inbox"), moved by the facility's `Mover`: assignments and cancel markers and
-``stop`` in, results and ``heartbeat.json`` out.
+inbox"; names and payloads in `fedhpc.exchange.inbox`), moved by the facility's
+`Mover`: assignments and cancel markers and ``stop`` in, results and
+``heartbeat.json`` out.
 
 A pilot is lost when `inner` says its job ended (walltime, killed, crashed, or
 exited on its own) or when its heartbeat has not changed for
@@ -43,8 +44,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from fedhpc.atomic_files import atomic_write_json
 from fedhpc.config import ModelConfig, PersistentConfig
 from fedhpc.errors import FedhpcError, SubmitError
+from fedhpc.exchange import inbox as protocol
 from fedhpc.facility.base import JobHandle, JobSpec, JobState, JobStatus, Launcher, Mover
 
 logger = logging.getLogger(__name__)
@@ -55,7 +58,6 @@ CHECK_EVERY_S = 0.25
 """The pilot's job state and heartbeat are read at most this often, however many tasks are polled."""
 STOP_WAIT_S = 5.0
 """`close` waits this long for the pilot to honour `stop` before cancelling its job."""
-WORKERS = "workers"
 
 
 class Clock(Protocol):
@@ -77,7 +79,7 @@ class Pilot:
 
     @property
     def inbox(self) -> str:
-        return f"{WORKERS}/{self.worker_id}"
+        return protocol.inbox_path(self.worker_id)
 
 
 @dataclass
@@ -170,7 +172,8 @@ class PersistentLauncher(Launcher):
         if pilot is None or pilot is not self.pilot or self._result(assignment) is not None:
             return
         try:
-            self._push_json(f"{pilot.inbox}/cancel/{assignment.seq}", "cancel.json", {"cancelled_at": time.time()})
+            self._push_json(f"{pilot.inbox}/{protocol.cancel_entry(assignment.seq)}", protocol.CANCEL_FILE,
+                            {"cancelled_at": time.time()})
         except FedhpcError as e:
             logger.warning("%s: could not write the cancel marker of task %s: %s", self.facility, assignment.seq, e)
 
@@ -202,10 +205,9 @@ class PersistentLauncher(Launcher):
 
     def _start_pilot(self) -> Pilot:
         worker_id = self._claim_worker_id()
-        inbox = f"{WORKERS}/{worker_id}"
+        inbox = protocol.inbox_path(worker_id)
         model = self.model.model_dump(mode="json") if self.model is not None else None
-        self._push_json(inbox, "worker.json", {"worker": worker_id, "facility": self.facility, "model": model,
-                                               "created_at": time.time()})
+        self._push_json(inbox, protocol.WORKER_FILE, protocol.worker_note(worker_id, self.facility, model, time.time()))
         argv = [
             self.python, "-m", "fedhpc", "worker", "--persistent",
             "--inbox", self.mover.facility_path(inbox),
@@ -224,11 +226,11 @@ class PersistentLauncher(Launcher):
         """The next id whose inbox does not exist; older inboxes (a killed server's orphans) get a stop file."""
         if self._next_number is None:
             number = 1
-            while self.mover.exists(f"{WORKERS}/w{number:04d}"):
-                self._write_stop(f"{WORKERS}/w{number:04d}")
+            while self.mover.exists(protocol.inbox_path(protocol.worker_id(number))):
+                self._write_stop(protocol.inbox_path(protocol.worker_id(number)))
                 number += 1
             self._next_number = number
-        worker_id = f"w{self._next_number:04d}"
+        worker_id = protocol.worker_id(self._next_number)
         self._next_number += 1
         return worker_id
 
@@ -239,7 +241,7 @@ class PersistentLauncher(Launcher):
             return
         self._checked_at = time.monotonic()
         status = self.inner.poll(pilot.handle)  # first: a worker that exited has written all it will write
-        beat = self.mover.peek(f"{pilot.inbox}/heartbeat.json")
+        beat = self.mover.peek(f"{pilot.inbox}/{protocol.HEARTBEAT_FILE}")
         now = self.clock.now()
         if beat is not None and beat != pilot.heartbeat:
             pilot.heartbeat, pilot.changed_at = beat, now
@@ -306,23 +308,16 @@ class PersistentLauncher(Launcher):
 
     def _assign(self, assignment: Assignment, pilot: Pilot) -> None:
         pilot.last_seq += 1
-        assignment.pilot, assignment.seq, assignment.started = pilot, f"{pilot.last_seq:06d}", False
+        assignment.pilot, assignment.seq, assignment.started = pilot, protocol.seq_name(pilot.last_seq), False
         assignment.history.append(f"{pilot.worker_id}/{assignment.seq}")
-        payload = {"seq": assignment.seq, "task": assignment.spec.task, "name": assignment.spec.name,
-                   "assigned_at": time.time()}
-        self._push_json(f"{pilot.inbox}/assign/{assignment.seq}", "assignment.json", payload)
+        payload = protocol.assignment(assignment.seq, assignment.spec.task, assignment.spec.name, time.time())
+        self._push_json(f"{pilot.inbox}/{protocol.assignment_entry(assignment.seq)}", protocol.ASSIGNMENT_FILE, payload)
 
     def _result(self, assignment: Assignment) -> dict[str, Any] | None:
         if assignment.pilot is None:
             return None
-        raw = self.mover.peek(f"{assignment.pilot.inbox}/results/{assignment.seq}.json")
-        if raw is None:
-            return None
-        try:
-            result = json.loads(raw)
-            return result if isinstance(result, dict) else {"ok": False, "error": "the result is not an object"}
-        except ValueError as e:
-            return {"ok": False, "error": f"unreadable result file: {e}"}
+        raw = self.mover.peek(f"{assignment.pilot.inbox}/{protocol.result_file(assignment.seq)}")
+        return None if raw is None else protocol.read_result(raw)
 
     def _finish(self, assignment: Assignment, result: dict[str, Any]) -> JobStatus:
         if result.get("ok") is True:
@@ -345,16 +340,16 @@ class PersistentLauncher(Launcher):
     def _push_json(self, relative: str, name: str, payload: dict[str, Any]) -> None:
         """Publish a directory holding one JSON file at `relative` in the staging area."""
         with tempfile.TemporaryDirectory(prefix="fedhpc-inbox-") as local:
-            (Path(local) / name).write_text(json.dumps(payload))
+            atomic_write_json(Path(local) / name, payload)
             self.mover.push(Path(local), relative)
 
     def _write_stop(self, inbox: str) -> None:
-        if self.mover.exists(f"{inbox}/stop"):
+        if self.mover.exists(f"{inbox}/{protocol.STOP}"):
             return
         try:
-            self._push_json(f"{inbox}/stop", "stop.json", {"stopped_at": time.time()})
+            self._push_json(f"{inbox}/{protocol.STOP}", protocol.STOP_FILE, {"stopped_at": time.time()})
         except FedhpcError as e:
-            logger.warning("%s: could not write %s/stop: %s", self.facility, inbox, e)
+            logger.warning("%s: could not write %s/%s: %s", self.facility, inbox, protocol.STOP, e)
 
     def _record(self, event: str, pilot: Pilot, **fields: Any) -> None:
         if self.events is not None:
