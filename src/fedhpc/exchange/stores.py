@@ -9,7 +9,6 @@ opened, on the server and in the facility's jobs alike.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fedhpc.atomic_files import atomic_write_bytes
 from fedhpc.config import GlobusStoreConfig, ProxyStoreMoverConfig
 from fedhpc.errors import AuthError, ConfigError, TransferError
 from fedhpc.exchange.objects import DirectoryObjects, ObjectStore
@@ -160,11 +160,8 @@ class GlobusObjects:
 
     def set(self, name: str, data: bytes) -> None:
         def write() -> None:
-            path = Path(self.connector._get_filepath(flat_name(name)))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            temp.write_bytes(data)
-            os.replace(temp, path)  # a reader on this host never sees half an object
+            # a reader on this host never sees half an object
+            atomic_write_bytes(Path(self.connector._get_filepath(flat_name(name))), data)
 
         self._call("write", name, write)
         self._unsent.append(flat_name(name))

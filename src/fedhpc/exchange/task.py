@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
+from fedhpc.atomic_files import atomic_write_text
 from fedhpc.config import DataConfig, DType, ModelConfig
 
 
@@ -47,10 +48,7 @@ class WorkerTask(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def write(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(self.model_dump_json(indent=1))
-        tmp.replace(path)
+        atomic_write_text(path, self.model_dump_json(indent=1))
 
     @classmethod
     def read(cls, path: Path) -> WorkerTask:

@@ -46,7 +46,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import threading
 import time
@@ -55,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fedhpc.atomic_files import atomic_write_json
 from fedhpc.config import GlobusComputeLauncherConfig
 from fedhpc.errors import AuthError, SubmitError
 from fedhpc.facility.base import REASON_LINES, JobHandle, JobSpec, JobState, JobStatus, Launcher, failure_reason
@@ -480,10 +480,8 @@ class GlobusComputeLauncher(Launcher):
         if job.final is not None:
             record["outcome"] = {"state": job.final.state.value, "returncode": job.final.returncode,
                                  "reason": job.final.reason}
-        temporary = job.record_file.with_name(job.record_file.name + ".tmp")
         try:
-            temporary.write_text(json.dumps(record))
-            os.replace(temporary, job.record_file)
+            atomic_write_json(job.record_file, record)
         except OSError as e:
             logger.warning("cannot write %s (a restarted server will not find this job): %s", job.record_file, e)
 

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from fedhpc.atomic_files import atomic_write_json
 from fedhpc.config import LocalLauncherConfig
 from fedhpc.errors import SubmitError
 from fedhpc.facility.base import JobHandle, JobSpec, JobState, JobStatus, Launcher, failure_reason
@@ -384,10 +385,8 @@ def _exists(pid: int) -> bool:
 
 def _write_sidecar(path: Path, record: dict[str, Any]) -> None:
     """Write the job's record atomically: a later server reads either all of it or nothing."""
-    partial = path.with_name(f".{path.name}.partial")
     try:
-        partial.write_text(json.dumps(record))
-        os.replace(partial, path)
+        atomic_write_json(path, record)
     except OSError as e:
         logger.warning("cannot write %s (a restarted server will not find this job): %s", path, e)
 

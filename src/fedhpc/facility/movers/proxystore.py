@@ -18,10 +18,10 @@ all start with its namespace.
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from pathlib import Path, PurePosixPath
 
+from fedhpc.atomic_files import atomic_write_text
 from fedhpc.config import ProxyStoreMoverConfig
 from fedhpc.errors import TransferError
 from fedhpc.exchange.stores import StoreSpec, open_objects
@@ -74,9 +74,6 @@ def run_namespace(staging: Path) -> str:
     except FileNotFoundError:
         pass
     namespace = f"fedhpc/{staging.name}/{uuid.uuid4().hex}"
-    staging.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text(namespace + "\n")
-    os.replace(temp, path)
+    atomic_write_text(path, namespace + "\n")
     logger.info("objects of facility %s go under %s in the store", staging.name, namespace)
     return namespace
