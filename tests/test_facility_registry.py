@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedhpc.config import FacilityConfig, FilesystemMoverConfig, LocalLauncherConfig
+from fedhpc.config import LAUNCHER_CONFIGS, MOVER_CONFIGS, FacilityConfig, FilesystemMoverConfig, LocalLauncherConfig
 from fedhpc.errors import ConfigError
 from fedhpc.facility.launchers.local import LocalLauncher
 from fedhpc.facility.movers.filesystem import FilesystemMover
@@ -16,6 +16,13 @@ from fedhpc.facility.registry import LAUNCHERS, MOVERS, make_launcher, make_move
 def test_tables_name_every_kind_the_config_accepts():
     assert set(LAUNCHERS) == {"local", "parsl", "simulated", "globus-compute"}
     assert MOVERS == {"filesystem": FilesystemMover, "globus-transfer": GlobusTransferMover, "proxystore": ProxyStoreMover}
+
+
+def test_every_kind_the_config_unions_accept_has_a_factory_and_no_other():
+    """A launcher or mover kind added to `fedhpc.config` needs its line in the registry (the simulated kind's
+    refuses: `fedhpc simulate` builds that launcher itself)."""
+    assert set(LAUNCHERS) == set(LAUNCHER_CONFIGS)
+    assert set(MOVERS) == set(MOVER_CONFIGS)
 
 
 def test_make_builds_each_backend_from_its_own_sub_config(tmp_path):

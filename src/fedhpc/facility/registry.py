@@ -1,10 +1,13 @@
-"""Launcher and mover kinds by name: a new backend is one file plus one line here.
+"""Launcher and mover kinds by name: a new backend is its module, its config class, and one line here.
 
-The experiment file picks a backend with ``kind:``, validated by pydantic at
-load time; these tables map that name to a factory, which builds the backend
-from its own sub-config only. The simulated launcher is not built here: it runs
-the worker in-process on the virtual clock, so `fedhpc simulate` builds it
-(`fedhpc.simulate.launcher`) and hands it to the orchestrator.
+The experiment file picks a backend with ``kind:``, validated at load time
+against the unions `fedhpc.config.LauncherConfig` and `MoverConfig` (the one
+place the kinds are listed); these tables map each kind to a factory, which
+builds the backend from its own sub-config only, and every kind of the unions
+has one (tests/test_facility_registry.py). The simulated kind's factory refuses:
+that launcher runs the worker in-process on the virtual clock, so
+`fedhpc simulate` builds it (`fedhpc.simulate.launcher`) and hands it to the
+orchestrator.
 """
 
 from __future__ import annotations
@@ -13,11 +16,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fedhpc.config import FilesystemMoverConfig, LocalLauncherConfig, ParslLauncherConfig, SimulatedLauncherConfig
-from fedhpc.config import GlobusTransferMoverConfig
-from fedhpc.config import ProxyStoreMoverConfig
-from fedhpc.config import GlobusComputeLauncherConfig
-from fedhpc.config import FacilityConfig, ModelConfig
+from fedhpc.config import (
+    FacilityConfig,
+    GlobusComputeLauncherConfig,
+    LauncherConfig,
+    LocalLauncherConfig,
+    ModelConfig,
+    MoverConfig,
+    ParslLauncherConfig,
+    SimulatedLauncherConfig,
+)
 from fedhpc.errors import ConfigError
 from fedhpc.facility.base import Launcher, Mover
 from fedhpc.facility.launchers.globus_compute import GlobusComputeLauncher
@@ -28,9 +36,6 @@ from fedhpc.facility.movers.filesystem import FilesystemMover
 from fedhpc.facility.movers.globus_transfer import GlobusTransferMover
 from fedhpc.facility.movers.proxystore import ProxyStoreMover
 
-# One member per launcher kind in config.py (FacilityConfig.launcher).
-LauncherConfig = LocalLauncherConfig | SimulatedLauncherConfig | ParslLauncherConfig | GlobusComputeLauncherConfig
-MoverConfig = FilesystemMoverConfig | GlobusTransferMoverConfig | ProxyStoreMoverConfig
 T = TypeVar("T")
 
 
