@@ -10,7 +10,8 @@ and stops processes.
 A job runs in its own session, so its process group is the job. torchrun
 itself starts every rank in a *new* session, so killing torchrun's group alone
 could orphan the ranks; `cancel` therefore signals the groups of every process
-below torchrun too (found through ``/proc``; elsewhere only torchrun's group).
+below torchrun too (`process_tree`: found through ``/proc``; elsewhere only
+torchrun's group).
 
 Jobs die with the server (`fedhpc.lifeline`): torchrun gets SIGTERM when the
 server exits, however it exits (SIGKILL included), and its elastic agent then
@@ -43,12 +44,13 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from fedhpc.atomic_files import atomic_write_json
 from fedhpc.config import LocalLauncherConfig
 from fedhpc.errors import SubmitError
 from fedhpc.facility.base import JobHandle, JobSpec, JobState, JobStatus, Launcher, failure_reason
+from fedhpc.facility.launchers import process_tree
 from fedhpc.lifeline import spawn, with_lifeline
 
 logger = logging.getLogger(__name__)
@@ -149,7 +151,7 @@ class LocalJob:
         """torchrun has exited; for a reattached job, its pid no longer has the recorded start time."""
         if self.process is not None:
             return self.process.poll() is not None
-        return _start_time(self.pid) != self.start_time
+        return process_tree.start_time(self.pid) != self.start_time
 
     def wait(self) -> int | None:
         """Reap torchrun and return its exit status; None for a reattached job (another process's child)."""
@@ -186,7 +188,7 @@ class LocalLauncher(Launcher):
             raise SubmitError(f"could not start job {job.name!r}: {e}") from e
         logger.info("started %s as pid %d on port %d: %s", job.name, process.pid, port, command)
         submitted_at = time.time()
-        start_time = _start_time(process.pid)
+        start_time = process_tree.start_time(process.pid)
         _write_sidecar(log_dir / f"{job.name}{SIDECAR_SUFFIX}", {
             "pid": process.pid, "pgid": process.pid, "start_time": start_time, "command": command, "port": port,
             "submitted_at": submitted_at,
@@ -206,7 +208,7 @@ class LocalLauncher(Launcher):
         if record is None or record["start_time"] is None:
             return None
         pid, start_time = record["pid"], record["start_time"]
-        if _start_time(pid) != start_time:
+        if process_tree.start_time(pid) != start_time:
             return None
         # The walltime runs from the job's start, on the monotonic clock of this process.
         started = time.monotonic() - max(0.0, time.time() - record["submitted_at"])
@@ -236,7 +238,7 @@ class LocalLauncher(Launcher):
                 if not overdue:
                     return JobStatus(JobState.RUNNING)
                 logger.warning("%s exceeded its walltime of %g s; stopping it", handle.job_id, job.walltime_s)
-                returncode = stop_process_tree(job, self.kill_grace_s)
+                returncode = process_tree.stop_tree(job, self.kill_grace_s)
                 job.final = JobStatus(JobState.FAILED, returncode, f"walltime exceeded ({job.walltime_s:g} s)")
             elif job.process is None:
                 job.final = JobStatus(JobState.DONE, None, UNKNOWN_EXIT)
@@ -259,7 +261,7 @@ class LocalLauncher(Launcher):
         with job.lock:
             if job.final is not None or job.ended():
                 return
-            returncode = stop_process_tree(job, self.kill_grace_s)
+            returncode = process_tree.stop_tree(job, self.kill_grace_s)
             job.final = JobStatus(JobState.CANCELLED, returncode, "cancelled")
 
 
@@ -275,112 +277,6 @@ def _read_err(job: LocalJob) -> str:
             return err.read().decode(errors="replace")
     except OSError as e:
         return f"(could not read {job.err_path}: {e})"
-
-
-def stop_process_tree(job: LocalJob, grace_s: float) -> int | None:
-    """SIGTERM the job's group and the groups of all its descendants; SIGKILL what is left after `grace_s`.
-
-    Returns the job's exit status (None for a reattached job). Processes are
-    found while torchrun is still their parent (orphans cannot be traced back),
-    and a group is signalled only while a process seen in it is still there with
-    the same start time, so a reused id is not hit.
-    """
-    tree = {job.pid: _Seen(job.pid, job.start_time), **_descendants(job.pid)}
-    for pgid in {seen.pgid for seen in _alive(tree).values()}:
-        _signal_group(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if job.ended() and not _alive(tree):
-            return job.wait()
-        time.sleep(0.05)
-    if not job.ended():
-        tree.update(_descendants(job.pid))  # ranks spawned after the first look
-    for pgid in {seen.pgid for seen in _alive(tree).values()}:
-        _signal_group(pgid, signal.SIGKILL)
-    return job.wait()
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-class _Proc(NamedTuple):
-    ppid: int
-    pgid: int
-    state: str
-    start_time: int
-
-
-class _Seen(NamedTuple):
-    """A process as first seen: its group, and its start time (None: not known, no /proc)."""
-
-    pgid: int
-    start_time: int | None
-
-
-def _stat(pid: int | str) -> _Proc | None:
-    """One process from ``/proc/<pid>/stat``; None when it is not there (or there is no /proc)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rsplit(b")", 1)[1].split()
-        return _Proc(int(fields[1]), int(fields[2]), fields[0].decode(), int(fields[19]))
-    except (OSError, IndexError, ValueError):
-        return None  # exited meanwhile
-
-
-def _start_time(pid: int) -> int | None:
-    """When `pid` started (clock ticks since boot), while it runs; None once it is gone or a zombie."""
-    proc = _stat(pid)
-    return proc.start_time if proc is not None and proc.state != "Z" else None
-
-
-def _process_table() -> dict[int, _Proc]:
-    """Every process from /proc; empty where there is no /proc."""
-    try:
-        entries = [entry.name for entry in os.scandir("/proc") if entry.name.isdigit()]
-    except OSError:
-        return {}
-    return {int(name): proc for name in entries if (proc := _stat(name)) is not None}
-
-
-def _descendants(root: int) -> dict[int, _Seen]:
-    """Every process below `root`, at this moment."""
-    table = _process_table()
-    children: dict[int, list[int]] = {}
-    for pid, proc in table.items():
-        children.setdefault(proc.ppid, []).append(pid)
-    found: dict[int, _Seen] = {}
-    stack = list(children.get(root, []))
-    while stack:
-        pid = stack.pop()
-        found[pid] = _Seen(table[pid].pgid, table[pid].start_time)
-        stack.extend(children.get(pid, []))
-    return found
-
-
-def _alive(tree: dict[int, _Seen]) -> dict[int, _Seen]:
-    """The members of `tree` still running in the same group with the same start time (zombies count as gone)."""
-    table = _process_table()
-    if not table:  # no /proc: fall back on signal 0, which also sees zombies
-        return {pid: seen for pid, seen in tree.items() if _exists(pid)}
-    return {
-        pid: seen for pid, seen in tree.items()
-        if pid in table and table[pid].state != "Z" and table[pid].pgid == seen.pgid
-        and seen.start_time in (None, table[pid].start_time)
-    }  # fmt: skip
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _write_sidecar(path: Path, record: dict[str, Any]) -> None:
