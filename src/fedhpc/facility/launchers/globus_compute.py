@@ -14,22 +14,20 @@ the same two calls the Executor makes -- register the function, submit a batch -
 SDK's own request builders (`FunctionRegistrationData`, `Batch`), and then asks for task states
 by id over REST (``POST /v2/batch_status``, every live job of the launcher in one request, at
 most every ``launcher.status_interval`` seconds). The task id is kept in
-``<log dir>/<job>.compute.json``, so `reattach` needs nothing else.
+``<log dir>/<job>.compute.json`` (`compute_record`), so `reattach` needs nothing else.
 
 What crosses: the function travels in the SDK's code serialization, the one endpoints read (the
 server only writes it); the call's arguments go as JSON; the endpoint is asked to return the
-result as JSON (``result_serializers``), and the server reads nothing else: a result in any
-other serialization is reported, never decoded.
+result as JSON (``result_serializers``), and the server reads nothing else (`compute_result`).
 
 States: the service's waiting states (received, waiting-for-ep, -nodes, -launch) are QUEUED,
-running is RUNNING, a result with exit status 0 is DONE and any other exit status FAILED with the
-stderr tail (124: the walltime). The result's stdout and stderr tails are written to
+running is RUNNING; an ended task's outcome is read from its task document by
+`compute_result.task_outcome`. The result's stdout and stderr tails are written to
 ``<log dir>/<job>.out`` and ``.err``, like every launcher's logs; the whole output stays at the
-facility beside the job's task.json. The service's own failures get their own reasons: a result
-over the endpoint's size limit, a task lost with its worker or manager (sent again, at most
-``submit_retries`` times, while the job's walltime lasts), an endpoint that has been offline for
-`OFFLINE_GRACE_S` seconds (its status is checked every `ENDPOINT_CHECK_S` while jobs are live,
-and when a submission fails).
+facility beside the job's task.json. A task lost with its worker or manager is sent again (at
+most ``submit_retries`` times, while the job's walltime lasts); an endpoint that has been offline
+for `OFFLINE_GRACE_S` seconds fails its jobs (its status is checked every `ENDPOINT_CHECK_S`
+while jobs are live, and when a submission fails).
 
 Transient errors of the service (HTTP 5xx and 429, lost connections) are retried with
 exponential back-off, ``submit_retries`` times and never past the job's walltime. fedhpc does
@@ -43,28 +41,21 @@ task already running ends at the job's walltime, which its command enforces with
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fedhpc.atomic_files import atomic_write_json
 from fedhpc.config import GlobusComputeLauncherConfig
 from fedhpc.errors import AuthError, SubmitError
-from fedhpc.facility.base import REASON_LINES, JobHandle, JobSpec, JobState, JobStatus, Launcher, failure_reason
-from fedhpc.facility.launchers.compute_command import (
-    SNIPPET_LINES,
-    WALLTIME_EXIT,
-    output_paths,
-    resource_specification,
-    worker_function,
-)
+from fedhpc.facility.base import JobHandle, JobSpec, JobState, JobStatus, Launcher
+from fedhpc.facility.launchers.compute_command import output_paths, resource_specification, worker_function
+from fedhpc.facility.launchers.compute_record import ComputeTask, read_record, record_path, write_record
+from fedhpc.facility.launchers.compute_result import Outcome, task_outcome
 
 logger = logging.getLogger(__name__)
 
@@ -87,43 +78,7 @@ TASK_STATES: dict[str, JobState] = {
 }
 """The service's states (globus_compute_common TaskState) of a task that has not ended."""
 _JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_LOST = re.compile(
-    r"WorkerLost|ManagerLost|\b(worker|manager|task)s? (was |were )?lost\b|\bloss of (worker|manager)\b", re.IGNORECASE
-)
-"""How the service words a task lost with its worker or manager (parsl's WorkerLost, an endpoint restart)."""
-_TOO_LARGE = re.compile(r"MaxResultSizeExceeded\((\d+), (\d+)\)|result of (\d+)B exceeded current limit of (\d+)B")
-_ENDPOINT_HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"disabled by current configuration"),
-     "the endpoint restricts serializers: its engine.allowed_serializers must admit "
-     "globus_compute_sdk.serialize.DillCode (the shell function) and globus_compute_sdk.serialize.JSONData"),
-    (re.compile(r"InvalidResourceSpecification|resource_specification"),
-     "launcher.function mpi needs an endpoint whose engine is GlobusMPIEngine; use function: shell otherwise"),
-)
-"""What to do about endpoint errors whose cause is the endpoint's configuration."""
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """An ended task as the service reports it: the job's status, the output tails, and whether it was lost."""
-
-    status: JobStatus
-    stdout: str = ""
-    stderr: str = ""
-    lost: bool = False
-
-
-@dataclass
-class ComputeTask:
-    """What a `JobHandle.native` holds for a Globus Compute job."""
-
-    task_id: str
-    function_id: str
-    record_file: Path
-    deadline: float | None  # the job's walltime end, epoch seconds (survives a server restart)
-    submissions: int = 1
-    final: JobStatus | None = None
-    warned: bool = False
 
 
 def _transient(error: Exception) -> bool:
@@ -139,60 +94,6 @@ def _retry_after(error: Exception) -> float | None:
         return float(error.headers["Retry-After"])  # type: ignore[attr-defined]
     except (AttributeError, KeyError, TypeError, ValueError):
         return None
-
-
-def _tail(text: str, lines: int = REASON_LINES) -> str:
-    return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
-
-
-def decode_result(payload: Any) -> dict[str, Any]:
-    """The task's result dict, from JSON only: any other serialization is refused, never decoded."""
-    from globus_compute_sdk.serialize import JSONData
-
-    if not isinstance(payload, str) or not payload.startswith(JSONData.identifier):
-        header = payload[:2] if isinstance(payload, str) else type(payload).__name__
-        raise ValueError(f"the endpoint returned the result in serialization {header!r}, not JSON; fedhpc reads only "
-                         "JSON results (the endpoint's globus-compute-endpoint may be too old for result_serializers)")
-    result = JSONData().deserialize(payload)
-    if not isinstance(result, dict) or not isinstance(result.get("returncode"), int):
-        raise ValueError(f"the task's result is not a shell function's result dict: {str(result)[:200]}")
-    return result
-
-
-def task_outcome(doc: dict[str, Any], *, walltime_s: float | None, stderr_path: str | None) -> Outcome:
-    """An ended task's outcome, from the service's task document (``GET /v2/tasks/<id>``'s shape)."""
-    if "exception" in doc or str(doc.get("status", "")).lower() == "failed":
-        text = str(doc.get("exception") or doc.get("reason") or "no detail given")
-        too_large = _TOO_LARGE.search(text)
-        if too_large:
-            size, limit = [int(group) for group in too_large.groups() if group is not None]
-            reason = (f"the task's result ({size} B) exceeded the endpoint's result size limit ({limit} B); fedhpc's "
-                      f"task returns only the last {SNIPPET_LINES} lines of output (the update moves by the mover), "
-                      "so its lines are very long or the limit very low")
-            return Outcome(JobStatus(JobState.FAILED, None, reason), stderr=text)
-        if _LOST.search(text):
-            reason = f"the task was lost with its worker at the endpoint: {_tail(text, 3)}"
-            return Outcome(JobStatus(JobState.FAILED, None, reason), stderr=text, lost=True)
-        hints = [hint for pattern, hint in _ENDPOINT_HINTS if pattern.search(text)]
-        reason = "; ".join([f"the endpoint could not run the task: {_tail(text)}", *hints])
-        return Outcome(JobStatus(JobState.FAILED, None, reason), stderr=text)
-    if "result" not in doc:
-        reason = f"the service reports the task {doc.get('status')} without a result ({doc.get('reason', 'no reason')})"
-        return Outcome(JobStatus(JobState.FAILED, None, reason))
-    try:
-        result = decode_result(doc["result"])
-    except ValueError as e:
-        return Outcome(JobStatus(JobState.FAILED, None, str(e)))
-    returncode, stdout, stderr = result["returncode"], str(result.get("stdout", "")), str(result.get("stderr", ""))
-    if returncode == 0:
-        return Outcome(JobStatus(JobState.DONE, 0), stdout, stderr)
-    if returncode == WALLTIME_EXIT and walltime_s is not None:
-        reason = f"walltime exceeded ({walltime_s:g} s): the task's timeout stopped the worker"
-    else:
-        reason = failure_reason(stderr, returncode)
-    if stderr_path:
-        reason += f"\n(the whole stderr is at the facility: {stderr_path})"
-    return Outcome(JobStatus(JobState.FAILED, returncode, reason), stdout, stderr)
 
 
 class GlobusComputeLauncher(Launcher):
@@ -292,7 +193,7 @@ class GlobusComputeLauncher(Launcher):
     def submit(self, job: JobSpec) -> JobHandle:
         if not _JOB_NAME.match(job.name):
             raise SubmitError(f"job name {job.name!r} must be a plain file name (it names the job's files)")
-        record_file = Path(job.log_dir) / f"{job.name}.compute.json"
+        record_file = record_path(job.log_dir, job.name)
         try:
             Path(job.log_dir).mkdir(parents=True, exist_ok=True)
             for stale in (record_file, Path(job.log_dir) / f"{job.name}.out", Path(job.log_dir) / f"{job.name}.err"):
@@ -473,37 +374,19 @@ class GlobusComputeLauncher(Launcher):
     def _write_record(self, handle: JobHandle) -> None:
         job = handle.native
         assert isinstance(job, ComputeTask)
-        record: dict[str, Any] = {
-            "endpoint_id": self.endpoint_id, "job_id": handle.job_id, "task_id": job.task_id,
-            "function_id": job.function_id, "deadline": job.deadline, "submissions": job.submissions,
-        }  # fmt: skip
-        if job.final is not None:
-            record["outcome"] = {"state": job.final.state.value, "returncode": job.final.returncode,
-                                 "reason": job.final.reason}
-        try:
-            atomic_write_json(job.record_file, record)
-        except OSError as e:
-            logger.warning("cannot write %s (a restarted server will not find this job): %s", job.record_file, e)
+        write_record(job, self.endpoint_id, handle.job_id)
 
     def reattach(self, spec: JobSpec, submitted_at: float) -> JobHandle | None:
         """The handle of `spec`'s task submitted by an earlier server process, from its record; None if none.
 
         A task that had ended keeps the outcome recorded then (the service need not hold its result twice).
         """
-        record_file = Path(spec.log_dir) / f"{spec.name}.compute.json"
-        try:
-            record = json.loads(record_file.read_text())
-        except (OSError, ValueError):
+        found = read_record(record_path(spec.log_dir, spec.name), self.endpoint_id)
+        if found is None:
             return None
-        if record.get("endpoint_id") != self.endpoint_id or not record.get("task_id"):
-            return None
-        job = ComputeTask(str(record["task_id"]), str(record.get("function_id", "")), record_file,
-                          record.get("deadline"), int(record.get("submissions", 1)))
-        outcome = record.get("outcome")
-        with self._lock:
-            if outcome:
-                job.final = JobStatus(JobState(outcome["state"]), outcome.get("returncode"), outcome.get("reason", ""))
-            else:
+        job_id, job = found
+        if job.final is None:
+            with self._lock:
                 self._live[job.task_id] = job
                 self._queried_at = -math.inf
-        return JobHandle(str(record.get("job_id") or f"compute-{job.task_id}"), spec, submitted_at, job)
+        return JobHandle(str(job_id or f"compute-{job.task_id}"), spec, submitted_at, job)
