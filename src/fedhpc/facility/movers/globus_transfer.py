@@ -27,9 +27,10 @@ run, facility and directory, and Globus's own deadline shortly after ours, so a
 task outlives a killed server by at most that. The server polls it, the interval
 doubling from ``poll_interval`` up to `MAX_POLL_INTERVAL_S`, until it succeeds,
 fails (raised with Globus's fault description), stops for credentials, or
-``deadline`` passes (cancelled). Errors say what to do: a missing consent or an
-expired login is an `AuthError` naming ``fedhpc login``; a permission refused by
-a collection is a `TransferError` pointing at its administrator or the path.
+``deadline`` passes (cancelled). Errors say what to do (`globus_errors`): a
+missing consent or an expired login is an `AuthError` naming ``fedhpc login``; a
+permission refused by a collection is a `TransferError` pointing at its
+administrator or the path.
 
 `peek` returns None: reading one small file is a Globus task, seconds rather
 than milliseconds, so the progress view shows no step counts for this facility
@@ -55,15 +56,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from fedhpc.config import GlobusTransferMoverConfig
-from fedhpc.errors import AuthError, ConfigError, FedhpcError, TransferError, UpdateRejected
+from fedhpc.errors import AuthError, FedhpcError, TransferError, UpdateRejected
 from fedhpc.exchange import MANIFEST_NAME, ExchangeDir
 from fedhpc.exchange.writer import fsync_path, publish_directory
 from fedhpc.facility.base import Mover
 from fedhpc.facility.movers.filesystem import copy_tree
+from fedhpc.facility.movers.globus_errors import describe, explain, sdk, task_failure
 
 if TYPE_CHECKING:
     import globus_sdk
@@ -74,28 +75,8 @@ MAX_POLL_INTERVAL_S = 60.0
 """The longest wait between two looks at a task; also how long after ours Globus's own deadline falls."""
 LABEL_MAX = 128
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9 _,-]+")  # Globus task labels: letters, digits, space, - _ ,
-_DATA_ACCESS_SCOPE = re.compile(r"/scopes/([0-9a-fA-F-]{36})/data_access")
 _PARTIAL = "partial-globus"
 _RUNNING_WELL = (None, "OK", "Queued")
-_FAULT_HINTS = {
-    "PERMISSION_DENIED": "the identity you logged in with may not read or write that path: ask the collection's "
-    "administrator for access, or check mover.facility_path and mover.server_path",
-    "FILE_NOT_FOUND": "check mover.facility_path and mover.server_path",
-    "QUOTA_EXCEEDED": "free space or raise the quota at the destination",
-    "NO_SPACE_LEFT": "free space at the destination",
-}
-
-
-def _sdk() -> ModuleType:
-    try:
-        import globus_sdk
-    except ImportError as e:
-        raise ConfigError(
-            "mover kind globus-transfer needs globus-sdk on the server; pip install 'fedhpc[globus]'"
-        ) from e
-    return globus_sdk
-
-
 class GlobusTransferMover(Mover):
     """`Mover` through Globus Transfer; see the module docstring.
 
@@ -227,15 +208,15 @@ class GlobusTransferMover(Mover):
 
         With `missing_ok`, a path the collection reports as not found gives None.
         """
-        sdk = _sdk()
+        globus = sdk()
         try:
             return call(self.client)
-        except sdk.GlobusError as e:
-            if missing_ok and isinstance(e, sdk.GlobusAPIError) and e.http_status == 404 and (
+        except globus.GlobusError as e:
+            if missing_ok and isinstance(e, globus.GlobusAPIError) and e.http_status == 404 and (
                 "Endpoint" not in (e.code or "")
             ):
                 return None
-            raise self._explain(e, doing) from e
+            raise explain(e, doing, self.config) from e
 
     def _stat(self, path: PurePosixPath) -> Any:
         coll = self.config.facility_collection
@@ -247,11 +228,11 @@ class GlobusTransferMover(Mover):
         *, recursive: bool = True,
     ) -> None:
         """One Globus task copying `source` to `dest`, waited for; raises unless it succeeded."""
-        sdk = _sdk()
+        globus = sdk()
         deadline = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(
             seconds=self.config.deadline + MAX_POLL_INTERVAL_S
         )
-        data = sdk.TransferData(
+        data = globus.TransferData(
             source_collection,
             dest_collection,
             label=self._label(what),
@@ -283,21 +264,21 @@ class GlobusTransferMover(Mover):
             if status == "SUCCEEDED":
                 return
             if status == "FAILED":
-                raise TransferError(self._failure(task_id, task, what))
+                raise TransferError(task_failure(task_id, task, what, self._error_events(task_id)))
             if status == "INACTIVE":
                 self._cancel(task_id)
                 raise AuthError(
-                    f"{what}: Globus task {task_id} stopped (INACTIVE: {_describe(task)}): the credentials it runs "
+                    f"{what}: Globus task {task_id} stopped (INACTIVE: {describe(task)}): the credentials it runs "
                     "with expired, so it was cancelled. Run `fedhpc login`, then run the experiment again (it resumes)"
                 )
             if nice not in _RUNNING_WELL and nice != reported:
-                logger.warning("%s: Globus task %s is retrying: %s", what, task_id, _describe(task))
+                logger.warning("%s: Globus task %s is retrying: %s", what, task_id, describe(task))
                 reported = nice
             remaining = self.config.deadline - (time.monotonic() - started)
             if remaining <= 0:
                 if self._cancel(task_id) == "SUCCEEDED":
                     return
-                lately = f"; it last reported {_describe(task)}" if nice not in _RUNNING_WELL else ""
+                lately = f"; it last reported {describe(task)}" if nice not in _RUNNING_WELL else ""
                 raise TransferError(
                     f"{what}: Globus task {task_id} did not finish within mover.deadline "
                     f"({self.config.deadline:g} s) and was cancelled{lately}. Raise mover.deadline for a larger "
@@ -317,65 +298,13 @@ class GlobusTransferMover(Mover):
         except FedhpcError:
             return None
 
-    def _failure(self, task_id: str, task: Any, what: str) -> str:
-        """The failed task's fault and its last error event's details, with a hint where the code has one."""
-        fault = task.get("fatal_error") or {}
-        code = fault.get("code") or task.get("nice_status") or "UNKNOWN"
-        message = f"{what}: Globus task {task_id} failed: {code}: {fault.get('description') or _describe(task)}"
+    def _error_events(self, task_id: str) -> list[Any]:
+        """The failed task's last error events, newest first; none when Globus will not say."""
         try:
-            events = self._call(f"reading the events of Globus task {task_id}", lambda client: list(
+            return self._call(f"reading the events of Globus task {task_id}", lambda client: list(
                 client.task_event_list(task_id, limit=10, query_params={"filter": "is_error:1"})))
         except FedhpcError:
-            events = []
-        if events:
-            last = events[0]  # newest first
-            message += f" ({last.get('code')}: {_condensed(last.get('details') or last.get('description') or '')})"
-        hint = _FAULT_HINTS.get(code)
-        return message + (f"; {hint}" if hint else "")
-
-    def _explain(self, error: Exception, doing: str) -> FedhpcError:
-        sdk = _sdk()
-        from globus_sdk.token_storage import TokenValidationError
-
-        if isinstance(error, TokenValidationError):
-            return AuthError(f"no usable Globus login for {doing} ({error}); run `fedhpc login`")
-        if not isinstance(error, sdk.GlobusAPIError):
-            if isinstance(error, sdk.NetworkError):
-                return TransferError(f"cannot reach Globus while {doing}: {error}; check this machine's network "
-                                     "(a run stopped by this resumes where it stopped)")
-            return TransferError(f"Globus failed while {doing}: {error}")
-        said = f"{error.http_status} {error.code}: {_condensed(error.message or error.text)}"
-        if error.info.consent_required or error.code == "ConsentRequired":
-            return AuthError(self._consent_needed(error, doing))
-        if isinstance(error, sdk.AuthAPIError) and (error.raw_json or {}).get("error") == "invalid_grant":
-            return AuthError(f"Globus no longer accepts the stored login (the refresh token expired or was revoked) "
-                             f"while {doing}; run `fedhpc login`, then run the experiment again (it resumes)")
-        if error.info.authorization_parameters or error.http_status == 401:
-            return AuthError(f"Globus asks for a new login while {doing} ({said}); run `fedhpc login`, then run "
-                             "the experiment again (it resumes)")
-        if error.http_status == 403:
-            return TransferError(
-                f"Globus refused {doing} ({said}). The identity you logged in with lacks permission there: ask the "
-                "collection's administrator for access to that path, or check mover.facility_path and "
-                "mover.server_path (and mover.facility_collection, mover.server_collection)"
-            )
-        return TransferError(f"Globus Transfer refused {doing} ({said})")
-
-    def _consent_needed(self, error: Any, doing: str) -> str:
-        collections = sorted({m.lower() for m in _DATA_ACCESS_SCOPE.findall(error.text)}) or [
-            self.config.facility_collection
-        ]
-        consents = {self.config.facility_collection: ("facility_data_access", self.config.facility_data_access),
-                    self.config.server_collection: ("server_data_access", self.config.server_data_access)}
-        steps = []
-        for collection in collections:
-            key, given = consents.get(collection, (None, True))
-            if not given:
-                steps.append(f"set mover.{key}: true")
-        todo = ", ".join(steps + ["run `fedhpc login` (it asks for that consent), then run the experiment again"])
-        return (f"Globus needs your consent before fedhpc may use collection {', '.join(collections)} while "
-                f"{doing}: a mapped Globus Connect Server collection asks for data_access consent per collection. "
-                f"To give it: {todo}")
+            return []
 
     def _already_at_facility(self, source: Path, dest: PurePosixPath) -> int:
         """0 when `dest` at the facility holds `source`'s manifest.json (fetched to compare); else an error."""
@@ -412,16 +341,6 @@ def _parts(relative: str) -> tuple[str, ...]:
 
 def _tree_bytes(directory: Path) -> int:
     return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
-
-
-def _describe(task: Any) -> str:
-    return task.get("nice_status_short_description") or task.get("nice_status") or task.get("status") or "?"
-
-
-def _condensed(text: str, limit: int = 400) -> str:
-    """Globus's multi-line messages on one line, short enough for the ledger and a terminal."""
-    flat = " | ".join(line.strip() for line in text.replace("\\r\\n", "\n").splitlines() if line.strip())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def _verify_arrival(local: Path, remote: PurePosixPath, relative: str) -> None:
