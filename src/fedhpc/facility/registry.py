@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fedhpc.clock import Clock
 from fedhpc.config import (
     FacilityConfig,
     GlobusComputeLauncherConfig,
@@ -31,7 +32,7 @@ from fedhpc.facility.base import Launcher, Mover
 from fedhpc.facility.launchers.globus_compute import GlobusComputeLauncher
 from fedhpc.facility.launchers.local import LocalLauncher
 from fedhpc.facility.launchers.parsl import ParslLauncher
-from fedhpc.facility.launchers.persistent import Clock, EventSink, PersistentLauncher
+from fedhpc.facility.launchers.persistent import EventSink, PersistentLauncher
 from fedhpc.facility.movers.filesystem import FilesystemMover
 from fedhpc.facility.movers.globus_transfer import GlobusTransferMover
 from fedhpc.facility.movers.proxystore import ProxyStoreMover

@@ -42,9 +42,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from fedhpc.atomic_files import atomic_write_json
+from fedhpc.clock import Clock
 from fedhpc.config import ModelConfig, PersistentConfig
 from fedhpc.errors import FedhpcError, SubmitError
 from fedhpc.exchange import inbox as protocol
@@ -58,10 +59,6 @@ CHECK_EVERY_S = 0.25
 """The pilot's job state and heartbeat are read at most this often, however many tasks are polled."""
 STOP_WAIT_S = 5.0
 """`close` waits this long for the pilot to honour `stop` before cancelling its job."""
-
-
-class Clock(Protocol):
-    def now(self) -> float: ...
 
 
 @dataclass
