@@ -74,6 +74,6 @@ def run_namespace(staging: Path) -> str:
     except FileNotFoundError:
         pass
     namespace = f"fedhpc/{staging.name}/{uuid.uuid4().hex}"
-    atomic_write_text(path, namespace + "\n")
+    atomic_write_text(path, namespace + "\n", make_parents=True)
     logger.info("objects of facility %s go under %s in the store", staging.name, namespace)
     return namespace
