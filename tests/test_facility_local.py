@@ -165,22 +165,6 @@ def test_free_ports_are_not_handed_out_twice():
 # ---- real jobs -----------------------------------------------------------------------------------
 
 
-def test_two_rank_job_runs_to_done_and_logs_both_ranks(tmp_path):
-    program = (
-        "import os; e = os.environ; "
-        "print(e['RANK'], e['WORLD_SIZE'], e['FEDHPC_DEVICE'], e['GLOO_SOCKET_IFNAME'], e['OMP_NUM_THREADS'], e['X'])"
-    )
-    launcher = LocalLauncher(LocalLauncherConfig(nprocs=2, device="cpu", threads_per_rank=1, env={"X": "config"}))
-    handle = launcher.submit(JobSpec("alpha-r0001", [PY, "-c", program], tmp_path / "logs", env={"X": "job"}))
-    assert handle.job_id == f"local-{handle.native.process.pid}"
-    assert launcher.poll(handle).state in (JobState.RUNNING, JobState.DONE)
-    assert wait_finished(launcher, handle) == JobStatus(JobState.DONE, 0)
-    out = (tmp_path / "logs" / "alpha-r0001.out").read_text().splitlines()
-    assert sorted(out) == ["0 2 cpu lo 1 job", "1 2 cpu lo 1 job"]
-    assert (tmp_path / "logs" / "alpha-r0001.err").exists()
-    assert launcher.poll(handle) == JobStatus(JobState.DONE, 0)
-
-
 def test_cancel_kills_ranks_that_ignore_sigterm(tmp_path):
     # torchrun starts each rank in its own session, so only signalling their groups reaches them.
     launcher = LocalLauncher(LocalLauncherConfig(nprocs=2), kill_grace_s=1.0)
@@ -222,17 +206,26 @@ def test_the_facility_walltime_and_the_jobs_own_limit_the_smaller_wins(tmp_path,
     assert status.reason == f"walltime exceeded ({expected:g} s)"
 
 
-def test_back_to_back_submits_get_different_ports_and_both_finish(tmp_path):
-    program = "import os; print(os.environ['MASTER_PORT'])"
-    alpha = LocalLauncher(LocalLauncherConfig(nprocs=1))
-    beta = LocalLauncher(LocalLauncherConfig(nprocs=1))
-    first = alpha.submit(JobSpec("alpha", [PY, "-c", program], tmp_path))
-    second = beta.submit(JobSpec("beta", [PY, "-c", program], tmp_path))
+def test_two_jobs_side_by_side_get_their_own_ports_and_each_rank_its_environment(tmp_path):
+    """Two facilities' jobs at once (one of two ranks): each on its own port, every rank told its place."""
+    program = (
+        "import os; e = os.environ; print(e['RANK'], e['WORLD_SIZE'], e['FEDHPC_DEVICE'], e['GLOO_SOCKET_IFNAME'], "
+        "e['OMP_NUM_THREADS'], e['X'], e['MASTER_PORT'])"
+    )
+    alpha = LocalLauncher(LocalLauncherConfig(nprocs=2, device="cpu", threads_per_rank=1, env={"X": "config"}))
+    beta = LocalLauncher(LocalLauncherConfig(nprocs=1, device="cpu", threads_per_rank=1, env={"X": "config"}))
+    first = alpha.submit(JobSpec("alpha-r0001", [PY, "-c", program], tmp_path / "logs", env={"X": "job"}))
+    second = beta.submit(JobSpec("beta-r0001", [PY, "-c", program], tmp_path / "logs"))
+    assert first.job_id == f"local-{first.native.process.pid}"
     assert first.native.port != second.native.port
-    assert wait_finished(alpha, first).state is JobState.DONE
-    assert wait_finished(beta, second).state is JobState.DONE
-    assert (tmp_path / "alpha.out").read_text().strip() == str(first.native.port)
-    assert (tmp_path / "beta.out").read_text().strip() == str(second.native.port)
+    assert alpha.poll(first).state in (JobState.RUNNING, JobState.DONE)
+    assert wait_finished(alpha, first) == JobStatus(JobState.DONE, 0)
+    assert wait_finished(beta, second) == JobStatus(JobState.DONE, 0)
+    out = (tmp_path / "logs" / "alpha-r0001.out").read_text().splitlines()
+    assert sorted(out) == [f"0 2 cpu lo 1 job {first.native.port}", f"1 2 cpu lo 1 job {first.native.port}"]
+    assert (tmp_path / "logs" / "beta-r0001.out").read_text().strip() == f"0 1 cpu lo 1 config {second.native.port}"
+    assert (tmp_path / "logs" / "alpha-r0001.err").exists()
+    assert alpha.poll(first) == JobStatus(JobState.DONE, 0)
 
 
 def test_a_resubmitted_job_appends_its_logs_and_reasons_from_its_own_attempt(tmp_path):

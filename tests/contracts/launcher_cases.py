@@ -20,10 +20,11 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import responses
-from globus_compute_sdk.serialize import JSONData
+from globus_compute_sdk.serialize import ComputeSerializer, JSONData
 from test_facility_globus_compute import ComputeApi, static_client, task_doc
 from test_worker_run import MODEL
 
@@ -38,7 +39,7 @@ from fedhpc.simulate.launcher import SimulatedLauncher
 
 PY = sys.executable
 FAILS = "import sys; print('reading shard 7', file=sys.stderr); sys.exit('bad shard: /data/7.jsonl')"
-BRIEF = "import time; time.sleep(1)"
+BRIEF = "import time; time.sleep(0.3)"  # a moment: a restarted server must find it still running
 # Every rank names itself (torchrun's RANK, mpiexec's PMI_RANK) in the directory it is given, then waits.
 SLEEPS = textwrap.dedent(
     """
@@ -80,7 +81,6 @@ class LauncherCase:
     `first_state` is what a job reports just after its submission (QUEUED until a scheduler says more).
     """
 
-    name: str
     failure: str
     failure_returncode: int | None = 1
     reattached_returncode: int | None = 0
@@ -102,10 +102,12 @@ class LauncherCase:
         return JobSpec(name, argv, self.tmp_path / "logs")
 
     def finish(self, launcher: Launcher, handle: JobHandle, timeout: float = 30.0) -> JobStatus:
-        """Poll until the job has ended."""
+        """Poll until the job has ended; one still running after `timeout` is cancelled and fails the test."""
         deadline = time.monotonic() + timeout
         while not (status := launcher.poll(handle)).state.finished:
-            assert time.monotonic() < deadline, f"{handle.job_id} still running after {timeout} s"
+            if time.monotonic() > deadline:
+                launcher.cancel(handle)
+                raise AssertionError(f"{handle.job_id} still running after {timeout} s")
             time.sleep(0.05)
         return status
 
@@ -124,7 +126,6 @@ class LauncherCase:
 
 
 class LocalCase(LauncherCase):
-    name = "local"
     failure = r"rank 0 exited with code 1 \(first failure\); stderr tail:\n.*reading shard 7\nbad shard: /data/7\.jsonl"
     reattached_returncode = None  # another process's child: its exit status is not ours to read
     cancel_keeps_returncode = True
@@ -145,7 +146,6 @@ class LocalCase(LauncherCase):
 class ParslCase(LauncherCase):
     """Parsl's LocalProvider; two ranks are started by the PyPI mpich's mpiexec."""
 
-    name = "parsl-local"
     failure = r"exited with code 1; stderr tail:\nreading shard 7\nbad shard: /data/7\.jsonl"
 
     def launcher(self, ranks: int = 1) -> Launcher:
@@ -158,7 +158,6 @@ class ParslCase(LauncherCase):
 class ComputeCase(LauncherCase):
     """Globus Compute at its HTTP edge (`ComputeApi`): a job runs when `finish` runs its registered function here."""
 
-    name = "globus-compute"
     failure = (r"exited with code 1; stderr tail:\nreading shard 7\nbad shard: /data/7\.jsonl\n"
                r".*\(the whole stderr is at the facility: .*/tasks/alpha-r0001-a0/alpha-r0001-a0\.err\)")  # fmt: skip
     first_state = JobState.QUEUED  # until the service reports the task
@@ -197,10 +196,10 @@ class ComputeCase(LauncherCase):
         """Nothing runs here: the task runs at the endpoint."""
         return []
 
-    def _registered(self, name: str):
-        from globus_compute_sdk.serialize import ComputeSerializer
-
-        (body,) = [b for b in self.api.bodies("/v3/functions") if b["description"] == f"fedhpc worker {name}"][-1:]
+    def _registered(self, name: str) -> Any:
+        """The function last registered for job `name`, read back as an endpoint reads it."""
+        bodies = [b for b in self.api.bodies("/v3/functions") if b["description"] == f"fedhpc worker {name}"]
+        body = bodies[-1]
         serializer = ComputeSerializer()
         (payload,) = serializer.unpack_buffers(body["function_code"])
         return serializer.deserialize(payload)
@@ -213,7 +212,6 @@ class SimulatedCase(LauncherCase):
     there, SLEEPS a task whose drawn duration is past its walltime (the worker is never run for it).
     """
 
-    name = "simulated"
     failure = r"/.*/alpha-r0001-a0/missing/task\.json: cannot read the task file: No such file or directory"
     first_state = JobState.QUEUED  # for its drawn queue wait
     CONFIG = SimulatedLauncherConfig(seconds_per_step=2.0, queue_wait={"uniform": [0, 1200]}, startup=20)

@@ -27,7 +27,7 @@ import responses
 import torch
 from globus_sdk.testing import get_response_set
 from globus_edge import TransferService
-from redis_server import RedisServer
+import redis_server
 
 from fedhpc.config import FilesystemMoverConfig, GlobusTransferMoverConfig, ProxyStoreMoverConfig
 from fedhpc.exchange import ExchangeMeta, write_state_dict
@@ -72,7 +72,6 @@ class Refusals:
 class MoverCase:
     """One backend's mover and its particulars; subclasses fill them in."""
 
-    name: str
     mover: Mover
     facility_root: Path  # where `facility_path("")` would be: the jobs' view of the staging area
     refusals: Refusals
@@ -95,7 +94,6 @@ class MoverCase:
 
 class FilesystemCase(MoverCase):
     def __init__(self, tmp_path: Path, hardlink: bool):
-        self.name = f"filesystem-{'hardlink' if hardlink else 'copy'}"
         self.mover = FilesystemMover(FilesystemMoverConfig(hardlink=hardlink), default_staging=tmp_path / "staging")
         self.facility_root = tmp_path / "staging"
         self.refusals = Refusals(
@@ -116,7 +114,6 @@ class FilesystemCase(MoverCase):
 
 class ProxyStoreCase(MoverCase):
     def __init__(self, tmp_path: Path, connector: str, store: dict[str, Any]):
-        self.name = f"proxystore-{connector}"
         self.facility_root = tmp_path / "facility"
         config = ProxyStoreMoverConfig(connector=connector, **store, facility_dir=self.facility_root, chunk_size=CHUNK)
         self.mover = ProxyStoreMover(config, tmp_path / "run" / "staging" / "alpha")
@@ -161,7 +158,6 @@ class GlobusTransferCase(MoverCase):
     peekable = False
 
     def __init__(self, tmp_path: Path):
-        self.name = "globus-transfer"
         facility_fs, gcp = tmp_path / "facility-fs", tmp_path / "gcp"
         self.facility_root = facility_fs / "project" / "fedhpc"
         config = GlobusTransferMoverConfig(
@@ -187,6 +183,19 @@ class GlobusTransferCase(MoverCase):
         shutil.copyfile(shard, partial / shard.name)
 
 
+@pytest.fixture(scope="module")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis_server.RedisServer]:
+    """One redis-server for the module, not one per test (a start and stop is ~0.3 s): every case's run
+    keeps its objects under a namespace of its own, so no test sees another's."""
+    redis_server._ensure_installed()
+    process, server = redis_server._start(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
 @pytest.fixture(params=["filesystem-copy", "filesystem-hardlink", "proxystore-redis", "proxystore-file",
                         "globus-transfer"])  # fmt: skip
 def mover_case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MoverCase]:
@@ -195,7 +204,7 @@ def mover_case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mover
     if backend.startswith("filesystem"):
         yield FilesystemCase(tmp_path, hardlink=backend.endswith("hardlink"))
     elif backend == "proxystore-redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
+        server: redis_server.RedisServer = request.getfixturevalue("shared_redis")
         yield ProxyStoreCase(tmp_path, "redis", {"redis": {"host": server.host, "port": server.port}})
     elif backend == "proxystore-file":
         yield ProxyStoreCase(tmp_path, "file", {"file": {"store_dir": tmp_path / "store"}})

@@ -13,8 +13,9 @@ import pytest
 
 from fedhpc.errors import TransferError
 from fedhpc.exchange import ExchangeDir
-from mover_cases import MoverCase, mover_case, tree_bytes, write_update  # noqa: F401 - mover_case: the fixture
-from redis_server import redis_server  # noqa: F401 - the fixture mover_case asks for
+from mover_cases import (  # noqa: F401 - the fixtures: mover_case, and shared_redis that it asks for
+    MoverCase, mover_case, shared_redis, tree_bytes, write_update,
+)
 
 
 @pytest.fixture
