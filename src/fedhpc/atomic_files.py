@@ -17,10 +17,15 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace `path` with `data`, creating its folder if needed."""
+def atomic_write_bytes(path: Path, data: bytes, *, make_parents: bool = False) -> None:
+    """Replace `path` with `data`.
+
+    `make_parents` creates its folder first. Off by default: where a vanished folder means
+    something (a persistent worker's deleted inbox), the write must fail, not recreate it.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         partial.write_bytes(data)
@@ -30,11 +35,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace `path` with `text` (UTF-8), creating its folder if needed."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path, text: str, *, make_parents: bool = False) -> None:
+    """Replace `path` with `text` (UTF-8)."""
+    atomic_write_bytes(path, text.encode("utf-8"), make_parents=make_parents)
 
 
-def atomic_write_json(path: Path, payload: Any, *, indent: int | None = None) -> None:
+def atomic_write_json(path: Path, payload: Any, *, indent: int | None = None, make_parents: bool = False) -> None:
     """Replace `path` with `payload` as JSON (`indent` as `json.dumps` takes it)."""
-    atomic_write_text(path, json.dumps(payload, indent=indent))
+    atomic_write_text(path, json.dumps(payload, indent=indent), make_parents=make_parents)

@@ -62,7 +62,7 @@ def write_predictions(path: Path, predictions: Iterable[Prediction]) -> None:
     list), so building the file as one string only adds a copy of that size.
     """
     lines = (json.dumps(prediction.as_json(), ensure_ascii=False) + "\n" for prediction in predictions)
-    atomic_write_text(path, "".join(lines))
+    atomic_write_text(path, "".join(lines), make_parents=True)
 
 
 def read_predictions(path: Path) -> list[Prediction]:

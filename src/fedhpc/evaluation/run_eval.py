@@ -137,5 +137,5 @@ def evaluate_run(request: EvalRequest, out: Path | None) -> dict[str, Any]:
     result = {"round": request.round, "data": str(request.data), "split": request.split, **scored}
     if out is not None:
         write_predictions(predictions_path(out), predictions)
-        atomic_write_json(out, result, indent=1)
+        atomic_write_json(out, result, indent=1, make_parents=True)
     return result

@@ -161,7 +161,7 @@ class GlobusObjects:
     def set(self, name: str, data: bytes) -> None:
         def write() -> None:
             # a reader on this host never sees half an object
-            atomic_write_bytes(Path(self.connector._get_filepath(flat_name(name))), data)
+            atomic_write_bytes(Path(self.connector._get_filepath(flat_name(name))), data, make_parents=True)
 
         self._call("write", name, write)
         self._unsent.append(flat_name(name))

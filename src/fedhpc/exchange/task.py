@@ -48,7 +48,7 @@ class WorkerTask(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def write(self, path: Path) -> None:
-        atomic_write_text(path, self.model_dump_json(indent=1))
+        atomic_write_text(path, self.model_dump_json(indent=1), make_parents=True)
 
     @classmethod
     def read(cls, path: Path) -> WorkerTask:

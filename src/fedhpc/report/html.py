@@ -49,7 +49,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     config = config_file.read_text(encoding="utf-8", errors="replace") if config_file.is_file() else None
     page = render(summarize(events), config=config, source=str(run_dir))
     out = Path(out) if out is not None else run_dir / "report.html"
-    atomic_write_text(out, page)
+    atomic_write_text(out, page, make_parents=True)
     return out
 
 

@@ -93,4 +93,4 @@ def write_progress(path: Path, round_: int, step: int, local_steps: int, loss: f
         "round": round_, "step": step, "local_steps": local_steps, "loss": loss, "phase": phase,
         "updated_at": time.time(),
     }  # fmt: skip
-    atomic_write_json(path, payload)
+    atomic_write_json(path, payload, make_parents=True)
