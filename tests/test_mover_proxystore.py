@@ -25,10 +25,10 @@ from conftest import QUICKSTART, run_fedhpc
 from fedhpc.config import ProxyStoreMoverConfig
 from fedhpc.errors import AuthError, ConfigError, TransferError
 from fedhpc.exchange import ExchangeDir, ExchangeMeta, write_state_dict
-from fedhpc.exchange.stores import StoreSpec, flat_name
+from fedhpc.exchange.proxystore_connectors import StoreSpec, flat_name
 from fedhpc.facility.movers.proxystore import NAMESPACE_FILE, ProxyStoreMover
 from fedhpc.run.ledger import Ledger
-from fedhpc.worker.store import FacilityStore
+from fedhpc.worker.object_staging import FacilityStore
 from redis_server import RedisServer, redis_server  # noqa: F401 - the fixture
 
 META = ExchangeMeta(
@@ -218,7 +218,7 @@ def test_progress_is_best_effort_but_the_update_is_not(tmp_path, caplog):
     progress = tmp_path / "facility" / "progress" / "r0001-a0.json"
     progress.parent.mkdir(parents=True)
     progress.write_text('{"step": 1}')
-    with caplog.at_level(logging.WARNING, logger="fedhpc.worker.store"):
+    with caplog.at_level(logging.WARNING, logger="fedhpc.worker.object_staging"):
         facility.publish_progress(progress, "training")
     assert "progress not sent" in caplog.text and str(tmp_path / "store") in caplog.text
     update_dir = write_update(tmp_path / "facility" / "updates" / "r0001-a0")

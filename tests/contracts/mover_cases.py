@@ -35,7 +35,7 @@ from fedhpc.facility.base import Mover
 from fedhpc.facility.movers.filesystem import FilesystemMover
 from fedhpc.facility.movers.globus_transfer import GlobusTransferMover
 from fedhpc.facility.movers.proxystore import ProxyStoreMover
-from fedhpc.worker.store import FacilityStore
+from fedhpc.worker.object_staging import FacilityStore
 
 META = ExchangeMeta(
     kind="update", round=1, facility="alpha", based_on_round=0, num_samples=8, base_fingerprint="sha256:" + "0" * 64

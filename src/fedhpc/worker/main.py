@@ -14,7 +14,7 @@ result the server sees: 0 means the output directory is published; anything
 else means it is not.
 
 With ``--store JSON`` (a facility on the proxystore mover) the task's files
-travel through that store (`fedhpc.worker.store`): every rank fetches the task
+travel through that store (`fedhpc.worker.object_staging`): every rank fetches the task
 (a few KB, read before the process group exists) here, and the recipe the
 global and the update.
 """
@@ -35,7 +35,7 @@ from fedhpc.worker.init_recipe import InitRecipe
 from fedhpc.worker.initial_global import streams_from_checkpoint, write_initial_global
 from fedhpc.worker.loaded import LoadedModel
 from fedhpc.worker.recipe import Recipe
-from fedhpc.worker.store import FacilityStore
+from fedhpc.worker.object_staging import FacilityStore
 from fedhpc.worker.train_recipe import TrainRecipe
 
 logger = logging.getLogger(__name__)

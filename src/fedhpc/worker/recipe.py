@@ -21,7 +21,7 @@ from fedhpc.errors import ModelError
 from fedhpc.exchange import WorkerTask
 from fedhpc.worker.distributed import RankEnv, barrier, destroy_process_group, resolve_device
 from fedhpc.worker.loaded import LoadedModel, load_model
-from fedhpc.worker.store import FacilityStore
+from fedhpc.worker.object_staging import FacilityStore
 from fedhpc.worker.train import TrainResult
 
 

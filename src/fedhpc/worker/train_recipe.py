@@ -2,7 +2,7 @@
 
 Rank 0 alone logs and rewrites the progress file. The model is whole on every
 rank or sharded over them (`fedhpc.worker.loaded`); this recipe reads the same
-either way. With a store (a proxystore mover, `fedhpc.worker.store`) each node's
+either way. With a store (a proxystore mover, `fedhpc.worker.object_staging`) each node's
 first rank fetches the global before it is read, and rank 0 publishes the
 update after writing it.
 """
@@ -20,7 +20,7 @@ from fedhpc.worker.data import GPU_LENGTH_MULTIPLE, batches, read_examples, shar
 from fedhpc.worker.distributed import RankEnv, barrier, init_process_group
 from fedhpc.worker.loaded import LoadedModel, training_dtype
 from fedhpc.worker.recipe import Recipe
-from fedhpc.worker.store import FacilityStore
+from fedhpc.worker.object_staging import FacilityStore
 from fedhpc.worker.train import train_local_steps
 
 logger = logging.getLogger(__name__)

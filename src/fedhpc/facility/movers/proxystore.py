@@ -1,12 +1,12 @@
 """Move exchange directories through a ProxyStore connector: a Redis server, a shared directory, or Globus.
 
 The server and the facility need no filesystem in common, only the store.
-The server publishes a directory as objects (`fedhpc.exchange.objects`: chunks,
+The server publishes a directory as objects (`fedhpc.exchange.directory_objects`: chunks,
 then an index written last, so the other side sees all of it or nothing), and
 the facility's job, told about the store on its command line
 (``fedhpc worker --store JSON``, see `worker_args`), fetches the task and the
 global into ``facility_dir`` before it starts and publishes its update and
-progress back (`fedhpc.worker.store`).
+progress back (`fedhpc.worker.object_staging`).
 
 Object names start with a namespace of the run's own, kept in the run
 directory (``staging/<facility>/proxystore-namespace``): a resumed server
@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from fedhpc.atomic_files import atomic_write_text
 from fedhpc.config import ProxyStoreMoverConfig
 from fedhpc.errors import TransferError
-from fedhpc.exchange.stores import StoreSpec, open_objects
+from fedhpc.exchange.proxystore_connectors import StoreSpec, open_objects
 from fedhpc.facility.base import Mover
 
 logger = logging.getLogger(__name__)

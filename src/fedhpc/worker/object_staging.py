@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from fedhpc.errors import ConfigError, TransferError
-from fedhpc.exchange.stores import StoreSpec, open_objects
+from fedhpc.exchange.proxystore_connectors import StoreSpec, open_objects
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fedhpc.atomic_files import atomic_write_bytes
 from fedhpc.config import GlobusStoreConfig, ProxyStoreMoverConfig
 from fedhpc.errors import AuthError, ConfigError, TransferError
-from fedhpc.exchange.objects import DirectoryObjects, ObjectStore
+from fedhpc.exchange.directory_objects import DirectoryObjects, ObjectStore
 
 PROXYSTORE_LOGIN_HINT = (
     "run `proxystore-globus-auth login` on this host (add `-c UUID` for each collection that needs a data_access "
