@@ -49,7 +49,7 @@ def _seconds(value: Any) -> bool:
     return type(value) in (int, float) and math.isfinite(value) and value >= 0
 
 
-# What the worker writes in an update's metrics (fedhpc.worker.main `_meta`), and what each must be.
+# What the worker writes in an update's metrics (`fedhpc.worker.train_recipe.TrainRecipe._meta`), and what each must be.
 KNOWN_METRICS: dict[str, tuple[str, Any]] = {
     "tokens": ("a non-negative integer", _count),
     "samples_seen": ("a non-negative integer", _count),

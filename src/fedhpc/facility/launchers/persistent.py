@@ -1,7 +1,7 @@
 """Persistent workers (`mode: persistent`): one facility job trains task after task.
 
 `PersistentLauncher` wraps the facility's own launcher (`inner`) and speaks the
-same `Launcher` protocol, so the round loops and `run/jobs.py` do not know the
+same `Launcher` protocol, so the round loops and `run/launches.py` do not know the
 difference: `submit` hands a task to the facility's live worker, `poll` reports
 the task's state, `cancel` withdraws it. Behind that, the launcher keeps one
 *pilot* job alive through `inner`: ``fedhpc worker --persistent --inbox
