@@ -79,6 +79,8 @@ class LauncherCase:
     server learns of a job it found again (None where the job was another process's child).
     A cancelled job has no exit status unless `cancel_keeps_returncode` (torchrun's, after the signals).
     `first_state` is what a job reports just after its submission (QUEUED until a scheduler says more).
+    `replays_jobs`: a job is a function of its spec and submission time alone, so `reattach` re-creates
+    any job it is asked for instead of finding it (the base contract's exception for virtual jobs).
     """
 
     failure: str
@@ -86,6 +88,7 @@ class LauncherCase:
     reattached_returncode: int | None = 0
     cancel_keeps_returncode: bool = False
     first_state: JobState = JobState.RUNNING
+    replays_jobs: bool = False
 
     def __init__(self, tmp_path: Path):
         self.tmp_path = tmp_path
@@ -214,6 +217,7 @@ class SimulatedCase(LauncherCase):
 
     failure = r"/.*/alpha-r0001-a0/missing/task\.json: cannot read the task file: No such file or directory"
     first_state = JobState.QUEUED  # for its drawn queue wait
+    replays_jobs = True
     CONFIG = SimulatedLauncherConfig(seconds_per_step=2.0, queue_wait={"uniform": [0, 1200]}, startup=20)
 
     def __init__(self, tmp_path: Path):

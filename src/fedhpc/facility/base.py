@@ -112,6 +112,8 @@ class Launcher(Protocol):
 
         A resumed server asks before it runs a job again. None (the default, for a backend
         whose jobs cannot outlive the server) makes it collect a published update or relaunch.
+        A backend whose jobs are a function of their spec and submission time alone (the
+        simulated launcher's virtual jobs) may re-create the job instead of finding it.
         """
         return None
 
