@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import responses
 from globus_compute_sdk.serialize import ComputeSerializer, JSONData
+from conftest import processes_mentioning
 from test_facility_globus_compute import ComputeApi, static_client, task_doc
 from test_worker_run import MODEL
 
@@ -49,19 +50,6 @@ SLEEPS = textwrap.dedent(
     time.sleep(120)
     """
 )
-
-
-def processes_mentioning(text: str) -> list[str]:
-    """``"pid: command line"`` of every other live process whose command line mentions `text` (zombies have none)."""
-    found = []
-    for pid_dir in Path("/proc").glob("[0-9]*"):
-        try:
-            cmdline = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline and int(pid_dir.name) != os.getpid():
-            found.append(f"{pid_dir.name}: {cmdline}")
-    return found
 
 
 def until(condition, what: str, timeout: float = 30.0) -> None:
