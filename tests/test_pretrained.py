@@ -402,7 +402,7 @@ def test_fingerprint_of_a_read_only_directory_hashes_every_time(tmp_path, monkey
     def read_only(target: Path, value: object) -> None:
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(pretrained, "_write_json_atomic", read_only)
+    monkeypatch.setattr(pretrained, "atomic_write_text", read_only)
     assert fingerprint_model_dir(path) == fingerprint_model_dir(path)
     assert not (path / pretrained.HASHES_NAME).exists()
 

@@ -49,6 +49,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from fedhpc.atomic_files import atomic_write_text
 from fedhpc.errors import ModelError
 from fedhpc.exchange.writer import fsync_path
 
@@ -371,21 +372,10 @@ def _weight_hashes(directory: Path, trust_recent: bool = False) -> tuple[dict[st
             keep[file.name] = {**key, "sha256": hashes[file.name]}
     if keep != known:
         try:
-            _write_json_atomic(sidecar, {"format": CACHE_FORMAT, "files": keep})
+            atomic_write_text(sidecar, json.dumps({"format": CACHE_FORMAT, "files": keep}, indent=1, sort_keys=True))
         except OSError as e:  # a read-only model directory: hash again next time
             log.debug("cannot write %s (%s); hashes are not cached", sidecar, e.strerror)
     return hashes, hashed
-
-
-def _write_json_atomic(path: Path, value: Any) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        json.dump(value, handle, indent=1, sort_keys=True)
-    try:
-        os.chmod(handle.name, 0o666 & ~_umask())
-        os.replace(handle.name, path)
-    except OSError:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
 
 
 def _share_like_umask(directory: Path) -> None:
