@@ -71,13 +71,30 @@ def parent_is_gone(expected_parent: int) -> bool:
     """
     if os.getppid() == expected_parent:
         return False
+    return not _is_running(expected_parent)
+
+
+def _is_running(pid: int) -> bool:
+    """True while `pid` runs; a zombie has exited already (its children were re-parented) and does not count.
+
+    ``kill(pid, 0)`` alone answers yes for a zombie: a torchrun that was
+    SIGKILLed stays one until the server polls it, and a rank that reached its
+    start-up check in that window would wait forever for a dead job.
+    """
     try:
-        os.kill(expected_parent, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except FileNotFoundError:
         return False
-    return False
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def follow_parent(sig: int = signal.SIGKILL) -> None:

@@ -94,6 +94,13 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def heartbeat_state(inbox: Path) -> str | None:
+    try:
+        return json.loads((inbox / "heartbeat.json").read_text())["state"]
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+
+
 def wait_until(condition, timeout: float, what: str) -> float:
     """Seconds until `condition()` held; fails the test after `timeout`."""
     started = time.monotonic()
@@ -179,7 +186,9 @@ def test_a_rank_dies_with_its_torchrun(tmp_path, processes):
     handle = launcher.submit(JobSpec("alpha-w0001", argv, tmp_path / "logs"))
     torchrun = handle.native.pid
     processes.watch(torchrun)
-    wait_until(lambda: (inbox / "heartbeat.json").exists(), 120, "the persistent worker never beat")
+    # Idle means the process group formed: every rank is past its start-up check and holds the parent-death signal.
+    # (A rank still starting when torchrun dies stops at that check instead: tests/test_lifeline.py.)
+    wait_until(lambda: heartbeat_state(inbox) == "idle", 120, "the persistent worker never went idle")
     ranks = processes.watch(*children(torchrun))
     assert len(ranks) == 2
     os.kill(torchrun, signal.SIGKILL)
