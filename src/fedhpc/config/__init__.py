@@ -35,7 +35,7 @@ from fedhpc.config.movers import (
     MoverConfig,
     ProxyStoreMoverConfig,
 )
-from fedhpc.config.ranks import MpiConfig, Resources
+from fedhpc.config.ranks import Device, MpiConfig, Resources
 from fedhpc.config.types import DType
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "CheckpointConfig",
     "CompassConfig",
     "DataConfig",
+    "Device",
     "Distribution",
     "DType",
     "EvaluationConfig",

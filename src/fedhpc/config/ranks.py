@@ -14,7 +14,8 @@ from pydantic import Field
 
 from fedhpc.config.types import BackendConfig, Frozen, KeyedErrors
 
-Device = Literal["auto", "cpu", "cuda"]
+Device = Literal["auto", "cpu", "cuda", "rocm", "xpu"]
+"""auto: the node's accelerator if it has one per rank, else the CPU; rocm: an AMD GPU (a HIP build, which torch calls cuda)."""
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,14 @@
 from fedhpc.exchange.manifest import MANIFEST_NAME, ExchangeMeta, Manifest, read_manifest
 from fedhpc.exchange.reader import ExchangeDir
 from fedhpc.exchange.safetensors_stream import TensorLayout, dtype_from_name
-from fedhpc.exchange.task import TrainSettings, WorkerTask
+from fedhpc.exchange.task import LrSchedule, TrainSettings, WorkerTask
 from fedhpc.exchange.writer import write_exchange, write_state_dict
 
 __all__ = [
     "MANIFEST_NAME",
     "ExchangeDir",
     "ExchangeMeta",
+    "LrSchedule",
     "Manifest",
     "TensorLayout",
     "TrainSettings",

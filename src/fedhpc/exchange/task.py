@@ -13,18 +13,48 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from fedhpc.atomic_files import atomic_write_text
-from fedhpc.config import DataConfig, DType, ModelConfig
+from fedhpc.config import DataConfig, Device, DType, ModelConfig
+
+
+class LrSchedule(BaseModel):
+    """The federation's learning-rate curve, in federation steps (`algorithm.local_steps` per round).
+
+    Every task carries the whole curve and where on it the task starts (`TrainSettings.schedule_start`)
+    and how much of it the task covers (`schedule_span`), so a facility that trains more or fewer local
+    steps, joins late, or runs in a persistent worker or after a resume continues on the same curve.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: float = Field(0.0, ge=0, description="federation steps of linear warm-up from 0 to `lr`")
+    total_steps: float = Field(gt=0, description="federation steps of the whole run: rounds × algorithm.local_steps")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="the decay ends at this fraction of `lr`")
 
 
 class TrainSettings(BaseModel):
+    """One job's training recipe: `algorithm`'s keys with the facility's own overrides applied by the server."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    local_steps: PositiveInt
-    lr: float = Field(gt=0)
+    local_steps: PositiveInt = Field(
+        description="optimizer steps; with `local_epochs`, the most the worker may take (the server's bound)"
+    )
+    local_epochs: float | None = Field(
+        None, gt=0, description="train ⌈epochs × examples / (batch_size × grad_accum_steps × ranks)⌉ steps instead"
+    )
+    lr: float = Field(gt=0, description="the peak learning rate (the schedule's top)")
     weight_decay: float = Field(0.0, ge=0)
-    batch_size: PositiveInt
+    batch_size: PositiveInt = Field(description="micro-batch per rank")
+    grad_accum_steps: PositiveInt = Field(1, description="micro-batches per rank summed into one optimizer step")
+    max_grad_norm: float | None = Field(None, gt=0, description="clip the whole gradient's global L2 norm; None: off")
     seed: int = 0
     proximal_mu: float = Field(0.0, ge=0, description="FedProx: add μ/2·‖w − w_global‖² to the loss; 0: none")
+    schedule: LrSchedule | None = Field(None, description="None: a constant `lr`")
+    schedule_start: float = Field(0.0, ge=0, description="the federation step at this task's first local step")
+    schedule_span: float | None = Field(
+        None, gt=0, description="federation steps this task's local steps cover; None: one per local step"
+    )
 
 
 class WorkerTask(BaseModel):
@@ -45,7 +75,7 @@ class WorkerTask(BaseModel):
     update_dtype: DType = "float32"
     update_form: Literal["weights", "delta"] = "weights"
     shard_bytes: PositiveInt = 2 * 1024**3
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
 
     def write(self, path: Path) -> None:
         atomic_write_text(path, self.model_dump_json(indent=1), make_parents=True)
