@@ -79,6 +79,31 @@ class CompassConfig(Frozen):
         return self
 
 
+class LrScheduleConfig(Frozen):
+    """The learning-rate curve of the whole federation, in federation steps (docs/recipes.md).
+
+    A federation step is one of `algorithm.local_steps` per round (per global version, asynchronously):
+    round r covers [(r−1)·L, r·L) of rounds·L. Every job is told where on the curve it starts, so a
+    facility that trains more or fewer local steps, or joins late, stays on the same curve, and the
+    curve does not restart each round (which would re-warm and re-decay every round).
+    """
+
+    kind: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="after the warm-up: constant, or a linear or cosine decay to min_lr_ratio × lr"
+    )
+    warmup_steps: int = Field(
+        0, ge=0, le=MAX_COUNT, description="federation steps of linear warm-up from 0 to each facility's lr"
+    )
+    min_lr_ratio: float = Field(
+        0.0, ge=0.0, le=1.0, description="linear/cosine: the decay ends at this fraction of the lr"
+    )
+
+    @property
+    def active(self) -> bool:
+        """Whether the learning rate ever differs from the peak (a constant curve with no warm-up does not)."""
+        return self.kind != "constant" or self.warmup_steps > 0
+
+
 class AlgorithmConfig(Frozen):
     name: Literal[
         "fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedasync", "fedbuff", "fedcompass"
@@ -91,8 +116,20 @@ class AlgorithmConfig(Frozen):
     local_steps: Steps = 10
     lr: PositiveFloat = 1e-3
     weight_decay: float = Field(0.0, ge=0.0, allow_inf_nan=False)
+    local_epochs: PositiveFloat | None = Field(
+        None, description="train this many passes over the facility's data per job instead of local_steps "
+        "optimizer steps; local_steps is then the most a job may take"
+    )
     batch_size: BatchSize = Field(4, description="micro-batch per rank")
-    weighting: Literal["equal", "samples", "steps"] = "samples"
+    grad_accum_steps: PositiveInt = Field(1, description="micro-batches per rank summed into one optimizer step")
+    max_grad_norm: PositiveFloat | None = Field(
+        None, description="clip the gradient's global L2 norm (over every rank's shard) to this; unset: no clipping"
+    )
+    lr_schedule: LrScheduleConfig = LrScheduleConfig()
+    weighting: Literal["equal", "samples", "steps", "tokens"] = Field(
+        "samples", description="a facility's share of the average: equal, its examples (samples), its optimizer "
+        "steps, or the loss-bearing tokens it trained on"
+    )
     min_facilities: PositiveInt = 1
     round_timeout: Duration = Field(3600.0, description="seconds a facility's job may run before it is cancelled")
     max_update_norm: PositiveFloat | None = Field(
@@ -178,6 +215,29 @@ class AlgorithmConfig(Frozen):
                 "algorithm.compass.min_steps",
                 f"is {fewest}, above the most local steps {most} (algorithm.compass.max_steps, "
                 "by default algorithm.local_steps); lower min_steps or raise max_steps",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _recipe_consistent(self) -> AlgorithmConfig:
+        """The schedule must reach its peak within the run, and FedCompass counts steps, not epochs."""
+        schedule, total = self.lr_schedule, self.rounds * self.local_steps
+        if schedule.warmup_steps >= total and schedule.warmup_steps > 0:
+            raise KeyedValueError(
+                "algorithm.lr_schedule.warmup_steps",
+                f"is {schedule.warmup_steps} federation steps, not below the run's {total} (rounds {self.rounds} "
+                f"× local_steps {self.local_steps}), so the learning rate would never reach its peak; lower it",
+            )
+        if schedule.kind == "constant" and schedule.min_lr_ratio != 0.0:
+            raise KeyedValueError(
+                "algorithm.lr_schedule.min_lr_ratio",
+                "only applies to a decay (kind linear or cosine), not kind constant; set the kind or remove it",
+            )
+        if self.local_epochs is not None and self.name == "fedcompass":
+            raise KeyedValueError(
+                "algorithm.local_epochs",
+                "does not apply to fedcompass, which assigns each job its number of local steps from the "
+                "facility's measured speed; remove local_epochs (algorithm.compass bounds the steps)",
             )
         return self
 

@@ -18,6 +18,7 @@ from fedhpc.config.data import DataConfig
 from fedhpc.config.facility import FacilityConfig
 from fedhpc.config.model import ModelConfig
 from fedhpc.config.movers import FilesystemMoverConfig
+from fedhpc.config.recipe import EffectiveRecipe, check_recipe, recipe_for
 from fedhpc.config.types import (
     MAX_COUNT,
     NAME_PATTERN,
@@ -120,6 +121,12 @@ class Experiment(Frozen):
         return self
 
     @model_validator(mode="after")
+    def _recipes_consistent(self) -> Experiment:
+        for index, facility in enumerate(self.facilities):
+            check_recipe(index, facility, self.algorithm, self.model)
+        return self
+
+    @model_validator(mode="after")
     def _kept_optimizer_state_needs_a_persistent_worker(self) -> Experiment:
         if self.model.keep_optimizer_state and all(f.mode != "persistent" for f in self.facilities):
             raise KeyedValueError(
@@ -162,6 +169,10 @@ class Experiment(Frozen):
 
     def resolved_run_dir(self) -> Path:
         return (self.run_dir or Path("runs") / self.name).absolute()
+
+    def recipe_for(self, facility: FacilityConfig) -> EffectiveRecipe:
+        """What `facility`'s jobs train with (config/recipe.py): the one answer launches, validate and plans use."""
+        return recipe_for(facility, self.algorithm, self.model, self.data)
 
     def facility(self, name: str) -> FacilityConfig:
         for facility in self.facilities:

@@ -34,6 +34,7 @@ from fedhpc.config.movers import (
     MoverConfig,
     ProxyStoreMoverConfig,
 )
+from fedhpc.config.recipe import FacilityTrainConfig
 from fedhpc.config.types import (
     NAME_PATTERN,
     BackendConfig,
@@ -115,6 +116,9 @@ class FacilityConfig(Frozen):
         ge=1,
         description="the most training examples this facility may claim in an update (its weight in the average); "
         "unset: its data size where the server can count it, else unbounded",
+    )
+    train: FacilityTrainConfig = Field(
+        FacilityTrainConfig(), description="this facility's own training keys over algorithm's (docs/recipes.md)"
     )
 
     @field_validator("mode")
