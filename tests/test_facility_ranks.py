@@ -1,4 +1,5 @@
-"""The rank launch line of a parsl job, per launcher and flavour: exact strings, plus the aprun shim run for real."""
+"""The rank launch line of a job, per launcher and flavour: exact strings, the binding keys and their errors,
+plus the aprun shim run for real."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ import shlex
 import subprocess
 import sys
 
+import json
+
 import pytest
 
-from fedhpc.config import MpiConfig
+from conftest import QUICKSTART
+from fedhpc.config import MpiConfig, load_experiment
+from fedhpc.errors import ConfigError
 from fedhpc.facility.launchers.ranks import Layout, rank_command
 
 ARGV = ["/venv/bin/python", "-m", "fedhpc", "worker", "--task", "/staging/tasks/r0001 a0/task.json"]
@@ -32,6 +37,20 @@ RDZV = '--nnodes 2 --rdzv-backend c10d --rdzv-endpoint "$MASTER_ADDR:$MASTER_POR
         ),
         (
             Layout(2, 4),
+            {"launcher": "mpiexec", "flavour": "pals", "cpu_bind": "list:24-31:16-23:8-15:0-7"},
+            {},
+            f"mpiexec -n 8 --ppn 4 --cpu-bind list:24-31:16-23:8-15:0-7 {PROGRAM}",
+        ),
+        (
+            Layout(1, 12),
+            {"launcher": "mpiexec", "flavour": "pals", "cpus_per_rank": 8, "cpu_bind": "depth",
+             "gpu_bind": "list:0.0:0.1:1.0:1.1:2.0:2.1:3.0:3.1:4.0:4.1:5.0:5.1", "extra_args": ["--no-vni"]},
+            {},
+            "mpiexec -n 12 --ppn 12 --depth 8 --cpu-bind depth --gpu-bind list:0.0:0.1:1.0:1.1:2.0:2.1:3.0:3.1:4.0:4.1"
+            f":5.0:5.1 --no-vni {PROGRAM}",
+        ),
+        (
+            Layout(2, 4),
             {"launcher": "mpiexec", "flavour": "openmpi", "extra_args": ["--allow-run-as-root"]},
             {"exported": ["FEDHPC_DEVICE", "MASTER_PORT", "HF_HOME"]},
             "mpiexec -n 8 --map-by ppr:4:node -x MASTER_ADDR -x MASTER_PORT -x FEDHPC_DEVICE -x HF_HOME "
@@ -50,10 +69,24 @@ RDZV = '--nnodes 2 --rdzv-backend c10d --rdzv-endpoint "$MASTER_ADDR:$MASTER_POR
             f"srun --nodes 1 --ntasks 2 --ntasks-per-node 2 --kill-on-bad-exit=1 {PROGRAM}",
         ),
         (
-            Layout(2, 4),
-            {"launcher": "aprun", "extra_args": ["-d", "8"]},
+            Layout(2, 4, gpus_per_rank=1),
+            {"launcher": "srun", "cpus_per_rank": 32, "cpu_bind": "cores", "gpu_bind": "none"},
             {},
-            "aprun -n 8 -N 4 -d 8 bash -c "
+            "srun --nodes 2 --ntasks 8 --ntasks-per-node 4 --cpus-per-task 32 --gpus-per-task 1 --cpu-bind=cores "
+            f"--gpu-bind=none --kill-on-bad-exit=1 {PROGRAM}",
+        ),
+        (
+            Layout(1, 8, gpus_per_rank=1),
+            {"launcher": "srun", "cpus_per_rank": 7, "gpu_bind": "closest", "extra_args": ["--threads-per-core=1"]},
+            {},
+            "srun --nodes 1 --ntasks 8 --ntasks-per-node 8 --cpus-per-task 7 --gpus-per-task 1 --gpu-bind=closest "
+            f"--kill-on-bad-exit=1 --threads-per-core=1 {PROGRAM}",
+        ),
+        (
+            Layout(2, 4),
+            {"launcher": "aprun", "cpus_per_rank": 8, "cpu_bind": "depth"},
+            {},
+            "aprun -n 8 -N 4 -d 8 -cc depth bash -c "
             + shlex.quote('export RANK="$ALPS_APP_PE" WORLD_SIZE=8 LOCAL_RANK="$((ALPS_APP_PE % 4))"; exec "$@"')
             + f" fedhpc-rank {PROGRAM}",
         ),
@@ -99,3 +132,97 @@ def test_the_aprun_shim_gives_the_worker_rank_world_size_and_local_rank():
     out = subprocess.run(["bash", "-c", shim], env={**os.environ, "ALPS_APP_PE": "5"}, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["5", "8", "1"]
+
+
+# ---- the binding keys: which launcher takes which, and what form --------------------------------
+
+ENDPOINT = "2f9b6c1e-8d4a-4f3b-9a7e-5c0d1e2f3a4b"
+PBS = {"kind": "parsl", "provider": "pbspro", "nodes": 2, "ranks_per_node": 4}
+SLURM = {"kind": "parsl", "provider": "slurm", "nodes": 2, "ranks_per_node": 4, "gpus_per_rank": 1}
+SHELL = {"kind": "globus-compute", "endpoint_id": ENDPOINT, "function": "shell", "nodes": 2, "ranks_per_node": 4}
+PALS = {"launcher": "mpiexec", "flavour": "pals"}
+
+
+def _load(launcher: dict):
+    """The quickstart with `launcher` for beta; a globus-compute one runs where the data is a path at the facility."""
+    remote = ["facilities.1.data=/scratch/beta.jsonl", 'facilities.1.mover={"staging_dir": "/scratch/staging"}']
+    overrides = [f"facilities.1.launcher={json.dumps(launcher)}", *remote * (launcher["kind"] == "globus-compute")]
+    return load_experiment(QUICKSTART, overrides)
+
+
+def _error(launcher: dict) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        _load(launcher)
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("launcher", "key", "fragment"),
+    [
+        ({**PBS, "mpi": {"launcher": "mpiexec", "cpu_bind": "depth"}}, "mpi.cpu_bind",
+         "only mpiexec with flavour pals, srun or aprun take it, not mpi.launcher mpiexec (flavour mpich: pass its "
+         "own options through mpi.extra_args)"),
+        ({**PBS, "mpi": {"launcher": "mpiexec", "flavour": "openmpi", "cpus_per_rank": 8}}, "mpi.cpus_per_rank",
+         "flavour openmpi"),
+        ({**PBS, "mpi": {"launcher": "aprun", "gpu_bind": "list:0.0"}}, "mpi.gpu_bind",
+         "only mpiexec with flavour pals or srun take it, not mpi.launcher aprun"),
+        ({**SLURM, "mpi": {"launcher": "torchrun", "cpu_bind": "cores"}}, "mpi.cpu_bind",
+         "torchrun's one agent per node starts the ranks itself"),
+        ({**PBS, "mpi": {**PALS, "cpu_bind": "cores"}}, "mpi.cpu_bind",
+         "is not a pals binding; use none, core, thread, socket, numa, depth, list:<cpus>:<cpus>..."),
+        ({**PBS, "mpi": {**PALS, "cpu_bind": "list 1-8"}}, "mpi.cpu_bind", "is not a pals binding"),
+        ({**PBS, "mpi": {**PALS, "gpu_bind": "closest"}}, "mpi.gpu_bind",
+         "is not a pals binding; use list:<gpu>[.<tile>]:..."),
+        ({**SLURM, "mpi": {"launcher": "srun", "cpu_bind": "depth"}}, "mpi.cpu_bind",
+         "is not a srun binding; use none, rank, cores"),
+        ({**SLURM, "mpi": {"launcher": "srun", "gpu_bind": "list:0.0"}}, "mpi.gpu_bind",
+         "is not a srun binding; use closest, none, map_gpu:<list>"),
+        ({**SLURM, "mpi": {"launcher": "srun", "cpus_per_rank": 0}}, "mpi.cpus_per_rank", "greater than 0"),
+        ({**SLURM, "gpus_per_rank": 0, "mpi": {"launcher": "srun", "gpu_bind": "closest"}}, "mpi.gpu_bind",
+         "srun binds only the GPUs its step holds, and this job asks for none; set the launcher's gpus_per_rank"),
+        ({**PBS, "device": "cpu", "mpi": {**PALS, "gpu_bind": "list:0:1:2:3"}}, "mpi.gpu_bind",
+         "binds GPUs but device is cpu"),
+        ({**SHELL, "gpus_per_rank": 1, "mpi": PALS}, "gpus_per_rank",
+         "only srun takes GPUs per rank, not mpi.launcher mpiexec"),
+        ({**SHELL, "mpi": {"launcher": "srun", "gpu_bind": "closest"}}, "mpi.gpu_bind",
+         "srun binds only the GPUs its step holds"),
+        ({**SHELL, "gpus_per_rank": 1, "device": "cpu", "mpi": {"launcher": "srun"}}, "gpus_per_rank",
+         "requests GPUs but device is cpu; set device to auto, cuda, rocm or xpu"),
+        ({**SHELL, "function": "mpi", "mpi": {"cpu_bind": "depth"}}, "mpi.cpu_bind",
+         "function mpi starts the ranks with the endpoint's own mpi_launcher (GlobusMPIEngine); remove it (its "
+         "options go through mpi.extra_args, as launcher_options)"),
+        ({**SHELL, "function": "mpi", "gpus_per_rank": 1}, "gpus_per_rank", "function mpi starts the ranks"),
+    ],
+    ids=lambda value: None,
+)
+def test_a_binding_key_its_launcher_cannot_use_is_an_error_at_that_key(launcher, key, fragment):
+    error = _error(launcher)
+    assert error.key == f"facilities.1.launcher.{key}"
+    assert fragment in str(error)
+
+
+def test_every_binding_mistake_is_reported_at_once():
+    message = str(_error({**PBS, "mpi": {"launcher": "mpiexec", "cpus_per_rank": 4, "gpu_bind": "none"}}))
+    assert "facilities.1.launcher.mpi.cpus_per_rank: only mpiexec with flavour pals" in message
+    assert "facilities.1.launcher.mpi.gpu_bind: only mpiexec with flavour pals or srun" in message
+
+
+@pytest.mark.parametrize(
+    ("launcher", "line"),
+    [
+        ({**PBS, "mpi": {**PALS, "cpus_per_rank": 8, "cpu_bind": "depth"}},
+         "mpiexec -n 8 --ppn 4 --depth 8 --cpu-bind depth"),
+        ({**SLURM, "mpi": {"launcher": "srun", "cpus_per_rank": 7, "gpu_bind": "map_gpu:4,5,2,3,6,7,0,1"}},
+         "srun --nodes 2 --ntasks 8 --ntasks-per-node 4 --cpus-per-task 7 --gpus-per-task 1 "
+         "--gpu-bind=map_gpu:4,5,2,3,6,7,0,1 --kill-on-bad-exit=1"),
+        ({**SHELL, "gpus_per_rank": 1, "mpi": {"launcher": "srun", "cpu_bind": "verbose,cores", "gpu_bind": "closest"}},
+         "srun --nodes 2 --ntasks 8 --ntasks-per-node 4 --gpus-per-task 1 --cpu-bind=verbose,cores "
+         "--gpu-bind=closest --kill-on-bad-exit=1"),
+    ],
+    ids=["pals-depth", "srun-map-gpu", "globus-shell-srun"],
+)
+def test_a_good_binding_loads_and_reaches_the_rank_line(launcher, line):
+    """From the experiment file to the line: the launcher's own Layout (its gpus_per_rank) and its mpi block."""
+    config = _load(launcher).facilities[1].launcher
+    layout = Layout(config.nodes, config.ranks_per_node, config.gpus_per_rank)
+    assert rank_command(layout, config.mpi, ARGV) == f"{line} {PROGRAM}"

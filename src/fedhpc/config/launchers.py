@@ -17,7 +17,14 @@ from uuid import UUID
 from pydantic import Field, field_validator, model_validator
 
 from fedhpc.config.distributions import Distribution
-from fedhpc.config.ranks import Device, MpiConfig, RankedLauncherConfig, Resources, rank_launcher_errors
+from fedhpc.config.ranks import (
+    BINDING_LAUNCHERS,
+    Device,
+    MpiConfig,
+    RankedLauncherConfig,
+    Resources,
+    rank_launcher_errors,
+)
 from fedhpc.config.types import (
     BackendConfig,
     Duration,
@@ -168,15 +175,15 @@ class ParslLauncherConfig(RankedLauncherConfig):
         mpi, ranks = self.mpi, self.nprocs
         if self.provider == "local" and self.nodes > 1:
             errors.append((("nodes",), "the local provider runs the job on this machine: one node", self.nodes))
-        errors += rank_launcher_errors(mpi, ranks)
+        errors += rank_launcher_errors(mpi, ranks, self.device, self.gpus_per_rank)
         if mpi.launcher == "srun" and self.provider != "slurm":
             errors.append((("mpi", "launcher"), f"srun needs a Slurm allocation, not provider {self.provider}",
                            mpi.launcher))
         if mpi.launcher == "aprun" and self.provider == "local":
             errors.append((("mpi", "launcher"), "aprun needs a Cray ALPS allocation, not provider local", mpi.launcher))
         if self.gpus_per_rank and self.device == "cpu":
-            errors.append((("gpus_per_rank",), "requests GPUs but device is cpu; set device to cuda or auto, "
-                           "or remove gpus_per_rank", self.gpus_per_rank))
+            errors.append((("gpus_per_rank",), "requests GPUs but device is cpu; set device to auto, cuda, rocm or "
+                           "xpu, or remove gpus_per_rank", self.gpus_per_rank))
         raise_keyed(type(self), errors)
         return self
 
@@ -217,6 +224,10 @@ class GlobusComputeLauncherConfig(RankedLauncherConfig):
     ranks_per_node: RankCount = 1
     num_ranks: PositiveInt | None = Field(
         None, description="the MPI resource specification's total; if given, nodes × ranks_per_node"
+    )
+    gpus_per_rank: int = Field(
+        0, ge=0, le=64, description="function shell with mpi.launcher srun: --gpus-per-task (the endpoint's "
+        "batch job must hold the GPUs)"
     )
     mpi: MpiConfig = Field(
         MpiConfig(), description="function shell: the rank launcher; function mpi: only extra_args (launcher_options)"
@@ -276,11 +287,21 @@ class GlobusComputeLauncherConfig(RankedLauncherConfig):
             errors.append((("num_ranks",), f"is {self.num_ranks}, but nodes × ranks_per_node is {self.nprocs}; "
                            "make them agree or remove num_ranks", self.num_ranks))
         if self.function == "shell":
-            errors += rank_launcher_errors(mpi, self.nprocs)
-        elif mpi.launcher != "none" or mpi.flavour is not None:
-            key, value = ("launcher", mpi.launcher) if mpi.launcher != "none" else ("flavour", mpi.flavour)
-            errors.append((("mpi", key), "function mpi starts the ranks with the endpoint's own mpi_launcher "
-                           "(GlobusMPIEngine); remove it, or use function: shell to start them with it", value))
+            errors += rank_launcher_errors(mpi, self.nprocs, self.device, self.gpus_per_rank)
+            if self.gpus_per_rank and mpi.launcher != "srun":
+                errors.append((("gpus_per_rank",), f"only srun takes GPUs per rank, not mpi.launcher {mpi.launcher} "
+                               "(the endpoint's batch job holds the node's GPUs); remove it", self.gpus_per_rank))
+        else:
+            engine = {("mpi", "launcher"): mpi.launcher if mpi.launcher != "none" else None,
+                      **{("mpi", key): getattr(mpi, key) for key in ("flavour", *BINDING_LAUNCHERS)},
+                      ("gpus_per_rank",): self.gpus_per_rank or None}  # fmt: skip
+            errors += [(key, "function mpi starts the ranks with the endpoint's own mpi_launcher (GlobusMPIEngine); "
+                        "remove it (its options go through mpi.extra_args, as launcher_options), or use "
+                        "function: shell to start them with mpi", value)
+                       for key, value in engine.items() if value is not None]  # fmt: skip
+        if self.gpus_per_rank and self.device == "cpu":
+            errors.append((("gpus_per_rank",), "requests GPUs but device is cpu; set device to auto, cuda, rocm or "
+                           "xpu, or remove gpus_per_rank", self.gpus_per_rank))
         raise_keyed(type(self), errors)
         return self
 

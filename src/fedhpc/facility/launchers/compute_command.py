@@ -92,7 +92,7 @@ def worker_command(
     if mpi:
         ranks = "$PARSL_MPI_PREFIX " + shlex.join(argv)
     else:
-        layout = Layout(config.nodes, config.ranks_per_node)
+        layout = Layout(config.nodes, config.ranks_per_node, config.gpus_per_rank)
         ranks = rank_command(layout, config.mpi, argv, exported=list(env))
     if walltime_s is not None:
         ranks = f"timeout -k {KILL_GRACE_S} {math.ceil(walltime_s)} {ranks}"
