@@ -78,7 +78,9 @@ class EvaluationConfig(Frozen):
         "number, boolean, text) over the defaults in fedhpc.evaluation.decoding",
     )
     lenient: bool = Field(False, description="tolerant answer extraction instead of LlaSMol's strict one")
-    device: Literal["cpu", "cuda"] = "cpu"
+    device: Literal["cpu", "cuda", "rocm", "xpu"] = Field(
+        "cpu", description="where `fedhpc eval` generates: rocm is an AMD GPU, xpu an Intel one (docs/devices.md)"
+    )
 
 
 class CheckpointConfig(Frozen):
