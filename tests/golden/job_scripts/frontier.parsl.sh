@@ -1,0 +1,34 @@
+#!/bin/bash
+
+#SBATCH --job-name=frontier-r0001-a0.TIME
+#SBATCH --output=/run/parsl/frontier-r0001-a0.TIME.stdout
+#SBATCH --error=/run/parsl/frontier-r0001-a0.TIME.stderr
+#SBATCH --nodes=2
+#SBATCH --time=60
+#SBATCH --ntasks-per-node=8
+
+#SBATCH --exclusive
+#SBATCH --partition=batch
+#SBATCH --account=CHM123
+#SBATCH --gpus-per-node=8
+
+
+module load PrgEnv-gnu/8.6.0 rocm/6.2.4 craype-accel-amd-gfx90a
+source /lustre/orion/chm123/proj-shared/fedhpc/venv/bin/activate
+
+
+export JOBNAME="frontier-r0001-a0.TIME"
+
+# fedhpc job script (fedhpc.facility.launchers.parsl), run once on the job's first node
+date +%s.%N > /run/parsl/frontier-r0001-a0.started
+export FEDHPC_DEVICE=rocm
+export NCCL_SOCKET_IFNAME=hsn0
+export FEDHPC_CACHE=/lustre/orion/chm123/proj-shared/fedhpc/cache
+export OMP_NUM_THREADS=7
+export MASTER_ADDR="$(hostname)"
+export MASTER_PORT="$(/srv/fedhpc/venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')"
+srun --nodes 2 --ntasks 16 --ntasks-per-node 8 --cpus-per-task 7 --gpus-per-task 1 --gpu-bind=closest --kill-on-bad-exit=1 /srv/fedhpc/venv/bin/python -m fedhpc worker --task /staging/tasks/r0001-a0/task.json </dev/null
+rc=$?
+printf '%s\n' "$rc" > /run/parsl/frontier-r0001-a0.rc.tmp && mv -f /run/parsl/frontier-r0001-a0.rc.tmp /run/parsl/frontier-r0001-a0.rc
+exit "$rc"
+
