@@ -13,8 +13,10 @@
 #SBATCH --gpus-per-node=8
 
 
-module load PrgEnv-gnu/8.6.0 rocm/6.2.4 craype-accel-amd-gfx90a
+module load PrgEnv-gnu/8.7.0 cpe/26.03 rocm/7.1.1 rccl-net-plugin craype-accel-amd-gfx90a
+export LD_LIBRARY_PATH=$CRAY_LD_LIBRARY_PATH:$LD_LIBRARY_PATH
 source /lustre/orion/chm123/proj-shared/fedhpc/venv/bin/activate
+mkdir -p /tmp/fedhpc-miopen
 
 
 export JOBNAME="frontier-r0001-a0.TIME"
@@ -22,7 +24,9 @@ export JOBNAME="frontier-r0001-a0.TIME"
 # fedhpc job script (fedhpc.facility.launchers.parsl), run once on the job's first node
 date +%s.%N > /run/parsl/frontier-r0001-a0.started
 export FEDHPC_DEVICE=rocm
-export NCCL_SOCKET_IFNAME=hsn0
+export NCCL_SOCKET_IFNAME=hsn0,hsn1,hsn2,hsn3
+export MIOPEN_USER_DB_PATH=/tmp/fedhpc-miopen
+export MIOPEN_CUSTOM_CACHE_DIR=/tmp/fedhpc-miopen
 export FEDHPC_CACHE=/lustre/orion/chm123/proj-shared/fedhpc/cache
 export OMP_NUM_THREADS=7
 export MASTER_ADDR="$(hostname)"
