@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import ROOT
 from fedhpc.config import GlobusComputeLauncherConfig, ParslLauncherConfig, load_experiment
@@ -174,3 +175,16 @@ def _submitted_script(config: ParslLauncherConfig, name: str, tmp_path: Path, mo
     text = (tmp_path / "submitted.sh").read_text().replace(str(tmp_path), "/run")
     stable = re.sub(rf"{name}-r0001-a0\.\d+(\.\d+)?", f"{name}-r0001-a0.TIME", text)
     return stable, (tmp_path / "arguments").read_text()
+
+
+def test_the_blocks_docs_hpc_explains_are_the_examples(experiment):
+    """docs/hpc.md shows each machine's facility block line by line; it must be the example's (mover elided)."""
+    text = (ROOT / "docs" / "hpc.md").read_text()
+    example = {f["name"]: f for f in yaml.safe_load(EXAMPLE.read_text())["facilities"]}
+    for name in MACHINES:
+        section = text.split(f"\n### {name.capitalize()}\n", 1)[1]
+        (shown,) = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+        assert {k: v for k, v in shown.items() if k != "mover"} == {
+            k: v for k, v in example[name].items() if k != "mover"
+        }, name
+        assert shown["mover"]["kind"] == example[name]["mover"]["kind"]
