@@ -34,9 +34,11 @@ class DictSource:
         return self.tensors[name]  # the stored tensor itself: the aggregator must not write into it
 
 
-def update(label: str, w: list[list[float]], b: list[float], samples: int, steps: int, dtype=torch.float32, log=None) -> Update:
+def update(label: str, w: list[list[float]], b: list[float], samples: int, steps: int, dtype=torch.float32, log=None,
+           tokens: int = 0) -> Update:
     tensors = {"w": torch.tensor(w, dtype=dtype), "b": torch.tensor(b, dtype=dtype)}
-    return Update(label, DictSource(label, tensors, log), num_samples=samples, local_steps=steps, based_on_round=0)
+    return Update(label, DictSource(label, tensors, log), num_samples=samples, local_steps=steps, based_on_round=0,
+                  tokens=tokens)
 
 
 GLOBAL = DictSource("global", {"w": torch.zeros(2, 2), "b": torch.zeros(1)})
@@ -44,9 +46,9 @@ GLOBAL = DictSource("global", {"w": torch.zeros(2, 2), "b": torch.zeros(1)})
 
 def three_updates(log=None) -> list[Update]:
     return [
-        update("alpha", [[1, 2], [3, 4]], [1], samples=10, steps=2, log=log),
-        update("beta", [[5, 6], [7, 8]], [2], samples=30, steps=4, log=log),
-        update("gamma", [[-1, 0], [1, 2]], [6], samples=60, steps=2, log=log),
+        update("alpha", [[1, 2], [3, 4]], [1], samples=10, steps=2, log=log, tokens=1000),
+        update("beta", [[5, 6], [7, 8]], [2], samples=30, steps=4, log=log, tokens=1000),
+        update("gamma", [[-1, 0], [1, 2]], [6], samples=60, steps=2, log=log, tokens=2000),
     ]
 
 
@@ -63,6 +65,8 @@ def run(aggregator, updates: list[Update], global_=GLOBAL) -> dict[str, torch.Te
         ("samples", [[1.0, 2.0], [3.0, 4.0]], [4.3]),
         # steps 2:4:2 -> 0.25, 0.5, 0.25.  w[0,0] = 0.25 + 2.5 − 0.25 = 2.5;  b = 0.25 + 1 + 1.5
         ("steps", [[2.5, 3.5], [4.5, 5.5]], [2.75]),
+        # tokens 1000:1000:2000 -> 0.25, 0.25, 0.5.  w[0,0] = 0.25 + 1.25 − 0.5 = 1.0;  b = 0.25 + 0.5 + 3
+        ("tokens", [[1.0, 2.0], [3.0, 4.0]], [3.75]),
     ],
 )
 def test_fedavg_by_hand(weighting: str, expected_w, expected_b):
@@ -76,6 +80,20 @@ def test_weights_are_normalised():
     assert aggregation_weights(updates, "equal") == pytest.approx([1 / 3] * 3)
     assert aggregation_weights(updates, "samples") == pytest.approx([0.1, 0.3, 0.6])
     assert aggregation_weights(updates, "steps") == pytest.approx([0.25, 0.5, 0.25])
+    assert aggregation_weights(updates, "tokens") == pytest.approx([0.25, 0.25, 0.5])
+
+
+def test_facilities_with_different_recipes_weigh_by_the_work_they_did():
+    """Equal steps are not equal work when micro-batch × accumulation × ranks differ; tokens tell them apart.
+
+    alpha: 4 steps of 2 × 1 × 1 sequences of 64 tokens = 512 tokens; beta: 4 steps of 4 × 4 × 2 of 128 = 16384.
+    """
+    updates = [update("alpha", [[0, 0], [0, 0]], [0], samples=50, steps=4, tokens=4 * 2 * 64),
+               update("beta", [[33, 0], [0, 0]], [0], samples=50, steps=4, tokens=4 * 4 * 4 * 2 * 128)]
+    assert aggregation_weights(updates, "steps") == pytest.approx([0.5, 0.5])
+    assert aggregation_weights(updates, "samples") == pytest.approx([0.5, 0.5])
+    assert aggregation_weights(updates, "tokens") == pytest.approx([1 / 33, 32 / 33])
+    assert run(FedAvg("tokens"), updates)["w"][0, 0].item() == pytest.approx(32.0)  # 33 · 32/33
 
 
 def test_zero_sample_facility_gets_no_weight():
@@ -94,6 +112,7 @@ def test_all_facilities_report_zero_samples_falls_back_to_equal():
     updates = [update(f"f{i}", [[float(i), 0], [0, 0]], [0], samples=0, steps=0) for i in range(3)]
     assert aggregation_weights(updates, "samples") == pytest.approx([1 / 3] * 3)
     assert aggregation_weights(updates, "steps") == pytest.approx([1 / 3] * 3)
+    assert aggregation_weights(updates, "tokens") == pytest.approx([1 / 3] * 3)
     assert run(FedAvg("samples"), updates)["w"][0, 0].item() == pytest.approx(1.0)  # (0 + 1 + 2) / 3
 
 

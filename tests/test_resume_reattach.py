@@ -172,10 +172,9 @@ def test_a_malformed_progress_file_is_ignored(tmp_path: Path, content: bytes) ->
     ledger, metrics = Ledger(run_dir.ledger_path), MetricsLog(run_dir.metrics_path)
     with ProgressView("t", 2, ["alpha"], console=Console(quiet=True)) as view:
         facility = Facility(experiment.facilities[0], SimulatedLauncher(experiment.facilities[0].launcher, clock),
-                            mover)
+                            mover, experiment.recipe_for(experiment.facilities[0]))
         context = RunContext(run_dir, EventLog(ledger, metrics, clock), clock, view, StopFlag())
-        jobs = Launches(context, {"alpha": facility}, experiment.algorithm, experiment.model, experiment.data,
-                        experiment.exchange)
+        jobs = Launches(context, {"alpha": facility}, experiment.algorithm, experiment.exchange)
         attempt = Attempt("alpha", 1, "r0001-a0", 2, 1, None, 0.0)
         jobs._show_progress(attempt)
     assert attempt.last_step == -1

@@ -44,6 +44,10 @@ not save their inputs).
   worker's loss (`fedhpc.worker.loss`) projects at most K positions to the vocabulary at once, in the
   compute dtype and then fp32 for the cross entropy, and recomputes them in the backward pass.
 
+s, b and checkpointing are the facility's own (`facilities[i].train`, `Experiment.recipe_for`), so a
+facility that trains shorter sequences or smaller micro-batches is planned as it will run; gradient
+accumulation adds nothing beyond one micro-batch's activations (the gradients are summed in place).
+
 Total = the sum of the terms, an upper bound of the peak (gradients fill as
 activations are freed). It fits when total ≤ 0.9 · gpu_memory: the 10 % reserve
 covers the CUDA context, NCCL buffers and allocator fragmentation.
@@ -180,7 +184,7 @@ def remedies(plan: MemoryPlan) -> list[str]:
         if i.sharding == "ddp":
             tries.append(("model.full.sharding: fsdp", sharded))
         if not i.activation_checkpointing:
-            tries.append(("model.full.activation_checkpointing: true", replace(i, activation_checkpointing=True)))
+            tries.append(("train.activation_checkpointing: true", replace(i, activation_checkpointing=True)))
         if not i.cpu_offload and i.ranks > 1:
             also = " with sharding fsdp" if i.sharding != "fsdp" else ""
             tries.append((f"model.full.cpu_offload: true{also}", replace(sharded, cpu_offload=True)))
@@ -192,8 +196,8 @@ def remedies(plan: MemoryPlan) -> list[str]:
     if least is not None:
         found.append(f"at least {least} ranks" + (" under fsdp" if i.sharding != "fsdp" else ""))
     smaller = [b for b in range(1, i.micro_batch) if _plan(replace(i, micro_batch=b)).fits]
-    if smaller:
-        found.append(f"algorithm.batch_size: {smaller[-1]}")
+    if smaller:  # the same sequences per step with more accumulation
+        found.append(f"train.batch_size: {smaller[-1]} (raise train.grad_accum_steps to keep the global batch)")
     return found or ["a GPU with more memory"]
 
 
@@ -201,16 +205,17 @@ def facility_plan(
     exp: Experiment, facility: FacilityConfig, shape: ModelShape, *, gpus: int | None = None,
     gpu_memory: int | None = None,
 ) -> MemoryPlan:  # fmt: skip
-    """The plan of `facility`'s jobs; `gpus` and `gpu_memory` are what-ifs overriding the file."""
-    model, full, job = exp.model, exp.model.full, facility.launcher.resources()
+    """The plan of `facility`'s jobs, as its recipe trains; `gpus` and `gpu_memory` are what-ifs overriding the file."""
+    recipe = exp.recipe_for(facility)
+    model, full, job = recipe.model, recipe.model.full, facility.launcher.resources()
     on_cpu = job.device == "cpu"
     compute = full.compute_dtype if full.compute_dtype != "auto" else "float32" if on_cpu else "bfloat16"
     lora = model.peft != "none"
     return plan_memory(
         shape, ranks=gpus or job.ranks, sharding=full.sharding, param_dtype=model.dtype,
         compute_dtype=model.dtype if lora else compute, reduce_dtype=full.reduce_dtype, peft=model.peft,
-        lora_r=model.lora.r, lora_targets=model.lora.target_modules, seq_len=exp.data.seq_len,
-        micro_batch=exp.algorithm.batch_size, activation_checkpointing=full.activation_checkpointing and not lora,
+        lora_r=model.lora.r, lora_targets=model.lora.target_modules, seq_len=recipe.seq_len,
+        micro_batch=recipe.batch_size, activation_checkpointing=full.activation_checkpointing and not lora,
         cpu_offload=full.cpu_offload, gpu_memory=gpu_memory or facility.gpu_memory,
         proximal=exp.algorithm.proximal_mu > 0,
     )  # fmt: skip

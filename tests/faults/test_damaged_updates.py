@@ -80,7 +80,7 @@ def make_server(tmp_path: Path, **facility: object) -> Server:
     config: FacilityConfig = experiment.facilities[0]
     mover = FilesystemMover(config.mover, run_dir.default_staging("alpha"))
     # Verification needs no launcher, event log, progress view or clock: none is started here.
-    facilities = {"alpha": Facility(config, None, mover)}  # type: ignore[arg-type]
+    facilities = {"alpha": Facility(config, None, mover, experiment.recipe_for(config))}  # type: ignore[arg-type]
     context = RunContext(run_dir, None, None, None, None)  # type: ignore[arg-type]
     intake = Intake(context, facilities, FINGERPRINT, experiment.algorithm.max_update_norm)
     return Server(tmp_path, run_dir, intake, mover, ExchangeDir(run_dir.global_dir(0)), data)

@@ -14,7 +14,7 @@ from typing import Literal, Protocol
 
 import torch
 
-Weighting = Literal["equal", "samples", "steps"]
+Weighting = Literal["equal", "samples", "steps", "tokens"]
 
 
 class TensorSource(Protocol):
@@ -31,6 +31,7 @@ class Update:
     is applied to (0: fresh); the asynchronous algorithms discount it by s(staleness). `base` is the
     global it was trained from, which FedBuff subtracts to get the facility's own change; None means the
     current global (a fresh update, and every update of the synchronous algorithms, which ignore both).
+    `tokens` is the loss-bearing tokens it trained on (its `metrics.tokens`, bounded by the intake).
     """
 
     facility: str
@@ -40,6 +41,7 @@ class Update:
     based_on_round: int
     staleness: int = 0
     base: TensorSource | None = None
+    tokens: int = 0
 
 
 class Aggregator(Protocol):
@@ -55,15 +57,21 @@ class Aggregator(Protocol):
 
 
 def aggregation_weights(updates: list[Update], weighting: Weighting) -> list[float]:
-    """Normalised weights; a facility reporting zero samples or steps gets zero weight."""
+    """Normalised weights; a facility reporting zero samples, steps or tokens gets zero weight.
+
+    `steps` counts optimizer steps, whatever each facility's micro-batch, accumulation and ranks: where
+    those differ, `tokens` (or `samples`, its data size) weighs the work each did (docs/recipes.md).
+    """
     if not updates:
         raise ValueError("cannot aggregate zero updates")
     if weighting == "equal":
         raw = [1.0] * len(updates)
     elif weighting == "samples":
         raw = [float(u.num_samples) for u in updates]
-    else:
+    elif weighting == "steps":
         raw = [float(u.local_steps) for u in updates]
+    else:
+        raw = [float(u.tokens) for u in updates]
     total = sum(raw)
     if total <= 0:
         raw, total = [1.0] * len(updates), float(len(updates))

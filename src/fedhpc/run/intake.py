@@ -7,8 +7,9 @@ Each check lives in one place, and this module runs them in this order:
   (a base no longer kept is `stale`);
 - `verify_update` holds what the update says about itself against the round:
   its kind and round, `num_samples` within the facility's cap (`sample_caps.py`),
-  `local_steps` within what its task asked, the metrics the worker writes, and
-  (when configured) its distance from the global;
+  `local_steps` within what its task asked, the metrics the worker writes,
+  `metrics.tokens` within what those steps of its recipe can hold, and (when
+  configured) its distance from the global;
 - within it, `ExchangeDir.verify` (exchange/reader.py) is the format's own check
   of the directory: its listing, files, hashes, headers, shapes, dtypes,
   finiteness and base-model fingerprint.
@@ -29,6 +30,7 @@ from typing import Any
 import torch
 
 from fedhpc.aggregate import Update
+from fedhpc.config.recipe import EffectiveRecipe
 from fedhpc.errors import TransferError, UpdateRejected
 from fedhpc.exchange import ExchangeDir, Manifest
 from fedhpc.exchange.delta import DeltaUpdateDir
@@ -70,11 +72,14 @@ def verify_update(
     max_norm: float | None = None,
     sample_cap: SampleCap | None = None,
     asked_steps: int | None = None,
+    recipe: EffectiveRecipe | None = None,
 ) -> None:
     """Raise `UpdateRejected` unless the update may count; `asked_steps` is what the server's task asked for.
 
     `local_steps` is self-reported like `num_samples`, and with `weighting: steps` it is the
     facility's weight: more steps than the task asked for is a claim no honest worker makes.
+    So is `metrics.tokens`, the weight under `weighting: tokens`: it is held to what the claimed
+    steps of the facility's `recipe` can hold (`EffectiveRecipe.max_tokens`).
     """
     manifest = update.manifest
     if manifest.kind != "update":
@@ -93,6 +98,8 @@ def verify_update(
             f"{update.path}: claims {manifest.local_steps} local steps, but its task asked for {asked_steps}",
         )
     check_metrics(update.path, manifest)
+    if recipe is not None:
+        check_tokens(update.path, manifest, recipe)
     shapes = {name: entry.shape for name, entry in global_.manifest.tensors.items()}
     update.verify(expected_shapes=shapes, fingerprint=fingerprint)
     if max_norm is not None:
@@ -126,6 +133,19 @@ def check_metrics(path: Path, manifest: Manifest) -> None:
     if size > MAX_OTHER_METRICS_BYTES:
         raise UpdateRejected(
             "bad_metrics", f"{path}: metrics other than the worker's take {size} bytes, over {MAX_OTHER_METRICS_BYTES}"
+        )
+
+
+def check_tokens(path: Path, manifest: Manifest, recipe: EffectiveRecipe) -> None:
+    """Raise `tokens` when `metrics.tokens` exceeds every sequence of every claimed step filled to seq_len."""
+    tokens = manifest.metrics.get("tokens", 0)
+    cap = recipe.max_tokens(manifest.local_steps)
+    if tokens > cap:
+        raise UpdateRejected(
+            "tokens",
+            f"{path}: claims metrics.tokens {tokens}, over the {cap} its {manifest.local_steps} local steps can hold "
+            f"(micro-batch {recipe.batch_size} × grad_accum_steps {recipe.grad_accum_steps} × {recipe.ranks} "
+            f"rank(s) × seq_len {recipe.seq_len} per step, facility {recipe.facility}'s recipe)",
         )
 
 
@@ -222,6 +242,7 @@ class Intake:
                 max_norm=self.max_norm,
                 sample_cap=sample_cap(known.config) if known is not None else None,
                 asked_steps=asked_steps,
+                recipe=known.recipe if known is not None else None,
             )
         except BaseException:
             update_dir.close()
@@ -235,4 +256,5 @@ class Intake:
             local_steps=manifest.local_steps,
             based_on_round=based_on,
             staleness=global_.manifest.round - based_on,
+            tokens=manifest.metrics.get("tokens", 0),
         )

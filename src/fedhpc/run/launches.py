@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedhpc.config import AlgorithmConfig, DataConfig, ExchangeConfig, FacilityConfig, ModelConfig
-from fedhpc.exchange import TrainSettings, WorkerTask
+from fedhpc.config import AlgorithmConfig, ExchangeConfig, FacilityConfig
+from fedhpc.config.recipe import EffectiveRecipe
+from fedhpc.exchange import LrSchedule, TrainSettings, WorkerTask
 from fedhpc.facility.base import JobHandle, JobSpec, JobState, Launcher, Mover
 from fedhpc.run.context import RunContext
 from fedhpc.run.interrupts import OnInterrupt
@@ -31,11 +32,32 @@ _RELAUNCH_SUFFIX = re.compile(r"-a\d+$")
 
 @dataclass
 class Facility:
-    """A facility as the run drives it: its config, the launcher that runs its jobs, the mover its files take."""
+    """A facility as the run drives it: its config, the launcher that runs its jobs, the mover its files take,
+    and the recipe its jobs train with (`Experiment.recipe_for`)."""
 
     config: FacilityConfig
     launcher: Launcher
     mover: Mover
+    recipe: EffectiveRecipe
+
+
+def federation_schedule(algorithm: AlgorithmConfig) -> LrSchedule | None:
+    """`algorithm.lr_schedule` as every task carries it, over the run's rounds × local_steps federation steps."""
+    schedule = algorithm.lr_schedule
+    if not schedule.active:
+        return None
+    return LrSchedule(kind=schedule.kind, warmup_steps=schedule.warmup_steps,
+                      total_steps=algorithm.rounds * algorithm.local_steps, min_lr_ratio=schedule.min_lr_ratio)
+
+
+def schedule_start(algorithm: AlgorithmConfig, round: int) -> float:
+    """Where a job for `round` (trained from global `round - 1`) starts on the curve, in federation steps.
+
+    Round r covers [(r−1)·L, r·L), L = `algorithm.local_steps`, whatever the facility's own step count; an
+    asynchronous job's `round` is the version after the global it trains from. Derived from the round
+    alone, so a resumed server, a late job carried into the next round and a persistent worker agree.
+    """
+    return float((round - 1) * algorithm.local_steps)
 
 
 @dataclass
@@ -86,15 +108,10 @@ def attempt_from_record(record: dict[str, Any]) -> Attempt:
 
 
 class Launches:
-    """The jobs of every facility: what the task asks (`algorithm`, `model`, `data`, `exchange`) and where it runs."""
+    """The jobs of every facility: what the task asks (its recipe, `algorithm`, `exchange`) and where it runs."""
 
     def __init__(
-        self,
-        context: RunContext,
-        facilities: dict[str, Facility],
-        algorithm: AlgorithmConfig,
-        model: ModelConfig,
-        data: DataConfig,
+        self, context: RunContext, facilities: dict[str, Facility], algorithm: AlgorithmConfig,
         exchange: ExchangeConfig,
     ):
         self.context = context
@@ -103,8 +120,6 @@ class Launches:
         self.progress = context.progress
         self.facilities = facilities
         self.algorithm = algorithm
-        self.model = model
-        self.data = data
         self.exchange = exchange
         self._bad_progress: set[str] = set()  # facilities whose progress.json was unreadable (logged once)
         self._ids: dict[str, set[str]] = {}  # attempt ids each facility has used: the ledger's, read once
@@ -117,6 +132,9 @@ class Launches:
     ) -> Attempt:
         """Stage global `round - 1` if the facility lacks it, write the task, submit the job.
 
+        `local_steps` is what the policy assigns; a facility whose recipe sets its own `local_steps`
+        trains those instead (never under fedcompass, which assigns each job's: the config refuses it).
+
         With `restore_at` (a resumed server restoring a job it had launched at that time), the job
         is first reattached to (`reattached`), or its published update taken as it is
         (`collected_after_restart`); only a job gone without an update is run again, under a new
@@ -124,6 +142,8 @@ class Launches:
         """
         facility = self.facilities[facility_name]
         mover = facility.mover
+        if "local_steps" in facility.recipe.overridden:
+            local_steps = facility.recipe.local_steps
         global_rel = f"global/r{round - 1:04d}"
         started = self.clock.now()
         if not mover.exists(global_rel):
@@ -213,7 +233,7 @@ class Launches:
 
     def _job_spec(self, attempt: Attempt) -> JobSpec:
         facility = self.facilities[attempt.facility]
-        mover, config, algorithm = facility.mover, facility.config, self.algorithm
+        mover, config, algorithm, recipe = facility.mover, facility.config, self.algorithm, facility.recipe
         task = WorkerTask(
             round=attempt.round,
             facility=attempt.facility,
@@ -221,15 +241,21 @@ class Launches:
             update_dir=Path(mover.facility_path(attempt.update_rel)),
             progress_file=Path(mover.facility_path(attempt.progress_rel)),
             data=config.data,
-            model=self.model,
-            data_config=self.data,
+            model=recipe.model,
+            data_config=recipe.data,
             train=TrainSettings(
                 local_steps=attempt.local_steps,
-                lr=algorithm.lr,
-                weight_decay=algorithm.weight_decay,
-                batch_size=algorithm.batch_size,
+                local_epochs=recipe.local_epochs,
+                lr=recipe.lr,
+                weight_decay=recipe.weight_decay,
+                batch_size=recipe.batch_size,
+                grad_accum_steps=recipe.grad_accum_steps,
+                max_grad_norm=recipe.max_grad_norm,
                 seed=attempt.seed,
                 proximal_mu=algorithm.proximal_mu,
+                schedule=federation_schedule(algorithm),
+                schedule_start=schedule_start(algorithm, attempt.round),
+                schedule_span=float(algorithm.local_steps),
             ),
             update_dtype=self.exchange.update_dtype,
             update_form=self.exchange.update_form,

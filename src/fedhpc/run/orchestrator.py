@@ -122,7 +122,7 @@ class Orchestrator:
             stop.check()
             if self.experiment.evaluation is not None and self.experiment.evaluation.include_base:
                 self._evaluate(events, 0)
-            launches = Launches(context, facilities, algorithm, experiment.model, experiment.data, experiment.exchange)
+            launches = Launches(context, facilities, algorithm, experiment.exchange)
             intake = Intake(context, facilities, self._ledger.get_meta("base_fingerprint"), algorithm.max_update_norm)
             stop_at = started + time_limit if time_limit is not None else None
             last = self._ledger.last_complete_round() or 0
@@ -189,9 +189,10 @@ class Orchestrator:
         facilities = {}
         for f in self.experiment.facilities:
             mover = make_mover(f.mover, self.run_dir.default_staging(f.name))
+            recipe = self.experiment.recipe_for(f)  # its model: the one each of its tasks names
             launcher = facility_launcher(f, launchers[f.name], mover, self.run_dir.root / "logs" / "workers",
-                                         self.clock, self.experiment.model, events.record)
-            facilities[f.name] = Facility(f, launcher, mover)
+                                         self.clock, recipe.model, events.record)
+            facilities[f.name] = Facility(f, launcher, mover, recipe)
         return facilities
 
     def close(self) -> None:
