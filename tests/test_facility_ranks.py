@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import json
+import time
 
 import pytest
 
@@ -16,6 +17,7 @@ from conftest import QUICKSTART
 from fedhpc.config import MpiConfig, load_experiment
 from fedhpc.errors import ConfigError
 from fedhpc.facility.launchers.ranks import Layout, rank_command
+from slurm_cluster import slurm_cluster  # noqa: F401  (the fixture)
 
 ARGV = ["/venv/bin/python", "-m", "fedhpc", "worker", "--task", "/staging/tasks/r0001 a0/task.json"]
 PROGRAM = "/venv/bin/python -m fedhpc worker --task '/staging/tasks/r0001 a0/task.json'"
@@ -226,3 +228,22 @@ def test_a_good_binding_loads_and_reaches_the_rank_line(launcher, line):
     config = _load(launcher).facilities[1].launcher
     layout = Layout(config.nodes, config.ranks_per_node, config.gpus_per_rank)
     assert rank_command(layout, config.mpi, ARGV) == f"{line} {PROGRAM}"
+
+
+@pytest.mark.slurm
+def test_real_srun_starts_the_ranks_of_a_line_with_the_binding_keys(slurm_cluster, tmp_path):
+    """srun parses the words fedhpc writes and gives each rank its CPUs. This cluster's task/none plugin applies no
+    binding (srun says so, having read --cpu-bind=cores), so the count and the ranks are asserted, not the affinity."""
+    probe = [sys.executable, "-c", "import os; e = os.environ; print(e['SLURM_PROCID'], e['SLURM_CPUS_PER_TASK'])"]
+    mpi = MpiConfig(launcher="srun", cpus_per_rank=1, cpu_bind="cores")
+    line = rank_command(Layout(1, 2), mpi, probe)
+    assert line.startswith("srun --nodes 1 --ntasks 2 --ntasks-per-node 2 --cpus-per-task 1 --cpu-bind=cores ")
+    script = tmp_path / "job.sh"
+    script.write_text(f"#!/bin/bash\n#SBATCH --ntasks-per-node=2\n{line}\n")
+    job = slurm_cluster.run("sbatch", "--parsable", f"--output={tmp_path}/out", str(script)).stdout.strip()
+    deadline = time.monotonic() + 60
+    while slurm_cluster.run("squeue", "-h", "-j", job, check=False).stdout.strip():
+        assert time.monotonic() < deadline, f"job {job} still in the queue"
+        time.sleep(0.2)
+    output = (tmp_path / "out").read_text()
+    assert sorted(output.splitlines()) == ["0 1", "1 1", "srun: cluster configuration lacks support for cpu binding"]
