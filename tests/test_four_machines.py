@@ -114,15 +114,16 @@ def test_each_memory_plan_reads_its_gpu_and_fits(experiment, name):
 
 def test_the_recipes_fill_each_gpu_the_same_way(experiment):
     """32 sequences per rank and optimizer step everywhere: two micro-batches of 16 on a 40 GB A100, one of 32
-    where a device holds 64 GB. A micro-batch of 32 would not fit a 40 GB A100, so the override is needed."""
+    where a device holds 64 GB. The plan of each uses its own micro-batch, and a 64 GB recipe would not fit an A100."""
+    shape = model_shape(experiment.model)
     for facility in experiment.facilities:
         recipe = experiment.recipe_for(facility)
         assert recipe.batch_size * recipe.grad_accum_steps == 32
         assert recipe.batch_size == (16 if MACHINES[facility.name][1] == 40 * GiB else 32)
-    shape, polaris = model_shape(experiment.model), experiment.facility("polaris")
-    assert facility_plan(experiment, polaris, shape).fits
-    big = experiment.model_copy(update={"algorithm": experiment.algorithm.model_copy(update={"batch_size": 32})})
-    assert not facility_plan(big, polaris, shape).fits
+        plan = facility_plan(experiment, facility, shape)
+        assert plan.inputs.micro_batch == recipe.batch_size and plan.fits
+        on_an_a100 = facility_plan(experiment, facility, shape, gpu_memory=40 * GiB)
+        assert on_an_a100.fits == (recipe.batch_size == 16), facility.name
 
 
 @pytest.mark.parametrize("name", MACHINES)
