@@ -127,7 +127,7 @@ def rank_launcher_errors(mpi: MpiConfig, ranks: int, device: Device = "auto", gp
         elif (key, mpi.starter) in _BINDING_FORMS:
             form, expected = _BINDING_FORMS[key, mpi.starter]
             if not form.fullmatch(value):
-                errors.append((("mpi", key), f"is not a {mpi.starter} binding; use {expected}", value))
+                errors.append((("mpi", key), f"is not a binding {mpi.starter} takes; use {expected}", value))
     if mpi.gpu_bind is not None and device == "cpu":
         errors.append((("mpi", "gpu_bind"), "binds GPUs but device is cpu; set device, or remove gpu_bind",
                        mpi.gpu_bind))
