@@ -84,3 +84,26 @@ def test_the_bound_is_the_facilitys_own_not_the_experiments(tmp_path: Path):
     wide, run_dir = _intake(tmp_path / "wide", {"seq_len": 32})  # 4 × 2 ranks × 32 = 256
     assert wide.verified(_publish(tmp_path / "v", tokens=200, steps=1), "alpha", 1,
                          ExchangeDir(run_dir.global_dir(0)), asked_steps=1).tokens == 200
+
+
+def test_the_per_step_lr_and_grad_norm_are_held_to_the_steps_not_to_the_size_of_other_metrics(tmp_path: Path):
+    """A long job's lr and grad_norm lists (one number per step) are the worker's, not free-form extras."""
+    intake, run_dir = _intake(tmp_path, {})
+    steps = 6000  # ~120 KB of lr values: over the 64 KiB that unknown metrics may take
+    lrs = [1e-3 * (1 - k / steps) for k in range(steps)]
+    meta = ExchangeMeta(kind="update", round=1, facility="alpha", based_on_round=0, num_samples=5, local_steps=steps,
+                        base_fingerprint=FINGERPRINT,
+                        metrics={"loss": [1.0] * steps, "tokens": 10, "lr": lrs, "grad_norm": [0.123456789] * steps})
+    write_state_dict(tmp_path / "long", {"w": torch.ones(2, 3)}, meta)
+    global_ = ExchangeDir(run_dir.global_dir(0))
+    assert intake.verified(tmp_path / "long", "alpha", 1, global_, asked_steps=steps).local_steps == steps
+
+    for bad, fragment in (({"lr": [1e-3] * 3}, "metrics.lr has 3 values for 2 local steps"),
+                          ({"grad_norm": [float("nan")]}, "metrics.grad_norm must be a list of finite numbers")):
+        path = tmp_path / f"bad-{len(fragment)}"
+        write_state_dict(path, {"w": torch.ones(2, 3)}, ExchangeMeta(
+            kind="update", round=1, facility="alpha", based_on_round=0, num_samples=5, local_steps=2,
+            base_fingerprint=FINGERPRINT, metrics={"loss": [1.0, 1.0], **bad}))
+        with pytest.raises(UpdateRejected, match=fragment) as info:
+            intake.verified(path, "alpha", 1, global_, asked_steps=2)
+        assert info.value.reason == "bad_metrics"

@@ -61,6 +61,10 @@ KNOWN_METRICS: dict[str, tuple[str, Any]] = {
     "device": ("a short string", lambda value: isinstance(value, str) and len(value) <= 64),
     "sharded": ("true or false", lambda value: type(value) is bool),
 }
+# The per-step series the worker writes: one finite number per optimizer step, so they grow with the
+# job's steps and are bounded by them, not by MAX_OTHER_METRICS_BYTES (a 5,000-step job's lr list alone
+# is about 100 KB).
+PER_STEP_METRICS = ("loss", "lr", "grad_norm")
 
 
 def verify_update(
@@ -118,17 +122,18 @@ def check_metrics(path: Path, manifest: Manifest) -> None:
     fail the server after the round's commit.
     """
     metrics = manifest.metrics
-    loss = metrics.get("loss", [])
-    if not isinstance(loss, list) or not all(type(x) in (int, float) and math.isfinite(x) for x in loss):
-        raise UpdateRejected("bad_metrics", f"{path}: metrics.loss must be a list of finite numbers, one per step")
-    if len(loss) > max(manifest.local_steps, 1):
-        raise UpdateRejected(
-            "bad_metrics", f"{path}: metrics.loss has {len(loss)} values for {manifest.local_steps} local steps"
-        )
+    for key in PER_STEP_METRICS:
+        series = metrics.get(key, [])
+        if not isinstance(series, list) or not all(type(x) in (int, float) and math.isfinite(x) for x in series):
+            raise UpdateRejected("bad_metrics", f"{path}: metrics.{key} must be a list of finite numbers, one per step")
+        if len(series) > max(manifest.local_steps, 1):
+            raise UpdateRejected(
+                "bad_metrics", f"{path}: metrics.{key} has {len(series)} values for {manifest.local_steps} local steps"
+            )
     for key, (expected, valid) in KNOWN_METRICS.items():
         if key in metrics and not valid(metrics[key]):
             raise UpdateRejected("bad_metrics", f"{path}: metrics.{key} is {metrics[key]!r:.80}, expected {expected}")
-    others = {key: value for key, value in metrics.items() if key != "loss" and key not in KNOWN_METRICS}
+    others = {key: value for key, value in metrics.items() if key not in PER_STEP_METRICS and key not in KNOWN_METRICS}
     size = len(json.dumps(others))
     if size > MAX_OTHER_METRICS_BYTES:
         raise UpdateRejected(
