@@ -1,12 +1,24 @@
-"""Rank environment from each launcher family, device choice, and process-group preconditions."""
+"""Rank environment from each launcher family, ranks per node, and the process group (a real 2-rank gloo job).
+
+Device choice per device type is tests/test_worker_device.py.
+"""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
 from fedhpc.errors import ConfigError
-from fedhpc.worker.distributed import RankEnv, init_process_group, rank_env, ranks_on_this_node, resolve_device
+from fedhpc.facility.launchers.local import pick_free_port
+from fedhpc.worker.device import ranks_on_this_node
+from fedhpc.worker.distributed import RankEnv, init_process_group, rank_env
 
 
 @pytest.mark.parametrize(
@@ -49,14 +61,6 @@ def test_only_rank_zero_is_main() -> None:
     assert RankEnv(0, 2, 0).distributed and not RankEnv().distributed
 
 
-def test_device_choice() -> None:
-    assert resolve_device("cpu", RankEnv()) == torch.device("cpu")
-    if not torch.cuda.is_available():
-        assert resolve_device("auto", RankEnv()) == torch.device("cpu")
-        with pytest.raises(ConfigError, match="no GPU"):
-            resolve_device("cuda", RankEnv())
-
-
 @pytest.mark.parametrize(
     ("environ", "expected"),
     [({"LOCAL_WORLD_SIZE": "4"}, 4), ({"OMPI_COMM_WORLD_LOCAL_SIZE": "2"}, 2), ({"PALS_LOCAL_SIZE": "8"}, 8),
@@ -66,20 +70,43 @@ def test_ranks_on_this_node_from_each_launcher(environ: dict[str, str], expected
     assert ranks_on_this_node(environ) == expected
 
 
-def test_more_ranks_than_gpus_trains_on_the_cpu_or_says_what_to_change(monkeypatch: pytest.MonkeyPatch) -> None:
-    """NCCL refuses two ranks on one GPU: the quickstart's 2-rank facility on a 1-GPU workstation."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    two_on_one = {"LOCAL_WORLD_SIZE": "2"}
-    assert resolve_device("auto", RankEnv(1, 2, 1), two_on_one) == torch.device("cpu")
-    assert resolve_device("auto", RankEnv(0, 2, 0), two_on_one) == torch.device("cpu")
-    with pytest.raises(ConfigError, match="2 ranks on this node but 1 GPU.*nprocs"):
-        resolve_device("cuda", RankEnv(0, 2, 0), two_on_one)
-
-
 def test_process_group_needs_a_rendezvous_address(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     monkeypatch.delenv("MASTER_PORT", raising=False)
     with pytest.raises(ConfigError, match="MASTER_ADDR and MASTER_PORT are not set"):
         init_process_group(RankEnv(0, 2, 0), torch.device("cpu"))
     init_process_group(RankEnv(), torch.device("cpu"))  # one rank: nothing to join
+
+
+RANK_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    import torch, torch.distributed as dist
+    from fedhpc.worker.device import resolve_device
+    from fedhpc.worker.distributed import init_process_group, rank_env, all_reduce_sum
+    env = rank_env()
+    device = resolve_device(os.environ["WANT"], env)
+    init_process_group(env, device)
+    total = all_reduce_sum([env.rank + 1.0], device)
+    found = {"rank": env.rank, "device": str(device), "backend": dist.get_backend(), "sum": total[0]}
+    with open(os.path.join(os.environ["OUT"], f"rank{env.rank}.json"), "w") as out:
+        json.dump(found, out)
+    dist.destroy_process_group()
+""")
+
+
+@pytest.mark.parametrize("want", ["cpu", "auto"])
+def test_two_ranks_join_a_gloo_group_on_the_cpu(tmp_path: Path, want: str) -> None:
+    """Real torchrun, real gloo: the backend the device module chose, on every rank."""
+    if want == "auto" and torch.accelerator.is_available():
+        pytest.skip("auto picks this machine's accelerator")
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    environ = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "WANT": want, "OUT": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+         "--master-port", str(pick_free_port()), str(script)],
+        env=environ, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks == [{"rank": r, "device": "cpu", "backend": "gloo", "sum": 3.0} for r in (0, 1)]

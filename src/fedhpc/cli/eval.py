@@ -11,6 +11,9 @@ from rich.console import Console
 from fedhpc.cli.common import console, failure
 from fedhpc.errors import ConfigError, FedhpcError
 
+EVAL_DEVICES = ("cpu", "cuda", "rocm", "xpu")
+"""The values of evaluation.device (EvaluationConfig), checked here so that a typo exits 2 before a model loads."""
+
 
 def evaluate(
     model: Annotated[str, typer.Option("--model", help="RUN_DIR or RUN_DIR:ROUND (default: the last complete round; 0 is the base model).")],
@@ -26,7 +29,7 @@ def evaluate(
     lenient: Annotated[
         bool, typer.Option("--lenient", help="Tolerant answer extraction instead of LlaSMol's strict one.")
     ] = False,
-    device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, rocm or xpu (docs/devices.md)")] = None,
     out: Annotated[
         Optional[Path], typer.Option("--out", help="Also write the results as JSON here, and the answers beside it "
                                                    "(NAME.predictions.jsonl).")
@@ -38,6 +41,8 @@ def evaluate(
     from fedhpc.evaluation.table import print_results
 
     try:
+        if device is not None and device not in EVAL_DEVICES:
+            raise ConfigError(f"must be one of {', '.join(EVAL_DEVICES)}, not {device!r}", key="--device")
         request = EvalRequest.from_cli(model, data, split, limit, batch_size, max_new_tokens, device, num_beams,
                                        lenient)
         result = evaluate_run(request, out)

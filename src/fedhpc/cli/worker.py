@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, get_args
 
 import typer
 
 from fedhpc.cli.common import console
+from fedhpc.config import Device
 
 
 def worker(
@@ -22,7 +23,9 @@ def worker(
     idle_timeout: Annotated[
         float, typer.Option("--idle-timeout", min=0.0, help="--persistent: exit after this many seconds without work.")
     ] = 600.0,
-    device: Annotated[str, typer.Option("--device", help="--persistent: auto, cpu or cuda.")] = "auto",
+    device: Annotated[
+        str, typer.Option("--device", help="--persistent: auto, cpu, cuda, rocm or xpu (docs/devices.md).")
+    ] = "auto",
     store: Annotated[
         Optional[str],
         typer.Option("--store", help="--task: JSON of the proxystore mover the task's files travel through."),
@@ -38,8 +41,8 @@ def worker(
         problem = "--persistent needs --inbox DIR"
     elif persistent and store is not None:
         problem = "--store goes with --task, not with --persistent"
-    elif device not in ("auto", "cpu", "cuda"):
-        problem = f"--device must be auto, cpu or cuda, not {device!r}"
+    elif device not in get_args(Device):
+        problem = f"--device must be one of {', '.join(get_args(Device))}, not {device!r}"
     if problem is not None:
         console.print(f"[red]error:[/red] {problem}", highlight=False)
         raise typer.Exit(2)

@@ -15,14 +15,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from fedhpc.chem.smolinstruct import load_records
-from fedhpc.config import ModelConfig
+from fedhpc.config import Device, ModelConfig
 from fedhpc.evaluation.decoding import max_new_tokens_for
 from fedhpc.evaluation.generation import generate_answers, load_model
 from fedhpc.evaluation.predictions import Prediction
 from fedhpc.evaluation.results import gold_records, samples, score_questions, training_answers
+from fedhpc.worker.device import resolve_device
+from fedhpc.worker.distributed import RankEnv
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def evaluate_chem(
     num_beams: int = 1,
     max_new_tokens: int | Mapping[str, int] | None = None,
     lenient: bool = False,
-    device: str = "cpu",
+    device: Device = "cpu",
     on_batch: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, Any], list[Prediction]]:
     """The results document (less `round`, `data` and `split`) and the answers it scored, in question order.
@@ -63,7 +63,7 @@ def evaluate_chem(
     started = time.time()
     split_records = load_records(data, split=split)
     questions = sample_per_task(split_records, limit_per_task)
-    model, tokenizer = load_model(model_config, global_dir, torch.device(device))
+    model, tokenizer = load_model(model_config, global_dir, resolve_device(device, RankEnv()))
     by_task: dict[str, list[int]] = defaultdict(list)
     for i, question in enumerate(questions):
         by_task[question["task"]].append(i)

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fedhpc.worker.device import compiles, is_accelerator
 from fedhpc.worker.fsdp import decoder_layers
 from fedhpc.worker.loss import causal_lm_of
 from fedhpc.worker.pretrained import default_cache_dir
@@ -41,8 +42,8 @@ logger = logging.getLogger(__name__)
 
 
 def wants_compile(setting: bool | str, device: torch.device) -> bool:
-    """`model.compile`: true, false, or auto (compile on GPUs only)."""
-    return device.type == "cuda" if setting == "auto" else bool(setting)
+    """`model.compile`: true, false, or auto (accelerators only); off, with one line, where inductor cannot build."""
+    return compiles(device, is_accelerator(device) if setting == "auto" else bool(setting))
 
 
 def compile_decoder_layers(model: nn.Module) -> int:

@@ -25,12 +25,12 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.distributed as dist
 
 from fedhpc.errors import ConfigError
+from fedhpc.worker.device import backend_for, is_accelerator
 
 logger = logging.getLogger(__name__)
 
@@ -74,53 +74,14 @@ def rank_env(environ: Mapping[str, str] = os.environ) -> RankEnv:
     return RankEnv()
 
 
-# Ranks on this node, as each launcher names them: torchrun, Open MPI, MPICH (Hydra), Cray PALS, Slurm.
-LOCAL_SIZE_VARIABLES = (
-    "LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "PALS_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE",
-)  # fmt: skip
-
-
-def ranks_on_this_node(environ: Mapping[str, str] = os.environ) -> int | None:
-    """How many of the job's ranks share this node, when the launcher says (None when it does not)."""
-    for key in LOCAL_SIZE_VARIABLES:
-        value = environ.get(key, "")
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    return None
-
-
-def resolve_device(
-    requested: Literal["auto", "cpu", "cuda"], env: RankEnv, environ: Mapping[str, str] = os.environ
-) -> torch.device:
-    """`auto` means cuda when this node has a GPU for each of its ranks; with cuda each rank takes GPU `local_rank`.
-
-    NCCL refuses two ranks on one GPU, so with more ranks on the node than GPUs
-    (the quickstart's 2-rank facility on a 1-GPU workstation) `auto` trains on
-    the CPU instead, and `cuda` is an error that says what to change. Every rank
-    reads the same count, so they all choose alike.
-    """
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    local = ranks_on_this_node(environ)
-    shared = local is not None and local > gpus > 0
-    if requested == "auto" and shared:
-        logger.warning("%d ranks on this node but %d GPU(s): training on the CPU (device: auto)", local, gpus)
-    use_cuda = requested == "cuda" or (requested == "auto" and gpus > 0 and not shared)
-    if not use_cuda:
-        return torch.device("cpu")
-    if not gpus:
-        raise ConfigError("device is 'cuda' but torch sees no GPU on this node; use device: auto or cpu")
-    if shared:
-        raise ConfigError(
-            f"device is 'cuda' with {local} ranks on this node but {gpus} GPU(s); NCCL needs a GPU per rank: "
-            "lower the facility's ranks per node (nprocs) to the GPU count, or use device: auto or cpu"
-        )
-    index = env.local_rank % gpus
-    torch.cuda.set_device(index)
-    return torch.device("cuda", index)
-
-
 def init_process_group(env: RankEnv, device: torch.device) -> None:
-    """Join the job's process group (nccl on GPUs, gloo on CPU); a no-op for a single rank."""
+    """Join the job's process group on `device`'s backend (`fedhpc.worker.device.backend_for`); a no-op for one rank.
+
+    An accelerator is also passed as `device_id`: the communicator is bound to
+    this rank's device (and formed now rather than at the first collective), so
+    a barrier never guesses the device as global rank mod device count, which is
+    wrong on a node that runs fewer ranks than it has devices.
+    """
     if not env.distributed or dist.is_initialized():
         return
     missing = [key for key in ("MASTER_ADDR", "MASTER_PORT") if key not in os.environ]
@@ -130,8 +91,11 @@ def init_process_group(env: RankEnv, device: torch.device) -> None:
             f"WORLD_SIZE is {env.world_size} but {unset} not set; "
             "start the worker under torchrun, or have the MPI launcher export rank 0's address and a free port"
         )
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, init_method="env://", rank=env.rank, world_size=env.world_size)
+    backend = backend_for(device)
+    dist.init_process_group(
+        backend=backend, init_method="env://", rank=env.rank, world_size=env.world_size,
+        device_id=device if is_accelerator(device) else None,
+    )
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:

@@ -39,6 +39,7 @@ from fedhpc.errors import ModelError
 from fedhpc.exchange import ExchangeDir, dtype_from_name
 from fedhpc.exchange.safetensors_stream import ShardReader
 from fedhpc.exchange.sharded import RowPart
+from fedhpc.worker.device import is_accelerator
 from fedhpc.worker.distributed import RankEnv
 from fedhpc.worker.loss import CausalLMLoss
 from fedhpc.worker.model import TINY_LLAMA, BaseModel, build_base_model, check_global_names
@@ -60,8 +61,9 @@ def row_range(rows: int, rank: int, world_size: int) -> tuple[int, int]:
 
 
 def compute_dtype(full: FullFinetuneConfig, device: torch.device) -> torch.dtype:
+    """auto: bf16 on every accelerator (A100, MI250X and Max 1550 all have bf16 matrix units), fp32 on the CPU."""
     if full.compute_dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return torch.bfloat16 if is_accelerator(device) else torch.float32
     return dtype_from_name(full.compute_dtype)
 
 
@@ -75,10 +77,11 @@ class ShardedModel:
 
 def build_sharded_model(config: ModelConfig, env: RankEnv, device: torch.device) -> ShardedModel:
     """The base model, every weight trainable, sharded over the job's ranks; only this rank's rows in memory."""
-    if config.full.cpu_offload and device.type != "cuda":
+    if config.full.cpu_offload and not is_accelerator(device):
         raise ModelError(
             "model.full.cpu_offload moves GPU state to host memory between uses, but this job runs on the CPU, "
-            "where everything is in host memory already; remove it, or run the facility on GPUs (device: cuda)"
+            "where everything is in host memory already; remove it, or run the facility on GPUs "
+            "(device: cuda, rocm or xpu)"
         )
     if config.source == TINY_LLAMA:
         base = build_base_model(config)

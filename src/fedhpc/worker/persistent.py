@@ -48,18 +48,12 @@ import torch
 import torch.distributed as dist
 from transformers.utils.logging import disable_progress_bar
 
-from fedhpc.config import ModelConfig
+from fedhpc.config import Device, ModelConfig
 from fedhpc.errors import FedhpcError
 from fedhpc.exchange.manifest import MANIFEST_NAME
 from fedhpc.lifeline import follow_parent
-from fedhpc.worker.distributed import (
-    RankEnv,
-    all_reduce_sum,
-    destroy_process_group,
-    init_process_group,
-    rank_env,
-    resolve_device,
-)
+from fedhpc.worker.device import describe, empty_cache, resolve_device
+from fedhpc.worker.distributed import RankEnv, all_reduce_sum, destroy_process_group, init_process_group, rank_env
 from fedhpc.worker.inbox import Heartbeat, Inbox
 from fedhpc.worker.loaded import LoadedModel, load_model
 from fedhpc.worker.main import LOG_FORMAT, read_task, recipe_for
@@ -129,7 +123,7 @@ class PersistentWorker:
     """The loop of one rank; see the module docstring."""
 
     def __init__(
-        self, inbox: Path, env: RankEnv, device: Literal["auto", "cpu", "cuda"], heartbeat_interval: float,
+        self, inbox: Path, env: RankEnv, device: Device, heartbeat_interval: float,
         idle_timeout: float,
     ):
         self.inbox = Inbox(inbox)
@@ -143,8 +137,8 @@ class PersistentWorker:
             self.inbox.create()
             self.heartbeat = Heartbeat(
                 self.inbox.heartbeat_path, heartbeat_interval, worker=self.inbox.root.name, pid=os.getpid(),
-                host=socket.gethostname(), world_size=env.world_size, device=self.device.type, base_load_seconds=None,
-                tasks_done=0,
+                host=socket.gethostname(), world_size=env.world_size, device=describe(self.device),
+                base_load_seconds=None, tasks_done=0,
             )
 
     def run(self) -> int:
@@ -285,8 +279,7 @@ class PersistentWorker:
 
     def _finish(self, seq: str, result: dict[str, Any], started: float) -> None:
         gc.collect()  # the task's DDP wrapper (its reducer's autograd hooks) must be gone before the next one wraps
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        empty_cache(self.device)
         if self.env.is_main:
             self.inbox.write_result(seq, {**result, "started_at": started})
             outcome = "done" if result["ok"] else f"failed: {result['error']}"
@@ -300,7 +293,7 @@ class PersistentWorker:
 
 
 def run_persistent(
-    inbox: Path | str, heartbeat_interval: float, idle_timeout: float, device: Literal["auto", "cpu", "cuda"] = "auto"
+    inbox: Path | str, heartbeat_interval: float, idle_timeout: float, device: Device = "auto"
 ) -> None:
     """The `fedhpc worker --persistent` command on this rank: exit 0 when stopped or idle, 1 on a fatal failure."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)

@@ -19,7 +19,8 @@ from pathlib import Path
 from fedhpc.atomic_files import atomic_write_json
 from fedhpc.errors import ModelError
 from fedhpc.exchange import WorkerTask
-from fedhpc.worker.distributed import RankEnv, barrier, destroy_process_group, resolve_device
+from fedhpc.worker.device import resolve_device
+from fedhpc.worker.distributed import RankEnv, barrier, destroy_process_group
 from fedhpc.worker.loaded import LoadedModel, load_model
 from fedhpc.worker.object_staging import FacilityStore
 from fedhpc.worker.train import TrainResult
