@@ -1,4 +1,9 @@
-"""`mode: train`: apply the staged global, train `local_steps` steps on this facility's data, publish the update.
+"""`mode: train`: apply the staged global, train on this facility's data, publish the update.
+
+The task says how long to train: `local_steps` optimizer steps, or `local_epochs`
+passes over the facility's examples turned into steps here (`epoch_steps`), the
+server's `local_steps` then being the most it may take. The manifest's
+`local_steps` is the count actually trained, which the server weighs updates by.
 
 Rank 0 alone logs and rewrites the progress file. The model is whole on every
 rank or sharded over them (`fedhpc.worker.loaded`); this recipe reads the same
@@ -10,13 +15,15 @@ update after writing it.
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 from transformers import set_seed
 
 from fedhpc.errors import ConfigError
-from fedhpc.exchange import ExchangeDir, ExchangeMeta, WorkerTask
-from fedhpc.worker.data import GPU_LENGTH_MULTIPLE, batches, read_examples, shard_indices
+from fedhpc.exchange import ExchangeDir, ExchangeMeta, TrainSettings, WorkerTask
+from fedhpc.worker.data import batches, read_examples, shard_indices
+from fedhpc.worker.device import length_multiple
 from fedhpc.worker.distributed import RankEnv, barrier, init_process_group
 from fedhpc.worker.loaded import LoadedModel, training_dtype
 from fedhpc.worker.recipe import Recipe
@@ -89,8 +96,9 @@ class TrainRecipe(Recipe):
             global_.close()
         examples = read_examples(task.data)
         self.num_samples = len(examples)
+        self.local_steps = epoch_steps(task.train, len(examples), env.world_size)
         shard = [examples[i] for i in shard_indices(len(examples), env.rank, env.world_size, task.train.seed)]
-        multiple = GPU_LENGTH_MULTIPLE if self.device.type == "cuda" else 1
+        multiple = length_multiple(self.device)
         self.batches = batches(shard, loaded.tokenizer, task.data_config, task.train.batch_size, multiple)
         logger.info("%d examples at this facility, %d on rank 0", len(examples), len(shard))
         self.load_seconds = self.built_seconds() + time.perf_counter() - start
@@ -101,7 +109,7 @@ class TrainRecipe(Recipe):
         set_seed(settings.seed)  # the server derives a job's seed (docs/contracts.md): data order and dropout
 
         def on_step(step: int, loss: float) -> None:
-            logger.info("step %d/%d loss %.4f", step, settings.local_steps, loss)
+            logger.info("step %d/%d loss %.4f", step, self.local_steps, loss)
             self._progress("training", step=step, loss=loss)
 
         self._progress("training")
@@ -109,7 +117,7 @@ class TrainRecipe(Recipe):
         dtype = training_dtype(self.task.model, self.device)
         self.result = train_local_steps(
             loaded.model, self.batches, settings, self.device, self.env, dtype, on_step, loss=loaded.loss,
-            sharded=loaded.sharded, optimizer=loaded.optimizer if keep else None,
+            sharded=loaded.sharded, optimizer=loaded.optimizer if keep else None, steps=self.local_steps,
         )  # fmt: skip
         loaded.optimizer = self.result.optimizer if keep else None
 
@@ -128,7 +136,7 @@ class TrainRecipe(Recipe):
 
     def _meta(self) -> ExchangeMeta:
         task, result, loaded = self.task, self.result, self.loaded
-        assert result is not None and loaded is not None
+        assert result is not None and loaded is not None and task.train is not None
         return ExchangeMeta(
             kind="update",
             round=task.round,
@@ -140,6 +148,10 @@ class TrainRecipe(Recipe):
             update_form=task.update_form,
             metrics={
                 "loss": result.losses,
+                "grad_norm": result.grad_norms,
+                "lr": result.lrs,
+                "grad_accum_steps": task.train.grad_accum_steps,
+                "max_grad_norm": task.train.max_grad_norm,
                 "tokens": result.tokens,
                 "samples_seen": result.samples_seen,
                 "train_seconds": result.seconds,
@@ -149,3 +161,24 @@ class TrainRecipe(Recipe):
                 "sharded": loaded.sharded,
             },
         )
+
+
+def epoch_steps(settings: TrainSettings, examples: int, world_size: int) -> int:
+    """Optimizer steps for this task: `local_steps`, or ⌈epochs × examples / examples per step⌉ capped by it.
+
+    An optimizer step takes `batch_size` rows × `grad_accum_steps` micro-batches on each of
+    `world_size` ranks. With `data.packing` a row holds several examples, so the same count
+    of steps passes over the data more than `local_epochs` times.
+    """
+    if settings.local_epochs is None:
+        return settings.local_steps
+    per_step = settings.batch_size * settings.grad_accum_steps * world_size
+    wanted = max(1, math.ceil(settings.local_epochs * examples / per_step))
+    if wanted > settings.local_steps:
+        logger.warning(
+            "local_epochs %g over %d examples is %d steps of %d examples; the server allows at most "
+            "local_steps %d, so this task trains %d", settings.local_epochs, examples, wanted, per_step,
+            settings.local_steps, settings.local_steps,
+        )  # fmt: skip
+        return settings.local_steps
+    return wanted
