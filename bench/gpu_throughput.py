@@ -69,7 +69,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from fedhpc.exchange import TrainSettings
 from fedhpc.worker.compiled import compile_decoder_layers, wants_compile
-from fedhpc.worker.data import GPU_LENGTH_MULTIPLE, IGNORE_INDEX, Batch, Tokenized, collate, pack_rows
+from fedhpc.worker.data import IGNORE_INDEX, Batch, Tokenized, collate, pack_rows
+from fedhpc.worker.device import length_multiple
 from fedhpc.worker.distributed import RankEnv
 from fedhpc.worker.train import train_local_steps
 
@@ -248,7 +249,7 @@ def run_case(case: Case, loop_name: str, settings: Settings) -> dict[str, Any]:
         compile_decoder_layers(model)
     loop = plain_loop(model, settings) if loop_name == "plain" else worker_loop(model, settings)
     worker = loop_name != "plain"  # the worker packs (data.packing) and pads lengths to a multiple on GPUs
-    multiple = settings.length_multiple or (GPU_LENGTH_MULTIPLE if worker and settings.device.type == "cuda" else 1)
+    multiple = settings.length_multiple or (length_multiple(settings.device) if worker else 1)
     batches = Batches(case, settings, model.config.vocab_size, packed=case.varied and worker, length_multiple=multiple)
     start = time.perf_counter()
     losses = loop(batches, settings.warmup)

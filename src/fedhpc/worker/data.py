@@ -106,12 +106,6 @@ class Batch:
         return {key: value.to(device, non_blocking=True) for key, value in inputs.items()}
 
 
-# Batch lengths on GPUs are padded up to a multiple of this (never past data.seq_len): with a few
-# distinct shapes instead of one per batch, cuDNN's attention plans, cuBLAS' heuristics and compiled
-# kernels are built once per shape and reused, rather than rebuilt for nearly every step.
-GPU_LENGTH_MULTIPLE = 64
-
-
 def batches(
     examples: Sequence[Example],
     tokenizer: PreTrainedTokenizerBase,
