@@ -16,7 +16,8 @@ from pydantic import ByteSize, Field, field_validator, model_validator
 from fedhpc.config.algorithm import AlgorithmConfig
 from fedhpc.config.data import DataConfig
 from fedhpc.config.facility import FacilityConfig
-from fedhpc.config.model import ModelConfig
+from fedhpc.config.launchers import LocalLauncherConfig, SimulatedLauncherConfig
+from fedhpc.config.model import ModelConfig, quantize_refusal
 from fedhpc.config.movers import FilesystemMoverConfig
 from fedhpc.config.recipe import EffectiveRecipe, check_recipe, recipe_for
 from fedhpc.config.types import (
@@ -136,6 +137,21 @@ class Experiment(Frozen):
                 "keeps AdamW's moments in a persistent worker between tasks, but no facility has mode: persistent "
                 "(a per-round job starts a fresh process); set a facility's mode to persistent or remove the key",
             )
+        return self
+
+    @model_validator(mode="after")
+    def _quantized_base_supported(self) -> Experiment:
+        if self.model.quantize == "none":
+            return self
+        for index, facility in enumerate(self.facilities):
+            launcher = facility.launcher
+            runs_here = isinstance(launcher, (LocalLauncherConfig, SimulatedLauncherConfig))
+            reason = quantize_refusal(launcher.resources().device, runs_here)
+            if reason is not None:
+                raise KeyedValueError(
+                    "model.quantize", f"{self.model.quantize} cannot be used by facility {facility.name!r} "
+                    f"(facilities.{index}): it {reason}"
+                )
         return self
 
     @model_validator(mode="after")

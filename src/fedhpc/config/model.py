@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import platform
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +22,16 @@ from fedhpc.config.types import (
 )
 
 MODEL_NAMES = ("tiny-llama", "smollm2-135m-instruct")
+
+Quantize = Literal["none", "nf4"]
+"""How the frozen base's linear layers are stored: as loaded, or 4-bit NormalFloat (QLoRA, docs/qlora.md)."""
+
+#: Bytes per weight of an nf4 linear layer with double quantisation: 4 bits, an 8-bit absmax per block of 64
+#: weights, and an fp32 scale per 256 of those blocks (QLoRA, Dettmers et al. 2023, section 3).
+NF4_BYTES_PER_PARAMETER = (4 + 8 / 64 + 32 / (64 * 256)) / 8
+
+#: Where the kernel reports the CPU's instruction sets; bitsandbytes' x86-64 CPU build needs AVX2.
+CPUINFO = Path("/proc/cpuinfo")
 
 
 class LoraConfig(Frozen):
@@ -84,6 +96,11 @@ class ModelConfig(Frozen):
     dtype: DType = "float32"
     peft: Literal["lora", "none"] = "lora"
     lora: LoraConfig = LoraConfig()
+    quantize: Quantize = Field(
+        "none",
+        description="nf4: QLoRA, the frozen base's linear layers held in 4 bits by bitsandbytes (compute and "
+        "adapters in model.dtype); LoRA only; needs `pip install 'fedhpc[qlora]'` where the worker runs",
+    )
     full: FullFinetuneConfig = FullFinetuneConfig()
     compile: bool | Literal["auto"] = Field(
         "auto", description="torch.compile each decoder layer; auto: on GPUs only (docs/performance.md)"
@@ -123,3 +140,44 @@ class ModelConfig(Frozen):
                 "to train every weight, or remove model.full"
             )
         return self
+
+    @model_validator(mode="after")
+    def _quantized_base_needs_lora(self) -> ModelConfig:
+        # A 4-bit weight has no gradient and no optimizer step: only adapters over it can train.
+        if self.quantize != "none" and self.peft != "lora":
+            raise KeyedValueError(
+                "model.quantize", f"{self.quantize} freezes the base in 4 bits, which full fine-tuning (model.peft: "
+                f"{self.peft}) would have to train; set model.peft: lora, or model.quantize: none"
+            )
+        return self
+
+
+def quantize_refusal(device: str, runs_here: bool) -> str | None:
+    """Why a facility training on `device` cannot hold its base in 4 bits, or None where it can.
+
+    bitsandbytes (>= 0.50) quantizes to nf4 on every device fedhpc trains on:
+    x86-64 CPUs with AVX2 and aarch64 CPUs, NVIDIA GPUs of compute capability 6.0
+    and newer, AMD GPUs under ROCm (MI250X's gfx90a among its wheels' targets) and
+    Intel XPUs with PyTorch >= 2.6. What the server can check is therefore its own
+    machine only, for a facility whose worker runs in this Python on this machine
+    (`runs_here`: the local and simulated launchers); a remote facility's worker
+    checks the same when it loads the model (`fedhpc.worker.model`).
+    """
+    if not runs_here:
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "trains in this Python environment, which lacks bitsandbytes: pip install 'fedhpc[qlora]'"
+    if device == "cpu" and platform.machine() in ("x86_64", "AMD64") and not _cpu_has_avx2():
+        return ("trains on this machine's CPU, which lacks AVX2, the least bitsandbytes' x86-64 CPU kernels need; "
+                "train it on a GPU or set model.quantize: none")
+    return None
+
+
+def _cpu_has_avx2() -> bool:
+    """Whether the kernel lists AVX2 among the CPU's flags; True where it does not say (not Linux)."""
+    try:
+        text = CPUINFO.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return True
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), None)
+    return flags is None or "avx2" in flags

@@ -9,12 +9,20 @@ check this instead of trusting it.
 Only trainable tensors travel. Their names are peft's adapter state-dict names
 without the adapter name (`get_peft_model_state_dict`) for LoRA, and the plain
 `named_parameters` names for full fine-tuning (docs/contracts.md).
+
+With ``model.quantize: nf4`` (QLoRA, docs/qlora.md) the same base is built or
+loaded and its linear layers are then held in 4 bits by bitsandbytes; the
+adapters, their names and the update format are the same as without. The
+fingerprint gains an ``nf4:`` prefix, so the server refuses an update trained
+on the full-precision base in a quantized run, and the other way round.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +34,7 @@ from torch import nn
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    BitsAndBytesConfig,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
@@ -33,9 +42,12 @@ from transformers import (
 )
 
 from fedhpc.config import ModelConfig, TinyLlamaConfig
+from fedhpc.config.model import Quantize
 from fedhpc.errors import ModelError
 from fedhpc.exchange import ExchangeDir, dtype_from_name
 from fedhpc.worker.tokenizer import build_byte_tokenizer
+
+log = logging.getLogger(__name__)
 
 TINY_LLAMA = "tiny-llama"
 
@@ -46,14 +58,65 @@ class BaseModel:
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
-    fingerprint: str  # "sha256:<hex>", identical wherever the same base weights were built or loaded
+    # "sha256:<hex>", identical wherever the same base weights were built or loaded; "nf4:sha256:<hex>" for
+    # those weights held in 4 bits (the hex names the weights quantized, not the 4-bit bytes)
+    fingerprint: str
 
 
 def build_base_model(config: ModelConfig) -> BaseModel:
-    """Build (tiny-llama) or load (anything else) the base model in `config.dtype`, on the CPU."""
-    if config.source == TINY_LLAMA:
-        return _build_tiny_llama(config.tiny, dtype_from_name(config.dtype))
-    return _load_pretrained(config)
+    """Build (tiny-llama) or load (anything else) the base model in `config.dtype`, on the CPU.
+
+    With `config.quantize`, its linear layers (not the embeddings, norms or
+    output head) are quantized to 4 bits as they load.
+    """
+    if config.source != TINY_LLAMA:
+        return _load_pretrained(config)
+    base = _build_tiny_llama(config.tiny, dtype_from_name(config.dtype))
+    if config.quantize == "none":
+        return base
+    model = LlamaForCausalLM.from_pretrained(
+        None, config=base.model.config, state_dict=base.model.state_dict(), dtype=dtype_from_name(config.dtype),
+        **_quantization(config),
+    )  # fmt: skip
+    return _quantized(BaseModel(model, base.tokenizer, base.fingerprint), config.quantize)
+
+
+def _quantization(config: ModelConfig) -> dict[str, BitsAndBytesConfig]:
+    """`from_pretrained`'s quantization argument for `config.quantize`: none, or QLoRA's nf4 recipe.
+
+    nf4 with double quantisation (QLoRA, Dettmers et al. 2023) over blocks of 64
+    weights; matmuls dequantize to `model.dtype`, the dtype the adapters train in.
+    """
+    if config.quantize == "none":
+        return {}
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError(
+            f"model.quantize {config.quantize!r} needs bitsandbytes in the worker's Python environment, which lacks "
+            "it: pip install 'fedhpc[qlora]' there (docs/qlora.md)"
+        )
+    return {"quantization_config": BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=config.quantize, bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype_from_name(config.dtype),
+    )}  # fmt: skip
+
+
+def _quantized(base: BaseModel, quantize: Quantize) -> BaseModel:
+    """The loaded 4-bit base, made safe to train on the CPU, under a fingerprint that says it is quantized.
+
+    On a CPU with AVX512-BF16, bitsandbytes (0.50) repacks a 4-bit layer's
+    weight for its fused inference kernel the first time the layer runs in
+    eval mode without gradients, and from then on every forward, training
+    included, takes that kernel, which has no backward: gradients through the
+    frozen layers are silently lost. A base that trains is never repacked.
+    """
+    import bitsandbytes as bnb
+
+    layers = [module for module in base.model.modules() if isinstance(module, bnb.nn.Linear4bit)]
+    for module in layers:
+        module.support_avx512bf16_for_cpu = False
+    log.info("base model quantized to %s: %d linear layers in 4 bits, %.1f MiB in all (bitsandbytes %s)",
+             quantize, len(layers), base.model.get_memory_footprint() / 2**20, bnb.__version__)
+    return BaseModel(base.model, base.tokenizer, f"{quantize}:{base.fingerprint}")
 
 
 TINY_INIT_STD = 0.1
@@ -111,13 +174,14 @@ def _load_pretrained(config: ModelConfig) -> BaseModel:
 
     path: Path = resolve_pretrained(config.source, config.cache_dir)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype_from_name(config.dtype))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype_from_name(config.dtype), **_quantization(config))
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load the model in {path} (from model.source {config.source!r}): {e}") from e
     if tokenizer.eos_token_id is None:
         raise ModelError(f"the tokenizer in {path} has no EOS token; completions could not be terminated")
-    return BaseModel(model, tokenizer, fingerprint_model_dir(path))
+    base = BaseModel(model, tokenizer, fingerprint_model_dir(path))
+    return base if config.quantize == "none" else _quantized(base, config.quantize)
 
 
 def add_trainable(model: PreTrainedModel, config: ModelConfig) -> nn.Module:
