@@ -58,7 +58,9 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def train(workspace: Path, name: str, settings: TrainSettings, nprocs: int = 1, model: ModelConfig = FSDP) -> ExchangeDir:
+def train(
+    workspace: Path, name: str, settings: TrainSettings, nprocs: int = 1, model: ModelConfig = FSDP
+) -> ExchangeDir:
     """One real worker task: in this process for one rank, under torchrun for more."""
     task = train_task(workspace, workspace / "global" / "r0000", name, model=model, train=settings)
     if nprocs == 1:
@@ -71,7 +73,9 @@ def train(workspace: Path, name: str, settings: TrainSettings, nprocs: int = 1, 
 
 def assert_same_weights(actual: ExchangeDir, expected: ExchangeDir) -> None:
     for name in expected.names():
-        torch.testing.assert_close(actual.get(name), expected.get(name), rtol=0, atol=ATOL, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            actual.get(name), expected.get(name), rtol=0, atol=ATOL, msg=lambda m: f"{name}: {m}"  # noqa: B023
+        )
 
 
 def largest_difference(a: ExchangeDir, b: ExchangeDir) -> float:
@@ -111,11 +115,26 @@ def test_two_ddp_ranks_accumulating_train_as_one_process(workspace: Path, big_ba
     assert ddp.manifest.metrics["loss"] == pytest.approx(big_batch.manifest.metrics["loss"], abs=1e-6)
 
 
-def test_fedprox_counts_its_pull_once_per_step_when_accumulating(workspace: Path, big_batch: ExchangeDir) -> None:
-    one = train(workspace, "prox-big", recipe(BATCH, proximal_mu=50.0))
+@pytest.fixture(scope="module")
+def big_batch_proximal(workspace: Path) -> ExchangeDir:
+    return train(workspace, "prox-big", recipe(BATCH, proximal_mu=50.0))
+
+
+def test_fedprox_counts_its_pull_once_per_step_when_accumulating(
+    workspace: Path, big_batch: ExchangeDir, big_batch_proximal: ExchangeDir
+) -> None:
     accumulated = train(workspace, "prox-accum", recipe(2, accumulate=4, proximal_mu=50.0))
-    assert_same_weights(accumulated, one)
-    assert largest_difference(one, big_batch) > 10 * ATOL  # the proximal term does act here
+    assert_same_weights(accumulated, big_batch_proximal)
+    assert largest_difference(big_batch_proximal, big_batch) > 10 * ATOL  # the proximal term does act here
+
+
+def test_fsdp_ranks_accumulating_with_fedprox_train_as_one_process(
+    workspace: Path, big_batch_proximal: ExchangeDir
+) -> None:
+    """The pull goes straight into each rank's gradient shard, beside the reduce-scattered micro-batches."""
+    fsdp = train(workspace, "prox-fsdp", recipe(2, accumulate=2, proximal_mu=50.0), nprocs=2)
+    assert fsdp.manifest.metrics["sharded"] is True
+    assert_same_weights(fsdp, big_batch_proximal)
 
 
 # --- clipping -----------------------------------------------------------------------------------------------------
