@@ -15,6 +15,7 @@ import time
 import torch
 
 from fedhpc.exchange import ExchangeMeta, write_state_dict
+from fedhpc.worker.device import describe
 from fedhpc.worker.distributed import init_process_group
 from fedhpc.worker.model import extract_trainable
 from fedhpc.worker.recipe import Recipe
@@ -55,7 +56,7 @@ class InitRecipe(Recipe):
             kind="global",
             round=0,
             base_fingerprint=self.loaded.fingerprint,
-            metrics={"load_seconds": self.load_seconds, "device": self.device.type},
+            metrics={"load_seconds": self.load_seconds, "device": describe(self.device)},
         )
         state = extract_trainable(self.loaded.model, torch.float32)
         manifest = write_state_dict(self.task.update_dir, state, meta, self.task.shard_bytes)

@@ -23,7 +23,7 @@ from transformers import set_seed
 from fedhpc.errors import ConfigError
 from fedhpc.exchange import ExchangeDir, ExchangeMeta, TrainSettings, WorkerTask
 from fedhpc.worker.data import batches, read_examples, shard_indices
-from fedhpc.worker.device import length_multiple
+from fedhpc.worker.device import describe, length_multiple
 from fedhpc.worker.distributed import RankEnv, barrier, init_process_group
 from fedhpc.worker.loaded import LoadedModel, training_dtype
 from fedhpc.worker.recipe import Recipe
@@ -157,7 +157,7 @@ class TrainRecipe(Recipe):
                 "train_seconds": result.seconds,
                 "load_seconds": self.load_seconds,
                 "world_size": self.env.world_size,
-                "device": self.device.type,
+                "device": describe(self.device),
                 "sharded": loaded.sharded,
             },
         )
