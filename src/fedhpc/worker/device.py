@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from fedhpc.worker.distributed import RankEnv
 
 logger = logging.getLogger(__name__)
+rank_logger = logging.getLogger(f"{__name__}.rank")
+rank_logger.setLevel(logging.INFO)  # even on the ranks the worker quiets: a binding goes wrong on one rank only
 
 Vendor = Literal["cuda", "rocm", "xpu", "cpu"]
 
@@ -78,11 +80,11 @@ TORCHRUN_VARIABLE = "TORCHELASTIC_RUN_ID"
 _said: set[str] = set()
 
 
-def _once(level: int, key: str, message: str, *args: object) -> None:
+def _once(level: int, key: str, message: str, *args: object, to: logging.Logger = logger) -> None:
     """Log `message` the first time `key` comes up in this process (tasks repeat; the line need not)."""
     if key not in _said:
         _said.add(key)
-        logger.log(level, message, *args)
+        to.log(level, message, *args)
 
 
 @dataclass(frozen=True)
@@ -286,7 +288,7 @@ def resolve_device(
     choice = select_device(requested, env, environ, probe)
     if choice.vendor != "cpu":
         torch.accelerator.set_device_index(choice.device.index)
-    _once(logging.INFO, f"device-{choice}", "rank %d: %s", env.rank, choice)
+    _once(logging.INFO, f"device-{choice}", "rank %d: %s", env.rank, choice, to=rank_logger)
     return choice.device
 
 
