@@ -79,11 +79,13 @@ def test_process_group_needs_a_rendezvous_address(monkeypatch: pytest.MonkeyPatc
 
 
 RANK_SCRIPT = textwrap.dedent("""
-    import json, os, sys
-    import torch, torch.distributed as dist
+    import json, logging, os
+    import torch.distributed as dist
     from fedhpc.worker.device import resolve_device
     from fedhpc.worker.distributed import init_process_group, rank_env, all_reduce_sum
+    logging.basicConfig(level=logging.INFO)
     env = rank_env()
+    logging.getLogger("fedhpc").setLevel(logging.INFO if env.is_main else logging.ERROR)  # as the worker does
     device = resolve_device(os.environ["WANT"], env)
     init_process_group(env, device)
     total = all_reduce_sum([env.rank + 1.0], device)
@@ -96,7 +98,7 @@ RANK_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize("want", ["cpu", "auto"])
 def test_two_ranks_join_a_gloo_group_on_the_cpu(tmp_path: Path, want: str) -> None:
-    """Real torchrun, real gloo: the backend the device module chose, on every rank."""
+    """Real torchrun, real gloo: the backend the device module chose, and each rank's device line."""
     if want == "auto" and torch.accelerator.is_available():
         pytest.skip("auto picks this machine's accelerator")
     script = tmp_path / "rank.py"
@@ -110,3 +112,4 @@ def test_two_ranks_join_a_gloo_group_on_the_cpu(tmp_path: Path, want: str) -> No
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert ranks == [{"rank": r, "device": "cpu", "backend": "gloo", "sum": 3.0} for r in (0, 1)]
+    assert "rank 0: device cpu" in done.stderr and "rank 1: device cpu" in done.stderr
