@@ -27,7 +27,9 @@ class LrSchedule(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["constant", "linear", "cosine"] = "constant"
-    warmup_steps: float = Field(0.0, ge=0, description="federation steps of linear warm-up to `lr`, from lr/(warmup_steps + 1) at step 0")
+    warmup_steps: float = Field(
+        0.0, ge=0, description="federation steps of linear warm-up to `lr`, from lr/(warmup_steps + 1) at step 0"
+    )
     total_steps: float = Field(gt=0, description="federation steps of the whole run: rounds × algorithm.local_steps")
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="the decay ends at this fraction of `lr`")
 
