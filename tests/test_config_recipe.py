@@ -7,12 +7,16 @@ the model would silently ignore is refused with the reason.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from conftest import QUICKSTART
+from fedhpc.cli import app
 from fedhpc.config import load_experiment
 from fedhpc.errors import ConfigError
 
@@ -158,3 +162,50 @@ def test_overrides_through_set(project: Path):
     exp = load_experiment(_experiment(project), ["facilities.0.train.lr=2e-4", "facilities.1.train.seq_len=64"])
     assert exp.recipe_for(exp.facilities[0]).lr == 2e-4
     assert exp.recipe_for(exp.facilities[1]).seq_len == 64
+
+
+# --- fedhpc validate -----------------------------------------------------------------------------
+
+
+def _validate(*args: str) -> str:
+    result = CliRunner().invoke(app, ["validate", *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_validate_prints_each_facilitys_effective_recipe():
+    quickstart_full = QUICKSTART.parent / "full-finetune.yaml"
+    out = _validate(
+        str(quickstart_full), "--set", "algorithm.max_grad_norm=1.5", "--set", "algorithm.weighting=tokens",
+        "--set", "facilities.1.train.batch_size=2", "--set", "facilities.1.train.grad_accum_steps=4",
+        "--set", "facilities.1.train.seq_len=48", "--set", "facilities.1.train.activation_checkpointing=false",
+        "--set", "facilities.1.train.local_epochs=0.5",
+    )
+    alpha, beta = out.split("facility beta:")[0].split("facility alpha:")[1], out.split("facility beta:")[1]
+    assert "recipe (all inherited):" in alpha
+    assert "micro-batch 8 x accumulation 1 x 1 rank = 8 sequences of 96 tokens per step" in alpha
+    assert "12 local steps per job" in alpha and "lr             0.0005\n" in alpha
+    assert "clipping       global norm 1.5; activation checkpointing on; weighting tokens" in alpha
+    assert "recipe (its own: batch_size, grad_accum_steps, local_epochs, seq_len, activation_checkpointing):" in beta
+    assert "micro-batch 2 x accumulation 4 x 2 ranks = 16 sequences of 48 tokens per step" in beta
+    assert "0.5 epoch(s) of its data per job, at most 12 steps" in beta
+    assert "activation checkpointing off" in beta
+    # the memory plan reads the same recipe: beta's activations are for its own micro-batch and seq_len
+    assert "seq 96 x micro-batch 8, each layer recomputed" in out and "seq 48 x micro-batch 2, no recomputation" in out
+
+
+def test_validate_shows_the_lr_each_facility_starts_and_ends_its_first_and_last_round_with():
+    """quickstart: 3 rounds of 12 steps = 36 federation steps; warm-up 5, then cosine to 0.1 × peak.
+
+    round 1 starts at peak·1/6 (warm-up); round 3's last step sits at 24 + 12·11/12 = 35, near the floor.
+    """
+    out = _validate(str(QUICKSTART), "--set", "algorithm.lr_schedule.kind=cosine",
+                    "--set", "algorithm.lr_schedule.warmup_steps=5", "--set", "algorithm.lr_schedule.min_lr_ratio=0.1",
+                    "--set", "facilities.1.train.lr=0.001")
+    assert ("0.005 peak; 5 warm-up steps then cosine to 0.1 x peak over 36 federation steps: "
+            "round 1 0.000833 -> ") in out
+    assert "0.001 peak; 5 warm-up steps then cosine to 0.1 x peak over 36 federation steps: round 1 0.000167 -> " in out
+    peak, floor = 0.005, 0.1
+    progress = (35 - 5) / (36 - 5)
+    last = peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+    assert f"round 3 {peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * 19 / 31))):.3g} -> {last:.3g}" in out

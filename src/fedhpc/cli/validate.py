@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedhpc.cli.common import ExperimentArg, SetOption, console, failure, globus_module, load_or_exit
+from fedhpc.config import Experiment, FacilityConfig
 from fedhpc.errors import ConfigError, FedhpcError
 
 
@@ -33,7 +34,7 @@ def validate(
         Optional[str], typer.Option("--gpu-memory", help="What-if memory of one GPU, e.g. 40GiB, for every facility.")
     ] = None,
 ) -> None:
-    """Check an experiment file without running anything; print each facility's memory plan per GPU."""
+    """Check an experiment file without running anything; print each facility's recipe and memory plan per GPU."""
     from fedhpc.globus.facilities import describe
     from fedhpc.memory_plan import describe_memory
 
@@ -51,6 +52,8 @@ def validate(
             + (", persistent worker" if facility.mode == "persistent" else ""),
         )
         for line in describe(facility):
+            out.print(f"    {line}")
+        for line in describe_recipe(exp, facility):
             out.print(f"    {line}")
         data_problems += _check_data(facility, out)
     if data_problems:
@@ -70,6 +73,48 @@ def validate(
             out.print("no Globus endpoint or collection to check online")
         if not all(check.ok for check in checks):
             raise typer.Exit(1)
+
+
+def describe_recipe(exp: Experiment, facility: FacilityConfig) -> list[str]:
+    """The facility's effective recipe (`Experiment.recipe_for`): what its jobs are told to train with."""
+    from fedhpc.lr_schedule import learning_rate
+    from fedhpc.run.launches import federation_schedule, schedule_start
+
+    recipe, algorithm = exp.recipe_for(facility), exp.algorithm
+    given = f" (its own: {', '.join(recipe.overridden)})" if recipe.overridden else " (all inherited)"
+    ranks = f"{recipe.ranks} rank{'s' * (recipe.ranks > 1)}"
+    if recipe.local_epochs is not None:
+        steps = f"{recipe.local_epochs:g} epoch(s) of its data per job, at most {recipe.local_steps} steps"
+    elif algorithm.name == "fedcompass":
+        fewest, most = algorithm.compass_steps()
+        steps = f"{fewest} to {most} local steps per job, as fedcompass assigns"
+    else:
+        steps = f"{recipe.local_steps} local steps per job"
+    schedule = federation_schedule(algorithm)
+    lr = f"{recipe.lr:g}"
+    if schedule is not None:
+        span, last_round = algorithm.local_steps, algorithm.rounds
+        unit = "version" if algorithm.is_async else "round"
+
+        def over(round: int) -> str:
+            start = schedule_start(algorithm, round)
+            first = learning_rate(schedule, recipe.lr, start)
+            last = learning_rate(schedule, recipe.lr, start + span * (recipe.local_steps - 1) / recipe.local_steps)
+            return f"{unit} {round} {first:.3g} -> {last:.3g}"
+
+        warmup = f"{schedule.warmup_steps:g} warm-up steps then " if schedule.warmup_steps else ""
+        lr += (f" peak; {warmup}{schedule.kind} to {schedule.min_lr_ratio:g} x peak over {schedule.total_steps:g} "
+               f"federation steps: {over(1)}, {over(last_round)}")
+    clipping = f"global norm {recipe.max_grad_norm:g}" if recipe.max_grad_norm is not None else "off"
+    checkpointing = {None: "n/a (LoRA)", True: "on", False: "off"}[recipe.activation_checkpointing]
+    return [
+        f"recipe{given}:",
+        f"  batch          micro-batch {recipe.batch_size} x accumulation {recipe.grad_accum_steps} x {ranks} "
+        f"= {recipe.global_batch} sequences of {recipe.seq_len} tokens per step",
+        f"  steps          {steps}",
+        f"  lr             {lr}",
+        f"  clipping       {clipping}; activation checkpointing {checkpointing}; weighting {algorithm.weighting}",
+    ]
 
 
 def _check_data(facility: Any, out: Console) -> list[str]:
