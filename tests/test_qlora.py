@@ -21,6 +21,8 @@ from fedhpc.config import model as config_model
 from fedhpc.config.model import NF4_BYTES_PER_PARAMETER
 from fedhpc.errors import ConfigError, ExchangeError, ModelError
 from fedhpc.exchange import ExchangeDir
+from fedhpc.memory_plan import plan_memory
+from fedhpc.model_shape import model_shape
 from fedhpc.run.ledger import Ledger
 from fedhpc.worker import model as worker_model
 from fedhpc.worker.model import add_trainable, build_base_model, extract_trainable
@@ -106,6 +108,12 @@ def test_the_base_is_held_in_4_bits_and_the_adapters_travel_as_without() -> None
     )
     saved = full.model.get_memory_footprint() - quantized.model.get_memory_footprint()
     assert saved == pytest.approx(linear * (4 - NF4_BYTES_PER_PARAMETER), rel=0.02)
+    # The memory plan counts the same frozen base as the loaded model holds (adapters apart: none yet).
+    shape = model_shape(NF4)
+    planned = plan_memory(shape, ranks=1, sharding="auto", param_dtype="float32", compute_dtype="float32",
+                          peft="lora", seq_len=64, micro_batch=1, activation_checkpointing=False, quantized=True)
+    adapters = shape.lora_params(NF4.lora.r, NF4.lora.target_modules) * 4
+    assert planned.params - adapters == pytest.approx(quantized.model.get_memory_footprint(), rel=0.02)
 
     ours = extract_trainable(add_trainable(quantized.model, NF4), torch.float32)
     theirs = extract_trainable(add_trainable(full.model, ModelConfig()), torch.float32)

@@ -55,10 +55,12 @@ covers the CUDA context, NCCL buffers and allocator fragmentation.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
 from fedhpc.config import Experiment, FacilityConfig
+from fedhpc.config.model import NF4_BYTES_PER_PARAMETER
 from fedhpc.errors import ModelError
 from fedhpc.model_shape import ModelShape, model_shape, trainable_params
 
@@ -90,6 +92,7 @@ class PlanInputs:
     cpu_offload: bool
     gpu_memory: int | None
     proximal: bool
+    quantized: bool = False  # model.quantize nf4: the decoder layers' linear weights held in 4 bits
 
 
 @dataclass(frozen=True)
@@ -131,13 +134,13 @@ def plan_memory(
     reduce_dtype: str = "float32", peft: str = "none", lora_r: int = 8,
     lora_targets: list[str] | tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"),
     seq_len: int, micro_batch: int, activation_checkpointing: bool, cpu_offload: bool = False,
-    gpu_memory: int | None = None, proximal: bool = False,
+    gpu_memory: int | None = None, proximal: bool = False, quantized: bool = False,
 ) -> MemoryPlan:  # fmt: skip
     """The plan of one job; `sharding` is auto, fsdp or ddp (LoRA ignores it and replicates)."""
     layout = resolve_sharding(sharding, ranks) if peft == "none" else ("single" if ranks == 1 else "ddp")
     return _plan(PlanInputs(
         shape, ranks, layout, param_dtype, compute_dtype, reduce_dtype, peft, lora_r, tuple(lora_targets),
-        seq_len, micro_batch, activation_checkpointing, cpu_offload, gpu_memory, proximal,
+        seq_len, micro_batch, activation_checkpointing, cpu_offload, gpu_memory, proximal, quantized,
     ))  # fmt: skip
 
 
@@ -148,7 +151,7 @@ def _plan(i: PlanInputs) -> MemoryPlan:
     trainable = trainable_params(shape, i.peft, i.lora_r, i.lora_targets)
     buckets = 1 if i.sharding == "ddp" else 0
     if i.peft != "none":
-        params = shape.num_params * p + trainable * ADAPTER_BYTES * (2 if i.proximal else 1)
+        params = _frozen_base_bytes(shape, p, i.quantized) + trainable * ADAPTER_BYTES * (2 if i.proximal else 1)
         working, grads, optimizer = 0, trainable * ADAPTER_BYTES * (1 + buckets), 2 * trainable * ADAPTER_BYTES
     elif i.sharding == "fsdp":
         shard = -(-shape.num_params * p // ranks)
@@ -163,6 +166,15 @@ def _plan(i: PlanInputs) -> MemoryPlan:
     if offloaded:
         params = grads = optimizer = 0
     return MemoryPlan(i, trainable, params, working, grads, optimizer, _activations(i, c), host, offloaded)
+
+
+def _frozen_base_bytes(shape: ModelShape, p: int, quantized: bool) -> int:
+    """The frozen base under LoRA: `p` bytes a weight, or nf4 for the decoder layers' linears (embeddings,
+    norms and lm_head stay at the model's dtype, as `fedhpc.worker.model` loads them)."""
+    if not quantized:
+        return shape.num_params * p
+    linears = shape.layers * sum(n_in * n_out for n_in, n_out in shape.linears().values())
+    return math.ceil(linears * NF4_BYTES_PER_PARAMETER) + (shape.num_params - linears) * p
 
 
 def _activations(i: PlanInputs, c: int) -> int:
@@ -217,7 +229,7 @@ def facility_plan(
         lora_r=model.lora.r, lora_targets=model.lora.target_modules, seq_len=recipe.seq_len,
         micro_batch=recipe.batch_size, activation_checkpointing=full.activation_checkpointing and not lora,
         cpu_offload=full.cpu_offload, gpu_memory=gpu_memory or facility.gpu_memory,
-        proximal=exp.algorithm.proximal_mu > 0,
+        proximal=exp.algorithm.proximal_mu > 0, quantized=lora and model.quantize != "none",
     )  # fmt: skip
 
 
