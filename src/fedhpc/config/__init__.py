@@ -2,7 +2,8 @@
 
 Every model is frozen and forbids unknown keys, so a typo fails when the file is
 loaded rather than at round 7. One module per section (`model`, `data`,
-`algorithm`, `launchers`, `movers`, `facility`, `experiment`), the shared
+`algorithm`, `launchers`, `movers`, `facility`, `experiment`; a facility's
+effective training recipe in `recipe`), the shared
 building blocks in `types`, the reading of a file in `loading`. The names the
 rest of fedhpc uses are imported here.
 """
