@@ -40,6 +40,7 @@ from fedhpc.config.types import (
     BackendConfig,
     Duration,
     Frozen,
+    base_dir,
     expand_user,
     path_exists,
     raise_at,
@@ -189,9 +190,9 @@ class FacilityConfig(Frozen):
                 raise_at(cls, ("data",), raw["data"], "a remote facility's data is a path at the facility: give "
                           "it as an absolute path there (the server neither resolves nor checks it)")
             return raw
-        base = (info.context or {}).get("base_dir")
+        base = base_dir(raw["data"], info)  # the file's folder, or the cwd for a --set value
         if not data.is_absolute() and base is not None:
-            data = Path(base) / data
+            data = base / data
         try:
             found = path_exists(data)
         except ValueError as e:

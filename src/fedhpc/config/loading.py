@@ -1,6 +1,10 @@
 """Reading an experiment file: bounded YAML, ``--set`` overrides, validation, and errors that name file and key.
 
-`load_experiment` never writes to disk: a bad file leaves no trace.
+`load_experiment` never writes to disk: a bad file leaves no trace. A ``--set``
+key reaches into a list by index or, for a list of named items such as
+``facilities``, by name (``facilities.beta.launcher.nprocs=1``); its text is
+marked as the command line's (`CommandLineText`), so a relative path in it
+resolves against the current directory, not the file's folder.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from fedhpc.config.experiment import Experiment
-from fedhpc.config.types import KeyedValueError, shown
+from fedhpc.config.types import CommandLineText, KeyedValueError, shown
 from fedhpc.errors import ConfigError
 from fedhpc.safe_yaml import MAX_DEPTH, MAX_FILE_BYTES, load_bounded
 
@@ -67,9 +71,11 @@ def _read_experiment_text(path: Path) -> str:
 
 
 def apply_override(raw: dict[str, Any], override: str, *, file: str) -> str:
-    """Apply one ``dotted.key=value`` override in place (the value parsed as YAML); return its key.
+    """Apply one ``dotted.key=value`` override in place (the value parsed as YAML); return its key, indices for names.
 
     Errors name the ``--set`` argument rather than `file`: that is what the user must correct.
+    The key returned is the one validation errors use (``facilities.1.launcher.nprocs``), so an
+    error at it is traced back to this ``--set``.
     """
     source = shown(f"--set {override}")
     key, sep, value_text = override.partition("=")
@@ -79,33 +85,63 @@ def apply_override(raw: dict[str, Any], override: str, *, file: str) -> str:
     if len(parts) > MAX_DEPTH:  # each part nests a mapping: as deep as a file may nest, no deeper
         raise ConfigError(f"the key has {len(parts)} parts, more than {MAX_DEPTH}", file=source)
     node: Any = raw
+    canonical: list[str] = []
     for depth, part in enumerate(parts[:-1]):
-        node = _step_into(node, part, ".".join(parts[: depth + 1]), source)
+        node, part = _step_into(node, part, ".".join(parts[: depth + 1]), source)
+        canonical.append(part)
     last = parts[-1]
-    value = load_bounded(value_text, file=source, key=key) if value_text else ""
+    value = _marked(load_bounded(value_text, file=source, key=key) if value_text else "")
     if isinstance(node, list):
-        node[_list_index(node, last, key, source)] = value
+        index = _list_index(node, last, key, source)
+        node[index] = value
+        last = str(index)
     elif isinstance(node, dict):
         node[last] = value
     else:
         raise ConfigError("cannot set a sub-key of a plain value", file=source, key=key)
-    return key
+    return ".".join([*canonical, last])
 
 
-def _step_into(node: Any, part: str, key: str, file: str) -> Any:
+def _marked(value: Any) -> Any:
+    """The parsed value with every string in it marked as written on the command line."""
+    if isinstance(value, str):
+        return CommandLineText(value)
+    if isinstance(value, list):
+        return [_marked(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _marked(item) for key, item in value.items()}
+    return value
+
+
+def _step_into(node: Any, part: str, key: str, file: str) -> tuple[Any, str]:
+    """The node under `part`, and `part` as validation names it (a list's index rather than an item's name)."""
     if isinstance(node, list):
-        return node[_list_index(node, part, key, file)]
+        index = _list_index(node, part, key, file)
+        return node[index], str(index)
     if not isinstance(node, dict):
         raise ConfigError("cannot set a sub-key of a plain value", file=file, key=key)
     if node.get(part) is None:  # absent, or an empty section (`model:` with nothing under it)
         node[part] = {}
-    return node[part]
+    return node[part], part
 
 
 def _list_index(node: list[Any], part: str, key: str, file: str) -> int:
-    if not re.fullmatch(r"\d+", part) or int(part) >= len(node):
+    """`part` as an index into `node`: a number below its length, or the `name` of one of its items."""
+    if re.fullmatch(r"\d+", part):
+        if int(part) < len(node):
+            return int(part)
         raise ConfigError(f"expected a list index below {len(node)}", file=file, key=key)
-    return int(part)
+    named: dict[str, int] = {}
+    for index, item in enumerate(node):
+        if isinstance(item, dict) and isinstance(item.get("name"), str):
+            named.setdefault(item["name"], index)
+    if part in named:
+        return named[part]
+    what = "facility" if key.split(".")[0] == "facilities" else "item"
+    if not named:
+        raise ConfigError(f"expected a list index below {len(node)}", file=file, key=key)
+    raise ConfigError(f"no {what} is named {part!r}: expected a list index below {len(node)} or one of the names "
+                      f"{', '.join(named)}", file=file, key=key)
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:

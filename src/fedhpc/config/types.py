@@ -1,9 +1,13 @@
 """The building blocks every section of the experiment file shares.
 
-Bounded numbers, paths that resolve against the experiment file, the frozen
-base model, and the helpers that put a cross-field error at the key the user
-must edit. Nothing here knows a section: model, launcher and facility modules
-build on it.
+Bounded numbers, paths, the frozen base model, and the helpers that put a
+cross-field error at the key the user must edit. Nothing here knows a section:
+model, launcher and facility modules build on it.
+
+A relative path resolves against where it was written (docs/configuration.md,
+"Paths"): in the experiment file, against the file's folder (the validation
+context's ``base_dir``); on the command line (``--set``), against the current
+directory, which `CommandLineText` marks it for.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, NoReturn, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 DType = Literal["float32", "bfloat16", "float16"]
@@ -54,6 +58,32 @@ def shown(value: object) -> str:
     return text if len(text) <= 200 else f"{text[:200]}..."
 
 
+class CommandLineText(str):
+    """A string written on the command line (a ``--set`` value): as a relative path, it means one under the cwd.
+
+    Only a validator that runs before pydantic's own (which makes it a plain
+    `str`) sees the mark, so path fields read it there (`RelPath`, `base_dir`).
+    """
+
+
+def base_dir(value: object, info: ValidationInfo) -> Path | None:
+    """What a relative path in `value` resolves against: the cwd for command-line text, else the file's folder.
+
+    None when neither applies (a document validated without a file, such as a task.json).
+    """
+    if isinstance(value, CommandLineText):
+        return Path.cwd()
+    base = (info.context or {}).get("base_dir")
+    return None if base is None else Path(base)
+
+
+def _resolve_command_line(value: Any) -> Any:
+    """A command-line path made absolute against the cwd, before the file's folder could be put in front of it."""
+    if isinstance(value, CommandLineText):
+        return Path.cwd() / expand_user(Path(value))
+    return value
+
+
 def _resolve_against_file(value: Path, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir")
     value = expand_user(value)
@@ -68,8 +98,10 @@ def _must_exist(value: Path) -> Path:
     return value
 
 
-RelPath = Annotated[Path, AfterValidator(_resolve_against_file)]
-ExistingPath = Annotated[Path, AfterValidator(_resolve_against_file), AfterValidator(_must_exist)]
+RelPath = Annotated[Path, BeforeValidator(_resolve_command_line), AfterValidator(_resolve_against_file)]
+ExistingPath = Annotated[
+    Path, BeforeValidator(_resolve_command_line), AfterValidator(_resolve_against_file), AfterValidator(_must_exist)
+]
 
 
 class KeyedValueError(ValueError):
