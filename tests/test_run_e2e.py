@@ -59,7 +59,7 @@ def test_broken_updates_are_rejected_with_reasons_and_the_round_completes(tmp_pa
         )
     overrides += ["--set", f"facilities={json.dumps(facilities)}"]
     result = run_fedhpc("run", str(QUICKSTART), *overrides)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 5, result.stdout + result.stderr  # ExitCode.COMPLETED_WITH_FAILURES
 
     ledger = Ledger(run_dir / "ledger.sqlite")
     assert ledger.completed_rounds() == [0, 1]
@@ -74,7 +74,7 @@ def test_broken_updates_are_rejected_with_reasons_and_the_round_completes(tmp_pa
     assert failed[0].detail["state"] == "failed" and failed[0].detail["returncode"] != 0
     (aggregated,) = ledger.events("aggregated", round=1)
     assert aggregated.detail["facilities"] == ["good"]
-    failures = [line for line in result.stdout.splitlines() if "failed: " in line and "round 1: " in line]
+    failures = [line for line in result.stdout.splitlines() if line[21:].startswith("failed: ") and "round 1: " in line]
     assert len(failures) == len(faults), result.stdout  # one line per failure, with its reason, at the end
     assert any("bad-crash round 1: job failed: " in line and "(log: " in line for line in failures), failures
     assert any("bad-checksum round 1: update rejected (checksum): " in line for line in failures), failures

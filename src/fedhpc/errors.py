@@ -105,7 +105,7 @@ class DataError(FedhpcError):
 
 
 class ExitCode(enum.IntEnum):
-    """What `fedhpc run` (and every command) exits with; documented in README.md and docs/architecture.md.
+    """What `fedhpc run` (and every command) exits with; documented in README.md and docs/configuration.md.
 
     Distinct codes let a batch script or CI tell "fix the facilities and resume"
     from "fix the experiment file" from "someone stopped it".
@@ -116,6 +116,7 @@ class ExitCode(enum.IntEnum):
     BAD_INPUT = 2  # a bad experiment file, --set value, argument or dataset
     QUORUM_NOT_MET = 3  # a round closed with fewer accepted updates than algorithm.min_facilities
     BUDGET_REACHED = 4  # the run stopped at its time limit with rounds left
+    COMPLETED_WITH_FAILURES = 5  # every round completed, but a job failed or an update was rejected on the way
     INTERRUPTED = 130  # SIGINT (Ctrl-C), 128 + 2 as shells report it
     TERMINATED = 143  # SIGTERM (e.g. a batch system's scancel), 128 + 15
 

@@ -64,7 +64,7 @@ def test_a_failing_facility_is_left_out_of_its_rounds_with_the_reason(
     example = tree_listing(QUICKSTART.parent)
     try:
         result = run_server(run_dir, tmp_path, server_env(FEDHPC_TEST_FAULT_FACILITY=failing, **faults), *overrides)
-        assert result.returncode == 0, result.explain()
+        assert result.returncode == 5, result.explain()  # ExitCode.COMPLETED_WITH_FAILURES
         others = [f for f in ("alpha", "beta") if f != failing]
         check_rounds(run_dir, {r: others for r in rounds_failed})
         check_attempts(run_dir)

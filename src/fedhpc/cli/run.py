@@ -11,9 +11,10 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fedhpc.cli.common import ExperimentArg, SetOption, console, failure, load_or_exit
-from fedhpc.errors import ConfigError, FedhpcError
+from fedhpc.errors import ConfigError, ExitCode, FedhpcError
 
 
 def run(
@@ -33,12 +34,16 @@ def run(
                                                 "resumes). For a server inside an allocation of its own."),
     ] = None,
 ) -> None:
-    """Run (or resume) a federated experiment. Exit codes: see README (0 done, 3 quorum, 130/143 interrupted...)."""
-    from fedhpc.errors import ExitCode, exit_code
+    """Run (or resume) a federated experiment. Exit codes: docs/configuration.md (0 done, 3 quorum, 5 failures...)."""
+    from functools import partial
+
+    from fedhpc.errors import exit_code
     from fedhpc.report.html import write_report
     from fedhpc.report.progress import ProgressView
     from fedhpc.run.interrupts import OnInterrupt, StopFlag
-    from fedhpc.run.orchestrator import recorded_failures, run_experiment
+    from fedhpc.run.orchestrator import run_experiment
+    from fedhpc.run.rundir import RunDir
+    from fedhpc.run.status import failure_log, recorded_failures
 
     try:
         mode = OnInterrupt(on_interrupt)
@@ -49,8 +54,9 @@ def run(
     exp = load_or_exit(experiment, set_)
     stop = StopFlag()
     names = [f.name for f in exp.facilities]
+    logs = partial(failure_log, RunDir(exp.resolved_run_dir()))
     try:
-        with stop.installed(), ProgressView(exp.name, exp.algorithm.rounds, names) as progress:
+        with stop.installed(), ProgressView(exp.name, exp.algorithm.rounds, names, failure_log=logs) as progress:
             try:
                 summary = run_experiment(exp, progress, mode, stop, time_limit)
             finally:
@@ -69,6 +75,8 @@ def run(
                 + (f", {len(summary.failures)} failure(s) above" if summary.failures else "")
                 + f"; final global model in {summary.final_global}"
             )
+            if summary.failures:
+                raise typer.Exit(ExitCode.COMPLETED_WITH_FAILURES)
     except FedhpcError as e:
         if exit_code(e) is ExitCode.QUORUM_NOT_MET:  # which facilities failed, and why, is the next question
             for line in recorded_failures(exp.resolved_run_dir()):
@@ -123,24 +131,37 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) ->
         raise failure(e) from e
 
 
-def status(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
-    """Show the completed rounds and the latest events of a run."""
-    from fedhpc.run.ledger import Ledger
+def status(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document (keys: docs/configuration.md).")] = False,
+) -> None:
+    """Show a run's state and each facility's: state, latest round, last loss, last failure."""
+    import json
+
+    from rich.table import Table
+
     from fedhpc.run.rundir import RunDir
+    from fedhpc.run.status import run_status
 
-    directory = RunDir(run_dir)
-    if not directory.exists():
-        console.print(f"[red]error:[/red] {run_dir} has no ledger.sqlite; is it a run directory?")
-        raise typer.Exit(2)
-    ledger = Ledger(directory.ledger_path)
+    if not RunDir(run_dir).exists():
+        console.print(f"[red]error:[/red] {escape(str(run_dir))} has no ledger.sqlite; is it a run directory?",
+                      highlight=False, soft_wrap=True)
+        raise typer.Exit(ExitCode.BAD_INPUT)
+    found = run_status(run_dir.absolute())
     out = Console()
-    out.print(f"{run_dir}: rounds complete {ledger.completed_rounds()}")
-    for event in ledger.events()[-15:]:
-        where = " ".join(str(x) for x in (f"r{event.round}" if event.round is not None else "", event.facility or "") if x)
-        out.print(f"  {event.event:<14} {where:<16} {_brief(event.detail)}", highlight=False)
-    ledger.close()
-
-
-def _brief(detail: dict) -> str:
-    keys = ("state", "reason", "returncode", "num_updates", "seconds", "bytes")
-    return " ".join(f"{k}={detail[k]:.2f}" if isinstance(detail.get(k), float) else f"{k}={detail[k]}" for k in keys if k in detail)
+    if as_json:
+        typer.echo(json.dumps(found.as_dict(), indent=1))  # not through rich, which would wrap long lines
+        return
+    planned = "?" if found.rounds_planned is None else found.rounds_planned
+    line = f"{found.run_dir}: {found.name or '?'} {found.state}, {found.rounds_complete} of {planned} rounds complete"
+    if found.best_round is not None:
+        line += f", best round {found.best_round}"
+    out.print(line + (f" ({found.reason})" if found.reason else ""), markup=False, highlight=False, soft_wrap=True)
+    table = Table(header_style="bold")
+    for column in ("facility", "state", "round", "last loss", "last failure"):
+        table.add_column(column, overflow="fold")
+    for row in found.facilities:
+        failure = "-" if row.failure is None else f"round {row.failure_round}: {row.failure}"
+        table.add_row(escape(row.name), row.state, "-" if row.round is None else str(row.round),
+                      "-" if row.loss is None else f"{row.loss:.4f}", escape(failure))
+    out.print(table)
