@@ -251,8 +251,8 @@ def test_validate_exits_0_when_a_plan_does_not_fit_and_says_why():
     assert "does not fit in 40 GiB" in result.output and "try model.full.sharding: fsdp" in result.output
 
 
-def test_validate_without_a_known_shape_suggests_params():
-    result = CliRunner().invoke(app, ["validate", str(QUICKSTART), "--set", "model.source=org/some-model"])
+def test_validate_without_a_known_shape_suggests_params(tmp_path):
+    result = CliRunner().invoke(app, ["validate", str(QUICKSTART), "--set", f"model.source={tmp_path}/new.gguf"])
     assert result.exit_code == 0, result.output
     assert "not known offline" in result.output and "--params 7e9" in result.output
 

@@ -117,7 +117,7 @@ def test_pretrained_source_goes_through_the_resolver(tmp_path: Path, monkeypatch
     built.tokenizer.save_pretrained(tmp_path / "hf")
     calls: list[tuple[str, Path | None]] = []
     fake = types.ModuleType("fedhpc.worker.pretrained")
-    fake.resolve_pretrained = lambda source, cache_dir: calls.append((source, cache_dir)) or tmp_path / "hf"
+    fake.resolve_pretrained = lambda source, cache_dir, revision: calls.append((source, cache_dir)) or tmp_path / "hf"
     fake.fingerprint_model_dir = lambda path: "sha256:" + "ab" * 32
     monkeypatch.setitem(sys.modules, "fedhpc.worker.pretrained", fake)
 

@@ -17,7 +17,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fedhpc.config import ModelConfig
+from fedhpc.config.model import hub_id
 from fedhpc.errors import ConfigError, ModelError
+from fedhpc.hub_cache import cached_snapshot
 
 TINY_VOCAB = 259  # the tiny Llama's byte tokenizer: 256 bytes, <s>, </s>, <pad> (fedhpc.worker.tokenizer)
 SMOLLM2_NAME, SMOLLM2_PACKAGE, SMOLLM2_FILE = (
@@ -114,7 +116,7 @@ def model_shape(config: ModelConfig) -> ModelShape | None:
     tiny-llama: from `model.tiny`. A Hugging Face directory: its config.json. A
     GGUF file or the bundled SmolLM2: the config.json of its converted entry in
     the model cache (written by the first job); SmolLM2 has a known shape besides.
-    A hub id: None. Raises `ModelError` for a config.json that is not a Llama-style one.
+    A Hub id: the config.json of its snapshot in this machine's Hugging Face cache, None where absent. Raises `ModelError` for a config.json that is not a Llama-style one.
     """
     if config.source == "tiny-llama":
         t = config.tiny
@@ -123,6 +125,9 @@ def model_shape(config: ModelConfig) -> ModelShape | None:
     path = Path(config.source).expanduser()
     if path.is_dir() and (path / "config.json").is_file():
         return _read_hf_config(path / "config.json")
+    if hub_id(config.source) is not None:
+        snapshot = cached_snapshot(config.source, config.revision)
+        return _read_hf_config(snapshot / "config.json") if snapshot is not None else None
     gguf = _bundled_gguf() if config.source == SMOLLM2_NAME else path if path.suffix.lower() == ".gguf" else None
     entry = _converted_entry(gguf, config.cache_dir) if gguf is not None else None
     if entry is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import platform
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +23,11 @@ from fedhpc.config.types import (
 )
 
 MODEL_NAMES = ("tiny-llama", "smollm2-135m-instruct")
+
+#: A Hugging Face Hub model id as the Hub spells them: ``org/name``, each part of letters, digits, ``_.-``.
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
+#: A revision: a branch, tag or commit hash (branches may hold slashes; nothing that climbs out of a folder).
+REVISION = re.compile(r"[\w][\w./-]{0,254}")
 
 Quantize = Literal["none", "nf4"]
 """How the frozen base's linear layers are stored: as loaded, or 4-bit NormalFloat (QLoRA, docs/qlora.md)."""
@@ -90,7 +96,8 @@ class FullFinetuneConfig(Frozen):
 class ModelConfig(Frozen):
     source: str = Field(
         "tiny-llama",
-        description="'tiny-llama', 'smollm2-135m-instruct', a Hugging Face model directory, or a .gguf file",
+        description="'tiny-llama', 'smollm2-135m-instruct', a Hugging Face model directory, a .gguf file, or a "
+        "Hub id (org/name) held in the Hugging Face cache where the model loads (docs/inputs.md)",
     )
     tiny: TinyLlamaConfig = TinyLlamaConfig()
     dtype: DType = "float32"
@@ -114,6 +121,11 @@ class ModelConfig(Frozen):
         "for LoRA and full fine-tuning alike",
     )
 
+    revision: str | None = Field(
+        None, description="with a Hub id as source: the branch, tag or commit the Hugging Face cache must hold; "
+        "default: the cache's main"
+    )
+
     @field_validator("source")
     @classmethod
     def _resolve_source_path(cls, value: str, info: ValidationInfo) -> str:
@@ -121,6 +133,8 @@ class ModelConfig(Frozen):
 
         A hub id (``org/name``) also has a slash, so a bare ``a/b`` counts as a path
         only when it exists next to the file; ``./a/b`` and ``x.gguf`` always do.
+        What is neither an existing path nor a Hub id is refused here, so `validate`
+        and the worker agree (`hub_id` is the one rule both apply).
         """
         if value in MODEL_NAMES or Path(value).is_absolute():
             return value
@@ -129,7 +143,25 @@ class ModelConfig(Frozen):
             return value
         candidate = Path(base) / value
         looks_like_path = value.endswith(".gguf") or value.startswith(".") or path_exists(candidate)
-        return str(candidate) if looks_like_path else value
+        if looks_like_path:
+            return str(candidate)
+        if hub_id(value) is None:
+            raise ValueError(
+                f"{value!r} is no file or directory (looked for {candidate}) and no Hugging Face Hub id (org/name); "
+                f"give {' or '.join(map(repr, MODEL_NAMES))}, a model directory, a .gguf file or a Hub id"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _revision_needs_a_hub_id(self) -> ModelConfig:
+        if self.revision is None:
+            return self
+        if hub_id(self.source) is None:
+            raise KeyedValueError("model.revision", f"applies to a Hub id, but model.source {self.source!r} is not "
+                                  "one; remove model.revision")
+        if not REVISION.fullmatch(self.revision) or ".." in self.revision:
+            raise KeyedValueError("model.revision", f"{self.revision!r} is not a branch, tag or commit name")
+        return self
 
     @model_validator(mode="after")
     def _full_needs_full_finetuning(self) -> ModelConfig:
@@ -150,6 +182,17 @@ class ModelConfig(Frozen):
                 f"{self.peft}) would have to train; set model.peft: lora, or model.quantize: none"
             )
         return self
+
+
+def hub_id(source: str) -> str | None:
+    """`source` when it is a Hugging Face Hub id (``org/name``, not a path, a .gguf or a built-in name), else None.
+
+    A relative path that exists next to the experiment file was already made
+    absolute by `ModelConfig`, so what is left in ``org/name`` form is an id.
+    """
+    if source in MODEL_NAMES or source.startswith((".", "~", "/")) or source.lower().endswith(".gguf"):
+        return None
+    return source if HUB_ID.fullmatch(source) and ".." not in source and "--" not in source else None
 
 
 def quantize_refusal(device: str, runs_here: bool) -> str | None:

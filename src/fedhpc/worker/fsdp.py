@@ -94,7 +94,7 @@ def build_sharded_model(config: ModelConfig, env: RankEnv, device: torch.device)
     else:
         from fedhpc.worker.pretrained import fingerprint_model_dir, resolve_pretrained
 
-        path = resolve_pretrained(config.source, config.cache_dir)
+        path = resolve_pretrained(config.source, config.cache_dir, config.revision)
         try:
             architecture = AutoConfig.from_pretrained(path)
             tokenizer = AutoTokenizer.from_pretrained(path)

@@ -32,7 +32,7 @@ def write_initial_global(task: WorkerTask) -> Manifest:
     from fedhpc.worker.pretrained import fingerprint_model_dir, resolve_pretrained
 
     started = time.perf_counter()
-    path = resolve_pretrained(task.model.source, task.model.cache_dir)
+    path = resolve_pretrained(task.model.source, task.model.cache_dir, task.model.revision)
     try:
         architecture = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:

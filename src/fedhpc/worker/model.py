@@ -172,7 +172,7 @@ def _load_pretrained(config: ModelConfig) -> BaseModel:
     # that only pretrained sources need.
     from fedhpc.worker.pretrained import fingerprint_model_dir, resolve_pretrained
 
-    path: Path = resolve_pretrained(config.source, config.cache_dir)
+    path: Path = resolve_pretrained(config.source, config.cache_dir, config.revision)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype_from_name(config.dtype), **_quantization(config))
         tokenizer = AutoTokenizer.from_pretrained(path)

