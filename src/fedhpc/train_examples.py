@@ -1,18 +1,23 @@
-"""A facility's training examples: where the train split is, and each record as (prompt, completion).
+"""A facility's training examples: where the train split is, and each record as (prompt, completion) or a chat.
 
-Record layouts (one JSON object per line; detected per record):
+Record layouts (one JSON object per line, or one table row; detected per record):
 
     {"prompt": ..., "completion": ...}
     {"instruction": ..., "input": ..., "output": ...}   prompt = instruction + "\\n\\n" + input (input optional)
     {"input": ..., "output": ...}                        SMolInstruct records (`fedhpc data chem`, `data smolinstruct`):
                                                          prompt = the question, completion = the tagged answer
+    {"messages": [{"role": ..., "content": ...}, ...]}  a chat (system, user, assistant turns): trained on every
+                                                         assistant turn through the tokenizer's chat template
 
-A `data:` path is one of:
+A `data:` path is one of (docs/inputs.md):
 
-- a JSONL file, or a folder read recursively (``*.jsonl``). If any file sits in a
-  split-named place (``<task>/train.jsonl``, ``train/<task>.jsonl``, also
-  dev/val/validation/test), only the train ones count; a record with a ``split``
-  field counts only when it is ``"train"``.
+- a JSONL or parquet file, or a folder read recursively (``*.jsonl``, ``*.parquet``).
+  If any file sits in a split-named place (``<task>/train.jsonl``, ``train/<task>.jsonl``,
+  ``train-00000-of-00002.parquet``, also dev/val/validation/test), only the train ones
+  count; a record with a ``split`` field counts only when it is ``"train"``.
+- a Hugging Face `datasets` folder written by ``save_to_disk`` (a Dataset, or a
+  DatasetDict's ``train`` split). Parquet and these folders are read by
+  `fedhpc.train_tables` (the optional extra ``fedhpc[hf]``).
 - **the SMolInstruct release** as extracted from data.zip (its `data/` folder or the
   parent): the train split assembled exactly as the release's loading script
   does (`fedhpc.chem.release`), so the model learns question -> answer with core
@@ -24,7 +29,7 @@ molecule-level pairs without a question), and a `data smolinstruct`/`data chem`
 output folder as a whole (its dataset/ and facilities/ hold the same records
 twice). Both are a `DataError` that says where to point instead.
 
-This module needs neither torch nor RDKit, so `fedhpc validate` can check a
+This module needs neither torch nor RDKit (nor, for JSONL, pyarrow), so `fedhpc validate` can check a
 facility's data with it before anything is submitted.
 """
 
@@ -39,17 +44,29 @@ from fedhpc.chem.partition import PARTITION_INFO
 from fedhpc.chem.release import RAW_DIRS, read_release, release_root
 from fedhpc.errors import DataError
 from fedhpc.json_lines import read_json_lines
+from fedhpc.train_tables import dataset_rows, is_saved_dataset, parquet_row_count, parquet_rows
 
 SPLIT_NAMES = frozenset({"train", "dev", "val", "valid", "validation", "test"})
-LAYOUTS = '{"prompt", "completion"}, {"instruction", "input", "output"} or SMolInstruct {"input", "output"}'
+LAYOUTS = ('{"prompt", "completion"}, {"instruction", "input", "output"}, SMolInstruct {"input", "output"} or '
+           '{"messages": [{"role", "content"}, ...]}')
+DATA_SUFFIXES = (".jsonl", ".parquet")
+ROLES = ("system", "user", "assistant")
+#: The most turns one chat record may hold: a bound on what an untrusted record makes the worker render.
+MAX_TURNS = 512
 
 
 @dataclass(frozen=True)
 class Example:
-    """One training pair: the question the model reads and the answer it learns (loss on `completion` only)."""
+    """One training pair: the question the model reads and the answer it learns (loss on `completion` only).
+
+    A chat record has `messages` instead, (role, content) per turn, and empty
+    prompt and completion: its loss is on every assistant turn, which only the
+    tokenizer's chat template can place (`fedhpc.worker.data.encode_chat`).
+    """
 
     prompt: str
     completion: str
+    messages: tuple[tuple[str, str], ...] = ()
 
 
 def read_examples(path: Path) -> list[Example]:
@@ -60,23 +77,47 @@ def read_examples(path: Path) -> list[Example]:
     return examples
 
 
+@dataclass(frozen=True)
+class DataSummary:
+    """What `summarize_examples` read: a line for `validate`, and whether chat records need a chat template."""
+
+    line: str
+    chats: int
+
+
 def check_examples(path: Path, limit: int = 20) -> str:
     """Read the first `limit` records of each file (of each task, for the release) and say what was read.
 
     Raises the `DataError` that training would raise on those records; writes nothing.
     """
+    return summarize_examples(path, limit).line
+
+
+def summarize_examples(path: Path, limit: int = 20) -> DataSummary:
+    """`check_examples`, also counting the chat records among those read (`validate` checks the template)."""
     path = Path(path)
     release = _release(path)
     if release is not None:
         root, selfies = release
         tasks = {record["task"] for record in read_release(root, "train", selfies=selfies, limit=limit)}
         version = "SELFIES" if selfies else "SMILES"
-        return f"SMolInstruct release {root} ({version}): the first {limit} train samples of its {len(tasks)} tasks"
-    files = train_files(path)
-    count = sum(1 for file in files for _ in islice(_read_jsonl(file), limit))
-    if not count:
+        return DataSummary(
+            f"SMolInstruct release {root} ({version}): the first {limit} train samples of its {len(tasks)} tasks", 0
+        )
+    if is_saved_dataset(path):
+        rows, records = dataset_rows(path, limit)
+        examples = list(_parsed(records))
+        what = f"Hugging Face dataset (save_to_disk), {rows} rows in its train split, the first {limit} read"
+    else:
+        files = train_files(path)
+        examples = [example for file in files for example in islice(_read_file(file), limit)]
+        parquet = [file for file in files if file.suffix == ".parquet"]
+        rows = f" ({sum(map(parquet_row_count, parquet))} parquet rows)" if parquet else ""
+        what = f"{len(files)} train file(s){rows}, the first {limit} records of each"
+    if not examples:
         raise DataError(f"{path}: no train examples found (empty files, or every record has a non-train split)")
-    return f"{len(files)} train file(s), the first {limit} records of each: {count} examples"
+    chats = sum(1 for example in examples if example.messages)
+    return DataSummary(f"{what}: {len(examples)} examples" + (f", {chats} of them chats" if chats else ""), chats)
 
 
 def _examples(path: Path, limit: int | None) -> Iterator[Example]:
@@ -86,8 +127,11 @@ def _examples(path: Path, limit: int | None) -> Iterator[Example]:
         for record in read_release(root, "train", selfies=selfies, limit=limit):
             yield Example(record["input"], record["output"])
         return
+    if is_saved_dataset(path):
+        yield from _parsed(dataset_rows(path, limit)[1])
+        return
     for file in train_files(path):
-        yield from islice(_read_jsonl(file), limit)
+        yield from islice(_read_file(file), limit)
 
 
 def _release(path: Path) -> tuple[Path, bool] | None:
@@ -110,7 +154,7 @@ def _raw_release_file(file: Path, memo: dict[Path, Path | None]) -> Path | None:
 
 
 def train_files(path: Path) -> list[Path]:
-    """The JSONL files that hold the train split, sorted so every rank sees the same order."""
+    """The JSONL and parquet files that hold the train split, sorted so every rank sees the same order."""
     path = Path(path)
     if path.is_file():
         files = [path]
@@ -122,9 +166,10 @@ def train_files(path: Path) -> list[Path]:
                 f"{path}: a `fedhpc data` output folder; its dataset/ and facilities/ hold the same train records "
                 f"twice. Point each facility's data at {path / 'facilities'}/<name>"
             )
-        files = sorted(path.rglob("*.jsonl"))
+        files = sorted(file for file in path.rglob("*") if file.suffix in DATA_SUFFIXES and file.is_file())
         if not files:
-            raise DataError(f"{path}: the directory holds no *.jsonl files")
+            raise DataError(f"{path}: the directory holds no *.jsonl or *.parquet files and is no datasets "
+                            "folder (save_to_disk); point data at the file or the saved dataset itself")
     memo: dict[Path, Path | None] = {}
     for file in files:
         release = _raw_release_file(file.resolve(), memo)
@@ -146,12 +191,22 @@ def train_files(path: Path) -> list[Path]:
 
 
 def _split_names(relative: Path) -> set[str]:
-    return {part.lower() for part in (*relative.parent.parts, relative.stem)} & SPLIT_NAMES
+    """Split names in a file's folders or name; ``train-00000-of-00002`` (the Hub's shard names) says train."""
+    names = (*relative.parent.parts, relative.stem, relative.stem.split("-", 1)[0])
+    return {part.lower() for part in names} & SPLIT_NAMES
 
 
-def _read_jsonl(file: Path) -> Iterator[Example]:
-    for number, record in read_json_lines(file, "each line must be one object"):
-        example = parse_record(record, f"{file}:{number}")
+def _read_file(file: Path) -> Iterator[Example]:
+    if file.suffix == ".parquet":
+        yield from _parsed(parquet_rows(file))
+        return
+    records = ((f"{file}:{number}", record) for number, record in read_json_lines(file, "each line must be one object"))
+    yield from _parsed(records)
+
+
+def _parsed(records: Iterator[tuple[str, object]]) -> Iterator[Example]:
+    for where, record in records:
+        example = parse_record(record, where)
         if example is not None:
             yield example
 
@@ -160,8 +215,10 @@ def parse_record(record: object, where: str) -> Example | None:
     """One record as an `Example`; `None` for a record of another split. `where` is "file:line"."""
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected a JSON object with keys {LAYOUTS}, got {type(record).__name__}")
-    if record.get("split", "train") != "train":
+    if record.get("split", "train") not in ("train", None):
         return None
+    if "messages" in record:
+        return Example("", "", _turns(record["messages"], where))
     if "prompt" in record and "completion" in record:
         return Example(_text(record, "prompt", where), _text(record, "completion", where))
     if "instruction" in record and "output" in record:
@@ -171,6 +228,30 @@ def parse_record(record: object, where: str) -> Example | None:
     if "input" in record and "output" in record:
         return Example(_text(record, "input", where), _text(record, "output", where))
     raise DataError(f"{where}: unknown record layout with keys {sorted(record)[:10]}; expected {LAYOUTS}")
+
+
+def _turns(messages: object, where: str) -> tuple[tuple[str, str], ...]:
+    """A chat's turns as (role, content), checked: known roles, text content, an assistant turn after another."""
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: 'messages' must be a non-empty list of {{\"role\", \"content\"}} objects")
+    if len(messages) > MAX_TURNS:
+        raise DataError(f"{where}: 'messages' holds {len(messages)} turns, more than the {MAX_TURNS} allowed")
+    turns = []
+    for index, turn in enumerate(messages):
+        at = f"{where}: messages[{index}]"
+        if not isinstance(turn, dict) or not {"role", "content"} <= set(turn):
+            keys = sorted(turn)[:5] if isinstance(turn, dict) else type(turn).__name__
+            raise DataError(f"{at} must be an object with 'role' and 'content', got {keys}")
+        if extra := sorted(key for key, value in turn.items() if key not in ("role", "content") and value is not None):
+            raise DataError(f"{at}: only 'role' and 'content' are trained on, but it also has {extra[:5]} (tool "
+                            "calls and the like); drop them from the record")
+        if turn["role"] not in ROLES:
+            raise DataError(f"{at}: role {str(turn['role'])[:40]!r} is not one of {', '.join(ROLES)}")
+        turns.append((turn["role"], _text(turn, "content", at)))
+    if turns[0][0] == "assistant" or all(role != "assistant" for role, _ in turns):
+        raise DataError(f"{where}: a chat needs an assistant turn, after a system or user turn (the loss is on "
+                        "the assistant's turns)")
+    return tuple(turns)
 
 
 def _text(record: dict[str, object], key: str, where: str) -> str:

@@ -44,7 +44,7 @@ def validate(
     out.print(f"ok {experiment}: experiment {exp.name!r}, {exp.algorithm.rounds} rounds of {exp.algorithm.name}",
               style="green")
     out.print(f"  model {exp.model.source} ({exp.model.dtype}, peft={exp.model.peft}), run dir {exp.resolved_run_dir()}")
-    data_problems: list[str] = []
+    data_problems = _check_hub_model(exp, out)
     for facility in exp.facilities:
         out.print(
             f"  facility {facility.name}: {facility.launcher.kind} x{facility.launcher.nprocs}, "
@@ -55,7 +55,7 @@ def validate(
             out.print(f"    {line}")
         for line in describe_recipe(exp, facility):
             out.print(f"    {line}")
-        data_problems += _check_data(facility, out)
+        data_problems += _check_data(facility, exp.model.source, out)
     if data_problems:
         for problem in data_problems:
             console.print(f"[red]error:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
@@ -117,13 +117,36 @@ def describe_recipe(exp: Experiment, facility: FacilityConfig) -> list[str]:
     ]
 
 
-def _check_data(facility: Any, out: Console) -> list[str]:
+def _check_hub_model(exp: Experiment, out: Console) -> list[str]:
+    """A Hub id must be in this machine's Hugging Face cache (round 0 is built here); facilities' caches are theirs.
+
+    Returns the problem (the worker's own `ModelError`, naming the id and the cache) or nothing.
+    """
+    from fedhpc.config.model import hub_id
+    from fedhpc.errors import ModelError
+    from fedhpc.hub_cache import hub_snapshot
+
+    if hub_id(exp.model.source) is None:
+        return []
+    try:
+        snapshot = hub_snapshot(exp.model.source, exp.model.revision)
+    except ModelError as e:
+        return [str(e)]
+    out.print(f"    model ok: Hub id in this machine's Hugging Face cache, {snapshot}")
+    remote = [facility.name for facility in exp.facilities if facility.remote]
+    if remote:
+        out.print(f"    model not checked for {', '.join(remote)}: each resolves the id in its own Hugging Face "
+                  "cache (HF_HOME there), which must hold the same revision")
+    return []
+
+
+def _check_data(facility: Any, source: str, out: Console) -> list[str]:
     """`validate`: read the first records of a facility's data as its worker will, if this machine can reach it.
 
-    Returns the problem (the worker's own `DataError`, naming file and line) or nothing; writes nothing.
+    Returns the problem (the worker's own `DataError`, naming file and row) or nothing; writes nothing.
     """
     from fedhpc.errors import DataError
-    from fedhpc.train_examples import check_examples
+    from fedhpc.train_examples import summarize_examples
 
     try:
         reachable = Path(facility.data).exists()
@@ -133,9 +156,13 @@ def _check_data(facility: Any, out: Console) -> list[str]:
         out.print(f"    data not checked: {facility.data} is not reachable from here (read at the facility)")
         return []
     try:
-        out.print(f"    data ok: {check_examples(Path(facility.data))}")
+        summary = summarize_examples(Path(facility.data))
     except DataError as e:
         return [f"facility {facility.name}: {e}"]
+    if summary.chats and source == "tiny-llama":
+        return [f"facility {facility.name}: {facility.data} holds chat (messages) records, which need a chat "
+                "template; tiny-llama's byte tokenizer has none (use prompt/completion records, or another model)"]
+    out.print(f"    data ok: {summary.line}")
     return []
 
 

@@ -1,8 +1,10 @@
 """A facility's instruction data: tokenising with loss masks, sharding over ranks, batching.
 
-Which records are read, and how each becomes a (prompt, completion) pair, is
-`records` (plain JSONL, our SMolInstruct records, the SMolInstruct release
-itself); `read_examples` is re-exported here for the worker's entry point.
+Which records are read, and how each becomes a (prompt, completion) pair or a
+chat, is `fedhpc.train_examples` (JSONL, parquet, `datasets` folders, the
+SMolInstruct release); `read_examples` is re-exported here for the worker's
+entry point. A chat is rendered by the tokenizer's chat template and trained on
+its assistant turns only (`encode_chat`).
 The whole dataset is read (it gives `num_samples` and a rank-independent
 shuffle), but only examples a rank actually reaches are tokenised.
 
@@ -54,12 +56,55 @@ def encode_example(tokenizer: PreTrainedTokenizerBase, example: Example, seq_len
 
     A tokenizer with a chat template gets the prompt as a user turn with the
     generation prompt appended (what it will see at inference); otherwise the
-    prompt is encoded with the tokenizer's own special tokens (BOS).
+    prompt is encoded with the tokenizer's own special tokens (BOS). A chat
+    record goes to `encode_chat`.
     """
+    if example.messages:
+        return encode_chat(tokenizer, example.messages, seq_len)
     prompt_ids = encode_prompt(tokenizer, example.prompt)
     completion_ids = [*tokenizer(example.completion, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
-    input_ids = [*prompt_ids, *completion_ids][:seq_len]
-    labels = [*([IGNORE_INDEX] * len(prompt_ids)), *completion_ids][:seq_len]
+    return _truncated([*prompt_ids, *completion_ids], [*([IGNORE_INDEX] * len(prompt_ids)), *completion_ids], seq_len)
+
+
+def encode_chat(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[tuple[str, str]], seq_len: int
+) -> Tokenized | None:
+    """A chat through the tokenizer's template, with loss on each assistant turn only, truncated to `seq_len`.
+
+    The template renders the conversation up to each assistant turn twice: with
+    the generation prompt (what the model reads before it answers) and through
+    the answer. Each rendering must extend the one before, as templates that
+    replay history do; the text between the two is the answer with its end of
+    turn (e.g. ``<|im_end|>``), the only span with labels. Turns after the last
+    assistant one teach nothing and are left out.
+    """
+    if not tokenizer.chat_template:
+        raise DataError("chat (messages) records need a tokenizer with a chat template, and this model's has none "
+                        "(tiny-llama's byte tokenizer never has one); use prompt/completion records, or a model "
+                        "whose tokenizer_config.json carries a chat_template")
+    conversation = [{"role": role, "content": content} for role, content in messages]
+    ids: list[int] = []
+    labels: list[int] = []
+    rendered = ""
+    for end, (role, _) in enumerate(messages, start=1):
+        if role != "assistant":
+            continue
+        head = tokenizer.apply_chat_template(conversation[: end - 1], tokenize=False, add_generation_prompt=True)
+        whole = tokenizer.apply_chat_template(conversation[:end], tokenize=False)
+        for text, learn in ((head, False), (whole, True)):
+            if not text.startswith(rendered):
+                raise DataError("the tokenizer's chat template does not render a conversation as a prefix of its "
+                                "continuation (it rewrites earlier turns), so assistant turns cannot be told apart; "
+                                "use prompt/completion records for this model")
+            piece = tokenizer(text[len(rendered):], add_special_tokens=False)["input_ids"]
+            ids += piece
+            labels += piece if learn else [IGNORE_INDEX] * len(piece)
+            rendered = text
+    return _truncated(ids, labels, seq_len)
+
+
+def _truncated(ids: list[int], labels: list[int], seq_len: int) -> Tokenized | None:
+    input_ids, labels = ids[:seq_len], labels[:seq_len]
     # The first token has nothing before it to predict it from; masking it also keeps a
     # packed row from training one example's first token on the previous example's end.
     labels[0] = IGNORE_INDEX
