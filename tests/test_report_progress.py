@@ -202,3 +202,16 @@ def test_a_phase_in_the_live_header_shows_its_step_and_elapsed_time(tmp_path: Pa
             during = ANSI.sub("", out.getvalue())
     assert "evaluating the global of round 2: saving (1m15s)" in during
     assert "evaluating the global of round 2: finished in 1m15s" in ANSI.sub("", out.getvalue())
+
+
+def test_a_phase_cut_short_says_it_stopped() -> None:
+    clock = Clock()
+    view, out = plain_view(clock)
+    try:
+        with view.phase("round 0: building the initial global model"):
+            clock.t += 3
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    view.close()
+    assert out.getvalue().splitlines()[-1][21:] == "round 0: building the initial global model: stopped after 3.0 s"

@@ -280,14 +280,16 @@ class ProgressView:
         if not self.live_mode:
             ticker = threading.Thread(target=self._tick, name="fedhpc-progress-phase", daemon=True)
             ticker.start()
+        outcome = "stopped after"
         try:
             yield
+            outcome = "finished in"
         finally:
             self._phase_ended.set()
             if ticker is not None:
                 ticker.join()
             with self._lock:
-                self._say(f"{label}: finished in {_fmt_seconds(self._clock() - self._phase[1])}")
+                self._say(f"{label}: {outcome} {_fmt_seconds(self._clock() - self._phase[1])}")
                 self._phase = None
 
     def message(self, text: str) -> None:
