@@ -275,11 +275,22 @@ class Bar:
     hatched: bool = False
 
 
+@dataclass
+class Marker:
+    """A labelled vertical rule on a Gantt chart: a round's end (grey), or where a server stopped or resumed."""
+
+    at: float
+    label: str
+    color: str = AXIS
+    title: str = ""  # hover text; default the label
+    anchor: str = "middle"  # a coloured marker's label sits at the foot of the lanes: "end" left of the rule
+
+
 def gantt(
     lanes: Sequence[str],
     bars: Sequence[Bar],
     *,
-    markers: Sequence[tuple[float, str]] = (),
+    markers: Sequence[Marker] = (),
     x_format: Callable[[float], str],
     width: int = 1060,
     lane_height: int = 24,
@@ -288,7 +299,7 @@ def gantt(
     """Lanes top to bottom, bars by start and length; `markers` are labelled vertical rules."""
     if not lanes or not bars:
         return _empty(width, 120, empty_note)
-    end = max([b.start + max(b.seconds, 0.0) for b in bars] + [m for m, _ in markers])
+    end = max([b.start + max(b.seconds, 0.0) for b in bars] + [m.at for m in markers])
     _, x_hi, x_ticks = nice_ticks(0.0, max(end, 1e-3), count=8)
     height = 26 + lane_height * len(lanes) + 30
     frame = Frame(width, height, 0.0, x_hi, 0.0, 1.0, left=120, right=16, top=26, bottom=30)
@@ -315,16 +326,23 @@ def gantt(
         parts.append(f'<line x1="{x}" x2="{x}" y1="{frame.top}" y2="{height - frame.bottom}" stroke="{GRID}"/>')
     parts += _x_axis(frame, [(t, x_format(t)) for t in x_ticks], "")
     last_label = -math.inf
-    for value, label in markers:
-        x = frame.x(value)
+    for marker in markers:
+        x = frame.x(marker.at)
         parts.append(
             f'<line x1="{_num(x)}" x2="{_num(x)}" y1="{frame.top - 6}" y2="{height - frame.bottom}" '
-            f'stroke="{AXIS}" stroke-dasharray="4 3"><title>{escape(label)}</title></line>'
+            f'stroke="{marker.color}" stroke-dasharray="4 3"><title>{escape(marker.title or marker.label)}</title></line>'
         )
-        if x - last_label >= 28:  # many rounds: label only as many rules as fit
+        if marker.color != AXIS:  # few (a server stopping, one resuming): each labelled beside its rule
+            shift = {"start": 3, "end": -3}.get(marker.anchor, 0)
+            parts.append(
+                f'<text x="{_num(x + shift)}" y="{height - frame.bottom - 3}" text-anchor="{marker.anchor}" '
+                f'class="tick" fill="{marker.color}">{escape(marker.label)}</text>'
+            )
+        elif x - last_label >= 28:  # many rounds: label only as many rules as fit
             last_label = x
             parts.append(
-                f'<text x="{_num(x)}" y="{frame.top - 10}" text-anchor="middle" class="tick">{escape(label)}</text>'
+                f'<text x="{_num(x)}" y="{frame.top - 10}" text-anchor="middle" class="tick">'
+                f"{escape(marker.label)}</text>"
             )
     for b in bars:
         if b.lane not in lane_y:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from html import escape
 
 from fedhpc.report.markup import figure_html, fmt_bytes, fmt_duration, legend_html, table_html
-from fedhpc.report.plots import Bar, BarGroup, Series, bar_chart, fmt_value, gantt, line_chart
+from fedhpc.report.plots import Bar, BarGroup, Marker, Series, bar_chart, fmt_value, gantt, line_chart
+from fedhpc.report.sessions import FATES, ended_text
 from fedhpc.report.summary import RunSummary, mean
 
 PHASES = {  # timeline kind -> (legend label, colour)
@@ -23,9 +24,14 @@ PHASES = {  # timeline kind -> (legend label, colour)
     "train": ("train", "#009E73"),
     "job": ("job (queue + run)", "#0072B2"),
     "pull": ("pull update", "#E69F00"),
+    "init": ("initial global (round 0)", "#0F766E"),
     "aggregate": ("aggregate", "#6D28D9"),
     "eval": ("evaluate", "#B45309"),
+    "cancelled": ("job cancelled at an interruption", "#6b7280"),
+    "orphan": ("job outliving its server", "#F0E442"),
+    "down": ("no server running", "#fecaca"),
 }
+RESUME_MARK = "#b91c1c"  # the rules where a server stopped and where the next one resumed
 
 
 def summary_section(run: RunSummary) -> str:
@@ -70,7 +76,27 @@ def summary_section(run: RunSummary) -> str:
         html += "<h3>Outcome per facility and round</h3>" + table_html(
             ["facility"] + [f"round {r}" for r in rounds], rows, numeric_from=99
         )
-    return html
+    return html + sessions_table(run)
+
+
+def sessions_table(run: RunSummary) -> str:
+    """A resumed run: one row per server session, how it ended and what became of its jobs in flight."""
+    if len(run.session_log) < 2:
+        return ""
+    origin = run.first_ts or 0.0
+    rows = []
+    for i, session in enumerate(run.session_log):
+        jobs = "; ".join(f"{FATES[fate]}: {', '.join(labels)}" for fate, labels in session.jobs.items())
+        rows.append([
+            str(i + 1),
+            "—" if session.start is None else f"+{fmt_duration(session.start - origin)}",
+            "new run" if session.resumed_from is None else f"round {session.resumed_from}",
+            escape(ended_text(session)),
+            escape(jobs or "—"),
+        ])
+    return "<h3>Server sessions</h3>" + table_html(
+        ["session", "started", "resumed after", "ended", "jobs across the restart"], rows, numeric_from=99
+    )
 
 
 def loss_section(run: RunSummary, colors: dict[str, str]) -> str:
@@ -134,14 +160,18 @@ def timeline_section(run: RunSummary) -> str:
             start=(s.start - origin) / scale,
             seconds=s.seconds / scale,
             color=PHASES.get(s.kind, ("", "#9ca3af"))[1],
-            title=f"{s.lane} · round {s.round} · {PHASES.get(s.kind, (s.kind,))[0]}"
-            f"{' · ' + s.note if s.note else ''} · {fmt_duration(s.seconds)}",
+            title=" · ".join(
+                [s.lane] + ([f"round {s.round}"] if s.round is not None else [])
+                + [PHASES.get(s.kind, (s.kind,))[0], fmt_duration(s.seconds)] + ([s.note] if s.note else [])
+            ),
             hatched=s.failed,
         )
         for s in run.spans
     ]
-    markers = [((ts - origin) / scale, f"r{r}") for r, ts in sorted(run.round_end_ts.items()) if ts >= origin]
-    svg = gantt(lanes, bars, markers=markers, x_format=lambda v: f"{v:g} {unit}")
+    markers = [Marker((ts - origin) / scale, f"r{r}") for r, ts in sorted(run.round_end_ts.items()) if ts >= origin]
+    markers += [Marker((ts - origin) / scale, label, RESUME_MARK, title, anchor)
+                for ts, label, title, anchor in run.session_marks if ts >= origin]
+    svg = gantt(lanes, bars, markers=sorted(markers, key=lambda m: m.at), x_format=lambda v: f"{v:g} {unit}")
     kinds = [k for k in PHASES if any(s.kind == k and not s.failed for s in run.spans)]
     legend = legend_html(
         [PHASES[k] for k in kinds], hatched="failed job" if any(s.failed for s in run.spans) else None
@@ -149,7 +179,9 @@ def timeline_section(run: RunSummary) -> str:
     return (
         legend
         + figure_html(
-            svg, "Time since the first event. Dashed rules mark the end of each round. Hover a bar for details."
+            svg, "Time since the first event. Dashed rules mark the end of each round"
+            + (", red ones where a server stopped and where the next resumed" if run.session_marks else "")
+            + ". Hover a bar for that facility's own phase times."
         )
         + '<p class="note">Queue wait runs from submission until the server first saw the job running; '
         "start-up is the rest of the time the worker did not spend loading or training (process and rank "

@@ -5,6 +5,10 @@ was resumed (events of a round repeated), or from an older fedhpc that wrote
 fewer fields. A missing field is a gap in a table, never an exception. Where a
 round/facility has several outcomes (a retried job), the last one counts; bytes
 and timeline spans count every time they happened.
+
+A job's timings are matched to it by (facility, attempt id): every facility's
+first job of round N is ``rNNNN-a0``, so the attempt id alone would hand each
+facility the timings of whichever reported last.
 """
 
 from __future__ import annotations
@@ -14,21 +18,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedhpc.report.sessions import FATES, Session, SessionLog, ended_text
+from fedhpc.report.spans import Span, describe, split_job
+
 # Eval keys that count examples rather than score them: shown nowhere as a metric.
 COUNT_KEYS = frozenset({"n", "examples"})
-
-
-@dataclass
-class Span:
-    """Something that took time: `lane` is a facility or ``"server"``."""
-
-    lane: str
-    kind: str  # stage | queue | wait | startup | load | train | job | pull | aggregate | eval
-    start: float
-    seconds: float
-    round: int | None
-    note: str = ""
-    failed: bool = False
 
 
 @dataclass
@@ -69,6 +63,9 @@ class RunSummary:
     stopped: str | None = None  # "interrupted" or "stopped" (an error, a time limit): the last session's end
     stop_reason: str = ""
     sessions: int = 0
+    session_log: list[Session] = field(default_factory=list)
+    # (ts, label, hover text, anchor): where a server stopped (interrupted, stopped, killed) and the next resumed
+    session_marks: list[tuple[float, str, str, str]] = field(default_factory=list)
     bytes_staged: dict[int, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
     bytes_pulled: dict[int, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
     global_bytes: dict[int, int] = field(default_factory=dict)
@@ -134,11 +131,16 @@ def mean(values: list[float | None]) -> float | None:
 
 def summarize(events: list[dict[str, Any]]) -> RunSummary:
     run = RunSummary()
+    sessions = SessionLog()
     submitted: dict[tuple[int | None, str], float] = {}
-    # keyed by the job's attempt id (a job's update may be accepted in a later round), or (round, facility)
-    accepted_times: dict[object, tuple[float | None, float | None]] = {}
-    queue_waits: dict[object, float] = {}  # by attempt: seconds from submission until the job was seen running
-    jobs: list[tuple[Span, object]] = []
+    # keyed by (facility, attempt id) (a job's update may be accepted in a later round), or (facility, round)
+    accepted_times: dict[tuple[str, object], tuple[float | None, float | None]] = {}
+    queue_waits: dict[tuple[str, object], float] = {}  # seconds from submission until the job was seen running
+    pulls: dict[tuple[str, object], float] = {}  # seconds the server took to pull the job's update
+    jobs: list[tuple[Span, tuple[str, object]]] = []
+
+    def job_key(f: str, event: dict[str, Any], r: int | None) -> tuple[str, object]:
+        return f, event.get("attempt") or r
 
     def facility_of(event: dict[str, Any]) -> str:
         name = str(event.get("facility", "?"))
@@ -168,6 +170,7 @@ def summarize(events: list[dict[str, Any]]) -> RunSummary:
                 run.first_ts = t if run.first_ts is None else min(run.first_ts, t)
                 run.last_ts = t if run.last_ts is None else max(run.last_ts, t)
         r = integer(event.get("round"))
+        sessions.observe(event, ts, str(event["facility"]) if event.get("facility") is not None else None)
 
         if kind == "run_started":
             run.sessions += 1
@@ -194,10 +197,10 @@ def summarize(events: list[dict[str, Any]]) -> RunSummary:
             failed = state != "done"
             if number(event.get("start")) is None and (r, f) in submitted and number(event.get("seconds")):
                 event = {**event, "start": submitted[(r, f)]}
-            job = span(f, "job", event, note=f"job {state}", failed=failed)
+            job = span(f, "job", event, note=f"job {state}", failed=failed, attempt=str(event.get("attempt") or ""))
             if job is not None:
                 run.spans.remove(job)  # split into queue/load/train later, once `accepted` is known
-                jobs.append((job, event.get("attempt") or (r, f)))
+                jobs.append((job, job_key(f, event, r)))
             if failed:
                 reason = str(event.get("reason") or f"returncode {event.get('returncode')}")
                 run.outcomes[f][r] = f"failed: {state}"  # type: ignore[index]
@@ -205,12 +208,15 @@ def summarize(events: list[dict[str, Any]]) -> RunSummary:
         elif kind == "job_running":
             wait = number(event.get("queue_seconds"))
             if wait is not None:
-                queue_waits[event.get("attempt") or (r, facility_of(event))] = wait
+                queue_waits[job_key(facility_of(event), event, r)] = wait
         elif kind == "pulled":
             f = facility_of(event)
             if r is not None:
                 run.bytes_pulled[r][f] = run.bytes_pulled[r].get(f, 0) + (integer(event.get("bytes")) or 0)
-            span(f, "pull", event)
+            attempt = str(event.get("attempt") or "")
+            pull = span(f, "pull", event, note=f"attempt {attempt}" if attempt else "", attempt=attempt)
+            if pull is not None:
+                pulls[job_key(f, event, r)] = pull.seconds
         elif kind == "accepted":
             f = facility_of(event)
             loss = event.get("loss")
@@ -219,8 +225,8 @@ def summarize(events: list[dict[str, Any]]) -> RunSummary:
                 run.outcomes[f][r] = "accepted"
             run.samples[f] += integer(event.get("num_samples")) or 0
             run.tokens[f] += integer(event.get("tokens")) or 0
-            key = event.get("attempt") or (r, f)
-            accepted_times[key] = (number(event.get("load_seconds")), number(event.get("train_seconds")))
+            accepted_times[job_key(f, event, r)] = (number(event.get("load_seconds")),
+                                                    number(event.get("train_seconds")))
         elif kind == "rejected":
             f = facility_of(event)
             if r is not None:
@@ -231,7 +237,12 @@ def summarize(events: list[dict[str, Any]]) -> RunSummary:
         elif kind == "aggregated":
             if r is not None and integer(event.get("bytes")) is not None:
                 run.global_bytes[r] = integer(event.get("bytes"))  # type: ignore[assignment]
-            span("server", "aggregate", event, note=f"{event.get('num_updates', '?')} updates")
+            if r == 0:  # the initial global, built by one worker process: no update was aggregated
+                init = span("server", "init", event)
+                if init is not None:
+                    run.round_end_ts[0] = init.start + init.seconds
+            else:
+                span("server", "aggregate", event, note=f"{event.get('num_updates', '?')} updates")
         elif kind == "round_complete":
             if r is not None:
                 run.rounds_completed.add(r)
@@ -256,6 +267,8 @@ def summarize(events: list[dict[str, Any]]) -> RunSummary:
                     else:  # a bare {task: value}
                         into.setdefault(str(task), {})["score"] = number(metrics)
             span("server", "eval", event)
+        elif kind == "job_cancelled":
+            span(facility_of(event), "cancelled", event, attempt=str(event.get("attempt") or ""))
         elif kind == "run_interrupted":
             run.stopped = "interrupted"
             signal_name, done = event.get("signal", "a signal"), event.get("rounds_completed")
@@ -270,9 +283,33 @@ def summarize(events: list[dict[str, Any]]) -> RunSummary:
                 run.rounds_completed |= set(range(1, done + 1)) - {0}
 
     for job, key in jobs:
-        run.spans.extend(_split_job(job, *accepted_times.get(key, (None, None)), queue_waits.get(key)))
+        fates = "; ".join(FATES[fate] for fate in sessions.fates.get(key, []))  # type: ignore[arg-type]
+        parts = split_job(job, *accepted_times.get(key, (None, None)), queue_waits.get(key))
+        describe(parts, pulls.get(key), fates)
+        run.spans.extend(parts)
+    _fold_sessions(run, sessions)
     run.spans.sort(key=lambda s: s.start)
     return run
+
+
+def _fold_sessions(run: RunSummary, sessions: SessionLog) -> None:
+    """A resumed run: each server's session, the time none ran, and the jobs that outlived their server."""
+    sessions.finish()
+    run.session_log = sessions.sessions
+    for start, end, what in sessions.downtimes():
+        run.spans.append(Span("server", "down", start, end - start, None, note=what))
+    for before, after in zip(sessions.sessions, sessions.sessions[1:]):
+        if before.end is not None:
+            run.session_marks.append((before.end, before.ended, f"server {ended_text(before)}", "end"))
+        if after.start is not None:
+            label = f"resumed after round {after.resumed_from}"
+            run.session_marks.append((after.start, "resumed", label, "start"))
+    for s in run.spans:
+        if s.kind == "cancelled":  # and perhaps relaunched after the restart
+            s.note = "; ".join(FATES[fate] for fate in sessions.fates.get((s.lane, s.attempt), ["cancelled"]))
+    for o in sessions.orphans:
+        run.spans.append(Span(o.facility, "orphan", o.start, o.end - o.start, o.round,
+                              note=f"attempt {o.attempt} · {o.detail}", attempt=o.attempt))
 
 
 def _fold_eval_tasks(run: RunSummary, r: int, tasks: dict[str, Any]) -> None:
@@ -311,32 +348,3 @@ def _interval(value: Any) -> tuple[float, float] | None:
         return None
     lo, hi = number(value[0]), number(value[1])
     return None if lo is None or hi is None else (lo, hi)
-
-
-def _split_job(job: Span, load: float | None, train: float | None, queue_wait: float | None = None) -> list[Span]:
-    """A finished job as queue → start-up → load → train, from the worker's own timings.
-
-    The queue wait is measured by the server (submission until it first saw the job
-    running); start-up is what neither side accounted for: process and rank launch.
-    Without a measured wait both are one "queue / start-up" span. A failed job, or one
-    without timings, stays one span.
-    """
-    if job.failed or load is None or train is None:
-        return [job]
-    train = min(train, job.seconds)
-    load = min(load, job.seconds - train)
-    unaccounted = job.seconds - load - train
-    if queue_wait is None:
-        before = [Span(job.lane, "queue", job.start, unaccounted, job.round)]
-    else:
-        queue = min(max(queue_wait, 0.0), unaccounted)
-        before = [
-            Span(job.lane, "wait", job.start, queue, job.round),
-            Span(job.lane, "startup", job.start + queue, unaccounted - queue, job.round),
-        ]
-    parts = [
-        *before,
-        Span(job.lane, "load", job.start + unaccounted, load, job.round),
-        Span(job.lane, "train", job.start + unaccounted + load, train, job.round),
-    ]
-    return [p for p in parts if p.seconds > 0] or [job]
