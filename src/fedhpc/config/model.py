@@ -19,6 +19,7 @@ from fedhpc.config.types import (
     RelPath,
     Seed,
     SeqLen,
+    base_dir,
     path_exists,
 )
 
@@ -126,22 +127,22 @@ class ModelConfig(Frozen):
         "default: the cache's main"
     )
 
-    @field_validator("source")
+    @field_validator("source", mode="before")  # before pydantic's str check, which drops a --set value's mark
     @classmethod
-    def _resolve_source_path(cls, value: str, info: ValidationInfo) -> str:
-        """A source that names a file or directory resolves like every other path in the file.
+    def _resolve_source_path(cls, value: object, info: ValidationInfo) -> object:
+        """A source that names a file or directory resolves like every other path (the file's folder, or the cwd).
 
         A hub id (``org/name``) also has a slash, so a bare ``a/b`` counts as a path
         only when it exists next to the file; ``./a/b`` and ``x.gguf`` always do.
         What is neither an existing path nor a Hub id is refused here, so `validate`
         and the worker agree (`hub_id` is the one rule both apply).
         """
-        if value in MODEL_NAMES or Path(value).is_absolute():
+        if not isinstance(value, str) or value in MODEL_NAMES or Path(value).is_absolute():
             return value
-        base = (info.context or {}).get("base_dir")
+        base = base_dir(value, info)
         if base is None:
             return value
-        candidate = Path(base) / value
+        candidate = base / value
         looks_like_path = value.endswith(".gguf") or value.startswith(".") or path_exists(candidate)
         if looks_like_path:
             return str(candidate)
