@@ -20,6 +20,7 @@ from fedhpc.config.launchers import LocalLauncherConfig, SimulatedLauncherConfig
 from fedhpc.config.model import ModelConfig, quantize_refusal
 from fedhpc.config.movers import FilesystemMoverConfig
 from fedhpc.config.recipe import EffectiveRecipe, check_recipe, recipe_for
+from fedhpc.config.tracking import TrackingConfig
 from fedhpc.config.types import (
     MAX_COUNT,
     NAME_PATTERN,
@@ -101,6 +102,7 @@ class Experiment(Frozen):
     exchange: ExchangeConfig = ExchangeConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     evaluation: EvaluationConfig | None = None
+    tracking: TrackingConfig = TrackingConfig()
     facilities: list[FacilityConfig] = Field(min_length=1)
 
     @field_validator("facilities")

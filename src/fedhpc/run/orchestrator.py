@@ -40,6 +40,7 @@ from fedhpc.run.ledger import Ledger
 from fedhpc.run.rundir import RunDir, check_same_experiment, experiment_document
 from fedhpc.run.server_command import run_server_command
 from fedhpc.run.sync_rounds import SyncRounds
+from fedhpc.tracking import TrackingSession, start_tracking
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class Orchestrator:
         self.run_dir = RunDir(experiment.resolved_run_dir())
         self.ledger: Ledger | None = None
         self.metrics: MetricsLog | None = None
+        self.tracking: TrackingSession | None = None
 
     def run(
         self, time_limit: float | None = None, on_interrupt: OnInterrupt = OnInterrupt.AUTO,
@@ -96,6 +98,8 @@ class Orchestrator:
             events.catch_up()  # what a killed server committed but never wrote to metrics.jsonl
             _close_committed_round(events, resumed_from)
         events.subscribe(self.progress.on_event)  # from here on: what a killed server did is not shown again
+        self.tracking = start_tracking(self.experiment.tracking, events, experiment_document(self.experiment),
+                                       self.run_dir.root, self.experiment.name)  # it logs what it lacks itself
         facilities = self._facilities(launchers, events)
         algorithm = self.experiment.algorithm
         keep_last = self.experiment.checkpoint.keep_last
@@ -196,6 +200,8 @@ class Orchestrator:
         return facilities
 
     def close(self) -> None:
+        if self.tracking is not None:  # first: it reads the ledger, and logs the report
+            self.tracking.close()
         if self.ledger is not None:
             self.ledger.close()
         if self.metrics is not None:
