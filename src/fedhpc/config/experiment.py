@@ -1,12 +1,14 @@
 """The whole experiment: its sections, and the checks that need more than one of them.
 
-Relative paths resolve against the directory that holds the file; `run_dir`
-defaults to ``runs/<name>`` under the current directory.
+A relative path resolves against where it was written: the file's folder, or the
+current directory for a ``--set`` value (config/types.py); `run_dir` defaults to
+``runs/<name>`` under the current directory.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Annotated, Literal
@@ -57,6 +59,10 @@ class ExchangeConfig(Frozen):
         return value
 
 
+#: `evaluation.key_metric`: a task name (no dots, as in the results document) or `mean`, a dot, a metric name.
+KEY_METRIC = re.compile(r"[A-Za-z0-9_\-]+\.[A-Za-z0-9_]+")
+
+
 class EvaluationConfig(Frozen):
     """Server-side evaluation of globals on a held-out split (run as `fedhpc eval` subprocesses)."""
 
@@ -83,10 +89,41 @@ class EvaluationConfig(Frozen):
     device: Literal["cpu", "cuda", "rocm", "xpu"] = Field(
         "cpu", description="where `fedhpc eval` generates: rocm is an AMD GPU, xpu an Intel one (docs/devices.md)"
     )
+    key_metric: str | None = Field(
+        None,
+        description="the score that picks the best round: TASK.METRIC (one task's metric in the results document, "
+        "e.g. name_conversion-s2f.element_match) or mean.METRIC (its mean over every evaluated task); needs mode",
+    )
+    mode: Literal["max", "min"] | None = Field(
+        None, description="max: the best round has the highest key_metric; min: the lowest (e.g. for rmse)"
+    )
+
+    @field_validator("key_metric")
+    @classmethod
+    def _key_metric_form(cls, value: str | None) -> str | None:
+        if value is not None and not KEY_METRIC.fullmatch(value):
+            raise ValueError(
+                f"must be TASK.METRIC or mean.METRIC (e.g. property_prediction-esol.rmse, mean.exact_match), not {value!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _mode_goes_with_key_metric(self) -> EvaluationConfig:
+        """Required, not guessed: a metric's direction differs by metric (rmse down, accuracy up) and a wrong guess
+        would silently keep the worst round."""
+        if self.key_metric is not None and self.mode is None:
+            raise KeyedValueError("evaluation.mode", f"is required with key_metric {self.key_metric!r}: max if a "
+                                  "higher value is better, min if a lower one is")
+        if self.mode is not None and self.key_metric is None:
+            raise KeyedValueError("evaluation.mode", "is set but evaluation.key_metric is not; set the metric it "
+                                  "applies to (TASK.METRIC or mean.METRIC)")
+        return self
 
 
 class CheckpointConfig(Frozen):
-    keep_last: PositiveInt = Field(3, description="global rounds kept on disk besides round 0 and the latest")
+    keep_last: PositiveInt = Field(
+        3, description="global rounds kept on disk besides round 0, the latest and the best (evaluation.key_metric)"
+    )
 
 
 class Experiment(Frozen):

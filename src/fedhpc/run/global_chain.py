@@ -30,6 +30,7 @@ from fedhpc.exchange import (
     write_exchange,
     write_state_dict,
 )
+from fedhpc.run.best_round import protected_rounds
 from fedhpc.run.context import RunContext
 from fedhpc.run.server_command import run_server_command
 
@@ -89,12 +90,13 @@ class GlobalChain:
             data_config=self.data,
             shard_bytes=int(self.exchange.shard_size),
             device="cpu",
+            progress_file=work / "progress.json",
         )
         task_path = work / "init-task.json"
         task.write(task_path)
-        self.progress.message("building the initial global model (round 0)")
         started = self.clock.now()
-        failure = run_server_command("init", ["worker", "--task", str(task_path)], work)
+        with self.progress.phase("round 0: building the initial global model", task.progress_file):
+            failure = run_server_command("init", ["worker", "--task", str(task_path)], work)
         if failure:
             raise FedhpcError(f"building the initial global failed: {failure}")
         try:
@@ -169,7 +171,7 @@ class GlobalChain:
         return Committed(round, self.clock.now() - started, size)
 
     def prune(self, latest: int) -> None:
-        self.context.run_dir.prune(latest, self.keep_last)
+        self.context.run_dir.prune(latest, self.keep_last, protect=protected_rounds(self.events.ledger))
 
     def _save_server_state(self, round: int, state: dict[str, torch.Tensor], fingerprint: str) -> None:
         """Publish the aggregator's state after `round` (empty for stateless algorithms) as an exchange directory.

@@ -29,6 +29,7 @@ from fedhpc.facility.registry import facility_launcher, make_launcher, make_move
 from fedhpc.report.metrics_log import MetricsLog
 from fedhpc.report.progress import ProgressView
 from fedhpc.run.async_rounds import AsyncRounds, make_policy
+from fedhpc.run.best_round import record_best
 from fedhpc.clock import Clock, RealClock, VirtualClock
 from fedhpc.run.events import EventLog
 from fedhpc.run.context import RunContext
@@ -39,6 +40,7 @@ from fedhpc.run.launches import Facility, Launches
 from fedhpc.run.ledger import Ledger
 from fedhpc.run.rundir import RunDir, check_same_experiment, experiment_document
 from fedhpc.run.server_command import run_server_command
+from fedhpc.run.status import failure_lines
 from fedhpc.run.sync_rounds import SyncRounds
 from fedhpc.tracking import TrackingSession, start_tracking
 
@@ -51,7 +53,7 @@ class RunSummary:
     final_global: Path
     seconds: float
     complete: bool = True  # False: stopped at its time limit with rounds left
-    failures: list[str] = field(default_factory=list)  # one line per failed job or rejected update
+    failures: list[str] = field(default_factory=list)  # one line per failed job or rejected update of this server
 
 
 class Orchestrator:
@@ -163,7 +165,7 @@ class Orchestrator:
                           reason=f"the time limit passed after round {last} of {algorithm.rounds}",
                           seconds=self.clock.now() - started)
         return RunSummary(self._ledger.completed_rounds(), self.run_dir.global_dir(last), self.clock.now() - started,
-                          complete, failure_lines(self._ledger, self.run_dir))
+                          complete, failure_lines(self._ledger, self.run_dir, this_server=True))
 
     def _interrupted(
         self, error: RunInterrupted, events: EventLog, launches: Launches | None,
@@ -255,12 +257,13 @@ class Orchestrator:
     def _evaluate(self, events: EventLog, round: int) -> None:
         """Score global `round` with a `fedhpc eval` process; a failure is recorded, not fatal."""
         out = self.run_dir.eval_path(round)
-        if out.exists():
+        if out.exists():  # scored before a kill: it may not have been ranked yet
+            self._rank(events, round, json.loads(out.read_text()))
             return
-        self.progress.message(f"evaluating the global of round {round}")
         started = self.clock.now()
         argv = ["eval", "--model", f"{self.run_dir.root}:{round}", "--out", str(out)]
-        failure = run_server_command(f"eval-r{round:04d}", argv, self.run_dir.log_dir(round))
+        with self.progress.phase(f"evaluating the global of round {round}"):
+            failure = run_server_command(f"eval-r{round:04d}", argv, self.run_dir.log_dir(round))
         if failure:
             events.record("eval_failed", round, reason=failure)
             self.progress.message(f"evaluation of round {round} failed: {failure.splitlines()[0]}")
@@ -270,6 +273,15 @@ class Orchestrator:
                       seconds=self.clock.now() - started, start=started)
         label = " (LENIENT extraction, not LlaSMol's)" if result["lenient"] else ""
         self.progress.message(f"round {round} scores{label}: {_brief_scores(result['tasks'])}")
+        self._rank(events, round, result)
+
+    def _rank(self, events: EventLog, round: int, result: dict) -> None:
+        """Record `round` as the best so far if its `evaluation.key_metric` beats the ledger's best."""
+        evaluation = self.experiment.evaluation
+        if evaluation is not None and evaluation.key_metric is not None and evaluation.mode is not None:
+            line = record_best(events, round, result, evaluation.key_metric, evaluation.mode)
+            if line is not None:
+                self.progress.message(line)
 
 
 def _jobs(n: int) -> str:
@@ -301,39 +313,6 @@ def _close_committed_round(events: EventLog, round: int) -> None:
     start = started[-1].ts if started else completed_at
     events.record("round_complete", round, seconds=completed_at - start, start=start,
                   mean_loss=sum(losses) / len(losses) if losses else None, recovered=True)
-
-
-def failure_lines(ledger: Ledger, run_dir: RunDir) -> list[str]:
-    """One line per job that failed and update that was rejected: its first line of reason, and its log."""
-    lines = []
-    for event in ledger.events():
-        if event.event == "job_finished" and event.detail.get("state") not in ("done", None):
-            reason = str(event.detail.get("reason") or f"exit {event.detail.get('returncode')}")
-            kind = f"job {event.detail['state']}"
-        elif event.event == "rejected":
-            reason, kind = str(event.detail.get("message") or ""), f"update rejected ({event.detail.get('reason')})"
-        else:
-            continue
-        first = next((line.strip() for line in reason.splitlines() if line.strip()), "no reason given")
-        line = f"{event.facility} round {event.round}: {kind}: {first}"
-        attempt = event.detail.get("attempt")
-        log_file = run_dir.log_dir(event.round or 0) / f"{event.facility}-{attempt}.err"
-        if attempt and log_file.exists():
-            line += f" (log: {log_file})"
-        lines.append(line)
-    return lines
-
-
-def recorded_failures(run_root: Path) -> list[str]:
-    """`failure_lines` of a run directory whose server has stopped (none if it has no ledger)."""
-    run_dir = RunDir(run_root)
-    if not run_dir.exists():
-        return []
-    ledger = Ledger(run_dir.ledger_path)
-    try:
-        return failure_lines(ledger, run_dir)
-    finally:
-        ledger.close()
 
 
 def _close_launchers(facilities: dict[str, Facility]) -> None:

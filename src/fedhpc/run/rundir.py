@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -105,22 +106,23 @@ class RunDir:
             removed.append(partial)
         return removed
 
-    def prune(self, latest: int, keep_last: int) -> None:
-        """Keep round 0 and the latest `keep_last` globals, and the latest server state; drop the rest.
+    def prune(self, latest: int, keep_last: int, protect: Collection[int] = ()) -> None:
+        """Keep round 0, the latest `keep_last` globals and those of `protect`, and the latest server state.
 
-        Stale stage copies go too. A resume needs only the latest state: the round it continues from.
+        `protect` holds the best round (`run/best_round.py`), which `fedhpc export RUN:best` reads however
+        old it is. Stale stage copies go too. A resume needs only the latest state: the round it continues from.
         """
         keeps = (
-            (self.root / "global", keep_last, True),
-            (self.root / "server_state", 1, False),
-            (self.root / "stage", 1, True),
+            (self.root / "global", keep_last, True, set(protect)),
+            (self.root / "server_state", 1, False, set()),
+            (self.root / "stage", 1, True, set()),
         )
-        for parent, keep, keep_round_0 in keeps:
+        for parent, keep, keep_round_0, protected in keeps:
             if not parent.exists():
                 continue
             for path in parent.glob("r*"):
                 round = int(path.name[1:])
-                if (round != 0 or not keep_round_0) and round <= latest - keep:
+                if (round != 0 or not keep_round_0) and round <= latest - keep and round not in protected:
                     shutil.rmtree(path, ignore_errors=True)
 
 
