@@ -254,6 +254,7 @@ def test_a_kept_job_reattached_and_one_collected_after_the_restart_are_labelled(
     assert "train 250.00 s" in alpha_train
     (beta_orphan,) = [t for t in hover if t.startswith("beta · round 1 · job outliving its server ·")]
     assert "collected after the restart" in beta_orphan and "r0001-a0" in beta_orphan
+    assert "in 2 sessions, 4.6 min of it with no server running" in section(html, "summary")
     sessions = section(html, "summary").split("<h3>Server sessions</h3>")[1]
     assert sessions.count("<tr>") == 3  # a header and two sessions
     assert "left running at the interruption: alpha r0001-a0, beta r0001-a0" in sessions

@@ -326,17 +326,19 @@ def gantt(
         parts.append(f'<line x1="{x}" x2="{x}" y1="{frame.top}" y2="{height - frame.bottom}" stroke="{GRID}"/>')
     parts += _x_axis(frame, [(t, x_format(t)) for t in x_ticks], "")
     last_label = -math.inf
+    on_top: list[str] = []
     for marker in markers:
         x = frame.x(marker.at)
         parts.append(
             f'<line x1="{_num(x)}" x2="{_num(x)}" y1="{frame.top - 6}" y2="{height - frame.bottom}" '
             f'stroke="{marker.color}" stroke-dasharray="4 3"><title>{escape(marker.title or marker.label)}</title></line>'
         )
-        if marker.color != AXIS:  # few (a server stopping, one resuming): each labelled beside its rule
+        if marker.color != AXIS:  # few (a server stopping, one resuming): each labelled by its rule, over the bars
             shift = {"start": 3, "end": -3}.get(marker.anchor, 0)
-            parts.append(
+            on_top.append(
                 f'<text x="{_num(x + shift)}" y="{height - frame.bottom - 3}" text-anchor="{marker.anchor}" '
-                f'class="tick" fill="{marker.color}">{escape(marker.label)}</text>'
+                f'class="tick" fill="{marker.color}" stroke="#fff" stroke-width="3" paint-order="stroke">'
+                f"{escape(marker.label)}</text>"
             )
         elif x - last_label >= 28:  # many rounds: label only as many rules as fit
             last_label = x
@@ -353,5 +355,6 @@ def gantt(
             f'<rect x="{_num(x0)}" y="{lane_y[b.lane] + 4}" width="{_num(max(x1 - x0, 1.5))}" '
             f'height="{lane_height - 8}" fill="{fill}" rx="2"><title>{escape(b.title)}</title></rect>'
         )
+    parts += on_top
     parts.append("</svg>")
     return "".join(parts)

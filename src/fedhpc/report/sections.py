@@ -39,7 +39,9 @@ def summary_section(run: RunSummary) -> str:
     last_round = max(run.rounds_completed, default=None)
     last_loss = mean([l for f in run.facilities for l in run.losses.get(f, {}).get(last_round, [])[-1:]])
     planned = run.rounds_planned if run.rounds_planned is not None else "?"
+    down = sum(s.seconds for s in run.spans if s.kind == "down")
     sessions = f" in {run.sessions} sessions" if run.sessions > 1 else ""
+    sessions += f", {fmt_duration(down)} of it with no server running" if down else ""
     cards = [
         ("rounds", f"{len(run.rounds_completed - {0})} / {planned}", "completed / planned"),
         ("facilities", str(len(run.facilities)), ", ".join(run.facilities) or "none"),
