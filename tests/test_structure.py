@@ -27,6 +27,8 @@ FORBIDDEN = {
                "fedhpc.report", "fedhpc.cli"),
     "report": ("fedhpc.run", "fedhpc.facility", "fedhpc.worker", "fedhpc.cli"),
     "chem": ("fedhpc.run", "fedhpc.facility", "fedhpc.worker", "fedhpc.config", "fedhpc.cli"),
+    # trackers are fed the server's events; they never drive the run or load the worker
+    "tracking": ("fedhpc.run", "fedhpc.facility", "fedhpc.worker", "fedhpc.simulate", "fedhpc.cli"),
 }
 
 

@@ -26,8 +26,9 @@ PACKAGES: dict[str, tuple[str, str]] = {
 
 class MlflowTracking(Frozen):
     tracking_uri: str = Field(
-        min_length=1,
-        description="an MLflow tracking server (http://host:port) or a file store (file:/path/mlruns)",
+        pattern=r"^[A-Za-z][A-Za-z0-9+.-]*:",
+        description="an MLflow tracking server (http://host:port), a local database (sqlite:////abs/path/mlflow.db) "
+        "or a file store (file:/abs/path/mlruns)",
     )
     experiment: str | None = Field(None, min_length=1, description="the MLflow experiment; default: the run's name")
     run_name: str | None = Field(None, min_length=1, description="the tracked run's name; default: the run's name")

@@ -1,4 +1,8 @@
-"""MLflow: a tracking server (http://...) or a file store (file:...), through `MlflowClient`.
+"""MLflow: a tracking server (http://...), a local database (sqlite:///...) or a file store (file:...).
+
+MLflow 3 keeps its file store in maintenance mode and refuses it unless
+``MLFLOW_ALLOW_FILE_STORE`` is set; a `file:` URI in the experiment is taken as
+that choice, so it is set for this process when the user has not set it.
 
 The client is used directly, not `mlflow.start_run`'s process-global active run:
 the server may hold other code that uses MLflow, and a resumed run is reopened by id.
@@ -35,6 +39,8 @@ class MlflowTracker:
     def start(self, run_id: str | None) -> str:
         for key, value in _RETRIES.items():
             os.environ.setdefault(key, value)
+        if self.config.tracking_uri.startswith("file:"):  # MLflow 3 refuses its file store unless told it is wanted
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         import_extra("mlflow", "mlflow")
         from mlflow.tracking import MlflowClient
 
