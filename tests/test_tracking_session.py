@@ -157,3 +157,16 @@ def test_a_backend_whose_package_is_missing_is_refused_naming_the_extra(tmp_path
         load_experiment(experiment)
     assert "tracking.wandb" in str(error.value) and "pip install 'fedhpc[wandb]'" in str(error.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl", "experiment.yaml"]
+
+
+@pytest.mark.parametrize(("uri", "said"), [("https://me:hunter2@mlflow.lab", "MLFLOW_TRACKING_PASSWORD"),
+                                          ("localhost:5000", "is not an MLflow tracking URI")])
+def test_a_tracking_uri_with_a_password_or_no_scheme_is_refused_at_its_key(tmp_path: Path, uri: str, said: str) -> None:
+    experiment = tmp_path / "experiment.yaml"
+    experiment.write_text(f"name: t\ntracking: {{mlflow: {{tracking_uri: '{uri}'}}}}\n"
+                          "facilities: [{name: a, data: d.jsonl}]\n")
+    (tmp_path / "d.jsonl").write_text('{"input": "a", "output": "b"}\n')
+    with pytest.raises(ConfigError) as error:
+        load_experiment(experiment)
+    assert "tracking.mlflow.tracking_uri" in str(error.value) and said in str(error.value)
+    assert "hunter2" not in str(error.value).split(said)[-1]

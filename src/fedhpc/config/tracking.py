@@ -10,9 +10,10 @@ cost a round's allocation, and checking costs only a package lookup.
 from __future__ import annotations
 
 import importlib.util
+import re
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from fedhpc.config.types import Frozen, KeyedValueError, RelPath
 
@@ -23,15 +24,34 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "wandb": ("wandb", "wandb"),
 }
 
+#: the stores MLflow's client logs to (a database URI may name its driver: postgresql+psycopg2)
+MLFLOW_SCHEMES = frozenset({"http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks"})
+_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@]*@")
+
 
 class MlflowTracking(Frozen):
     tracking_uri: str = Field(
-        pattern=r"^[A-Za-z][A-Za-z0-9+.-]*:",
         description="an MLflow tracking server (http://host:port), a local database (sqlite:////abs/path/mlflow.db) "
         "or a file store (file:/abs/path/mlruns)",
     )
     experiment: str | None = Field(None, min_length=1, description="the MLflow experiment; default: the run's name")
     run_name: str | None = Field(None, min_length=1, description="the tracked run's name; default: the run's name")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        """A scheme MLflow stores by; no password, as the URI is recorded in experiment.yaml, the ledger and the
+        parameters."""
+        scheme = value.split(":", 1)[0].split("+", 1)[0].lower() if ":" in value else ""
+        if scheme not in MLFLOW_SCHEMES:
+            raise ValueError(f"{value!r} is not an MLflow tracking URI: expected http(s)://host:port, "
+                             "sqlite:////abs/path/mlflow.db, file:/abs/path/mlruns (or postgresql, mysql, mssql, "
+                             "databricks)")
+        if _USERINFO.match(value):
+            raise ValueError("must not hold a user or password (it is recorded in the run directory): set "
+                             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN, in "
+                             "the server's environment instead")
+        return value
 
 
 class TensorboardTracking(Frozen):
