@@ -5,9 +5,9 @@ Each backend reads the ledger's events after its own cursor (ledger meta
 subscribers about, for two reasons: `aggregated` is committed with its round
 straight into the ledger, and a server killed after recording events but before
 tracking them leaves them to the next server, which logs them on start. The
-cursor is written after each batch is logged, so a round is logged once; a
-server killed between logging an event and writing the cursor logs that one
-event again on resume. The tracked run's id (``tracking.<backend>.run_id``)
+cursor is written after the events each subscriber call finds (normally the one
+just recorded) are logged, so a round is logged once; a server killed between
+logging them and writing the cursor logs those again on resume. The tracked run's id (``tracking.<backend>.run_id``)
 reopens the same run.
 
 A backend that raises (an MLflow server that is down, a full disk) is dropped
@@ -130,16 +130,17 @@ class TrackingSession:
             self._draining = False
 
     def _log(self, tracker: Tracker, pending: list[LedgerEvent]) -> None:
-        if not pending:
-            return
+        logged = None
         try:
             for event in pending:
                 metrics = event_metrics(event.event, event.facility, event.detail)
                 if metrics and event.round is not None:
                     tracker.log_metrics(metrics, event.round, event.ts)
-            self.events.ledger.set_meta(_key(tracker, "cursor"), str(pending[-1].id))
+                logged = event.id
         except Exception as e:  # noqa: BLE001 - a tracking server being down must never cost a round
             self._fail(tracker, "log", e)
+        if logged is not None:  # up to the last event logged, failure or not: a resume starts after it
+            self.events.ledger.set_meta(_key(tracker, "cursor"), str(logged))
 
     def _fail(self, tracker: Tracker, doing: str, error: Exception) -> None:
         """Drop `tracker` for the rest of this server's run, and say so once: in the log and in the ledger."""
