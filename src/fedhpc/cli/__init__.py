@@ -41,6 +41,11 @@ def main(
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    if not verbose:
+        # peft imports bitsandbytes wherever it is installed, and on a CPU its import warns that an optional
+        # kernel package is missing: a line in every command's and every job's stderr that asks nothing of
+        # the user. Its errors still show.
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 for command in (validate.validate, globus.login, globus.logout, globus.whoami, run.run, run.simulate, run.report):
