@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -46,6 +47,27 @@ def kill_processes_mentioning(text: str) -> None:
             os.kill(int(process.split(":", 1)[0]), signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def run_events(run_dir: Path) -> list[dict]:
+    """The run's metrics.jsonl events so far (none before the server has written any)."""
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def sigkill_server_in_round(args: list[str] | tuple[str, ...], run_dir: Path, round: int, timeout: float) -> None:
+    """Start `fedhpc *args`, SIGKILL it once `round`'s jobs are submitted, and kill the jobs it orphaned."""
+    server = subprocess.Popen(fedhpc_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + timeout
+        while not any(e["event"] == "submitted" and e.get("round") == round for e in run_events(run_dir)):
+            assert server.poll() is None, server.stderr.read().decode()  # type: ignore[union-attr]
+            assert time.time() < deadline, f"round {round} never started"
+            time.sleep(0.2)
+        server.send_signal(signal.SIGKILL)
+        server.wait()
+    finally:
+        kill_processes_mentioning(str(run_dir))
 
 
 def wait_finished(launcher: Launcher, handle: JobHandle, timeout: float = 30.0) -> JobStatus:

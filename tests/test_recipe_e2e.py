@@ -15,19 +15,14 @@ the global version it trains from, with one facility training epochs within its 
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 import yaml
 from rich.console import Console
 
-from conftest import ROOT, fedhpc_command, kill_processes_mentioning, run_fedhpc
+from conftest import ROOT, run_fedhpc, sigkill_server_in_round
 from fedhpc.config import load_experiment
 from fedhpc.exchange import ExchangeDir, LrSchedule, WorkerTask
 from fedhpc.lr_schedule import learning_rate
@@ -68,27 +63,9 @@ def _experiment(tmp_path: Path) -> Path:
     return path
 
 
-def _events(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
 def _kill_in_round_2_then_resume(args: list[str], run_dir: Path) -> None:
     """As `test_run_e2e`: SIGKILL the server once round 2's jobs are submitted, then run the same command."""
-    server = subprocess.Popen(fedhpc_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            if any(e["event"] == "submitted" and e.get("round") == 2 for e in _events(run_dir)):
-                break
-            assert server.poll() is None, server.stderr.read().decode()
-            time.sleep(0.2)
-        else:
-            pytest.fail("round 2 never started")
-        server.send_signal(signal.SIGKILL)
-        server.wait()
-    finally:
-        kill_processes_mentioning(str(run_dir))
+    sigkill_server_in_round(args, run_dir, 2, timeout=600)
     result = run_fedhpc(*args)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -110,6 +87,7 @@ def test_each_facility_trains_its_recipe_on_one_schedule_across_rounds_a_resume_
     _kill_in_round_2_then_resume(["run", str(_experiment(tmp_path))], run_dir)
     ledger = Ledger(run_dir / "ledger.sqlite")
     assert ledger.completed_rounds() == [0, 1, 2, 3]
+    assert sorted(e.round for e in ledger.events("aggregated")) == [0, 1, 2, 3], "a round aggregated twice or never"
     assert [e.detail["resumed_from"] for e in ledger.events("run_started")] == [None, 1]
     assert not ledger.events("rejected"), [e.detail for e in ledger.events("rejected")]
 

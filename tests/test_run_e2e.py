@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import FAULTS_DIR, QUICKSTART, fedhpc_command, kill_processes_mentioning, run_fedhpc
+from conftest import FAULTS_DIR, QUICKSTART, run_events, run_fedhpc, sigkill_server_in_round
 from fedhpc.exchange import ExchangeDir
 from fedhpc.run.ledger import Ledger
 
@@ -19,10 +16,6 @@ from fedhpc.run.ledger import Ledger
 def _globals_differ(a: Path, b: Path) -> bool:
     first, second = ExchangeDir(a), ExchangeDir(b)
     return any(not torch.equal(first.get(name), second.get(name)) for name in first.names())
-
-
-def _events(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 def test_quickstart_trains_three_rounds_and_loss_falls(tmp_path: Path) -> None:
@@ -37,7 +30,7 @@ def test_quickstart_trains_three_rounds_and_loss_falls(tmp_path: Path) -> None:
         assert accepted == {"alpha", "beta"}
     assert _globals_differ(run_dir / "global" / "r0001", run_dir / "global" / "r0002")
     assert _globals_differ(run_dir / "global" / "r0002", run_dir / "global" / "r0003")
-    losses = {e["round"]: e["mean_loss"] for e in _events(run_dir) if e["event"] == "round_complete"}
+    losses = {e["round"]: e["mean_loss"] for e in run_events(run_dir) if e["event"] == "round_complete"}
     assert losses[3] < losses[1], losses
     beta_update = ExchangeDir(run_dir / "updates" / "r0003" / "beta")
     assert beta_update.manifest.metrics["world_size"] == 2
@@ -78,6 +71,21 @@ def test_broken_updates_are_rejected_with_reasons_and_the_round_completes(tmp_pa
     assert len(failures) == len(faults), result.stdout  # one line per failure, with its reason, at the end
     assert any("bad-crash round 1: job failed: " in line and "(log: " in line for line in failures), failures
     assert any("bad-checksum round 1: update rejected (checksum): " in line for line in failures), failures
+    log = run_dir / "logs" / "r0001" / "bad-crash-r0001-a0.err"
+    live = [line[21:] for line in result.stdout.splitlines() if line[21:].startswith("bad-crash round 1: failed: ")]
+    assert len(live) == 1 and live[0].endswith(f" (log: {log})"), result.stdout  # said as it happened, in one line
+    assert "round 0: building the initial global model: finished in " in result.stdout
+
+    status = run_fedhpc("status", str(run_dir), "--json", timeout=60)
+    assert status.returncode == 0, status.stderr
+    document = json.loads(status.stdout)
+    assert (document["state"], document["rounds_complete"], document["rounds_planned"]) == ("finished", 1, 1)
+    rows = {f["name"]: f for f in document["facilities"]}
+    crash = rows["bad-crash"]
+    assert (crash["state"], crash["failure_round"], crash["log"]) == ("failed", 1, str(log))
+    assert crash["failure"].removeprefix("job failed: ") in live[0]  # the console said what status says
+    assert "checksum" in rows["bad-checksum"]["failure"]
+    assert rows["good"]["state"] == "done" and isinstance(rows["good"]["loss"], float)
 
 
 def test_quorum_not_met_stops_with_a_clear_message(tmp_path: Path) -> None:
@@ -97,24 +105,11 @@ def test_quorum_not_met_stops_with_a_clear_message(tmp_path: Path) -> None:
     assert Ledger(run_dir / "ledger.sqlite").completed_rounds() == [0]
 
 
+@pytest.mark.slow  # test_recipe_e2e kills a server in round 2 the same way and asserts the same (and faults/ more)
 def test_server_killed_mid_round_resumes_without_losing_or_repeating_rounds(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     args = ["run", str(QUICKSTART), "--set", f"run_dir={run_dir}", "--set", "algorithm.rounds=3"]
-    server = subprocess.Popen(fedhpc_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            events = _events(run_dir) if (run_dir / "metrics.jsonl").exists() else []
-            if any(e["event"] == "submitted" and e.get("round") == 2 for e in events):
-                break
-            assert server.poll() is None, server.stderr.read().decode()
-            time.sleep(0.2)
-        else:
-            pytest.fail("round 2 never started")
-        server.send_signal(signal.SIGKILL)
-        server.wait()
-    finally:
-        kill_processes_mentioning(str(run_dir))
+    sigkill_server_in_round(args, run_dir, 2, timeout=300)
 
     result = run_fedhpc(*args)
     assert result.returncode == 0, result.stdout + result.stderr
