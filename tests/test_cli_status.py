@@ -1,4 +1,8 @@
-"""`fedhpc status` (table and --json), the console's failure line, and exit code 5, on real run directories."""
+"""`fedhpc status` (table and --json) on ledgers written through the server's API.
+
+A real run's status (and its console failure line and exit code 5) is checked in
+test_run_e2e's broken-updates run.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from conftest import QUICKSTART, kill_processes_mentioning, run_fedhpc
 from fedhpc.cli import app
 from fedhpc.errors import ExitCode
 from fedhpc.run.ledger import Ledger
@@ -78,33 +81,3 @@ def test_status_of_a_directory_that_is_no_run_exits_2(tmp_path: Path) -> None:
     assert result.exit_code == ExitCode.BAD_INPUT
     assert "has no ledger.sqlite" in result.output
     assert not any(tmp_path.iterdir())  # status created nothing
-
-
-def test_a_run_with_a_failed_facility_says_why_as_it_happens_exits_5_and_status_shows_it(tmp_path: Path) -> None:
-    """One real run: beta's data is not JSON, so its job fails; alpha's update makes the quorum of 1."""
-    run_dir = tmp_path / "run"
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text("this is not JSON\n")
-    try:
-        result = run_fedhpc("run", str(QUICKSTART), "--set", f"run_dir={run_dir}", "--set", "algorithm.rounds=1",
-                            "--set", "algorithm.local_steps=1", "--set", "facilities.beta.launcher.nprocs=1",
-                            "--set", f"facilities.beta.data={bad}")
-    finally:
-        kill_processes_mentioning(str(run_dir))
-    assert result.returncode == ExitCode.COMPLETED_WITH_FAILURES, result.stdout + result.stderr
-    log = run_dir / "logs" / "r0001" / "beta-r0001-a0.err"
-    live = [line[21:] for line in result.stdout.splitlines() if line[21:].startswith("beta round 1: failed: ")]
-    assert len(live) == 1 and live[0].endswith(f" (log: {log})") and "bad.jsonl" in live[0], result.stdout
-    assert "round 0: building the initial global model: finished in " in result.stdout
-    assert "failed: beta round 1: job failed: " in result.stdout  # the summary at the end, as before
-    assert "1 failure(s) above" in result.stdout
-
-    status = run_fedhpc("status", str(run_dir), "--json", timeout=60)
-    assert status.returncode == 0, status.stderr
-    document = json.loads(status.stdout)
-    assert (document["state"], document["rounds_complete"], document["rounds_planned"]) == ("finished", 1, 1)
-    rows = {f["name"]: f for f in document["facilities"]}
-    assert rows["beta"]["state"] == "failed" and rows["beta"]["failure_round"] == 1
-    assert "bad.jsonl" in rows["beta"]["failure"] and rows["beta"]["log"] == str(log)
-    assert rows["beta"]["failure"].removeprefix("job failed: ") in live[0]  # the console said what status says
-    assert rows["alpha"]["state"] == "done" and isinstance(rows["alpha"]["loss"], float)
