@@ -10,9 +10,12 @@ from pathlib import Path
 
 import torch
 
+import pytest
+
 from conftest import QUICKSTART, run_fedhpc
 from fedhpc.exchange import ExchangeDir
 from fedhpc.run.ledger import Ledger
+from test_async_e2e import run, scenario
 
 
 def fedadam(run_dir: Path, rounds: int) -> list[str]:
@@ -23,11 +26,25 @@ def fedadam(run_dir: Path, rounds: int) -> list[str]:
 
 
 def test_resumed_fedadam_run_is_bit_identical_to_an_uninterrupted_one(tmp_path: Path) -> None:
+    """In-process servers with simulated facilities: the server's side of a restart, in seconds."""
+    algorithm, speeds = {"name": "fedadam", "rounds": 1}, {"alpha": 1.0, "beta": 2.0}
+    resumed = scenario(tmp_path / "A", algorithm, speeds)
+    run(resumed)
+    run(resumed, "algorithm.rounds=2")
+    straight = run(scenario(tmp_path / "B", {**algorithm, "rounds": 2}, speeds))
+    assert_resumed_equals_straight(tmp_path / "A" / "run", straight)
+
+
+@pytest.mark.slow  # the same server path as the test above, through `fedhpc run` and real torchrun workers
+def test_resumed_fedadam_run_with_real_workers_is_bit_identical_to_an_uninterrupted_one(tmp_path: Path) -> None:
     resumed, straight = tmp_path / "A", tmp_path / "B"
     for args in (fedadam(resumed, 1), fedadam(resumed, 2), fedadam(straight, 2)):
         result = run_fedhpc(*args)
         assert result.returncode == 0, result.stdout + result.stderr
+    assert_resumed_equals_straight(resumed, straight)
 
+
+def assert_resumed_equals_straight(resumed: Path, straight: Path) -> None:
     starts = Ledger(resumed / "ledger.sqlite").events("run_started")
     assert [e.detail["resumed_from"] for e in starts] == [None, 1]
     a, b = ExchangeDir(resumed / "global" / "r0002"), ExchangeDir(straight / "global" / "r0002")
