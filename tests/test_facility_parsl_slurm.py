@@ -137,7 +137,8 @@ def test_a_job_cancelled_with_scancel_fails_its_round_and_the_run_goes_on(slurm_
     finally:
         if server.poll() is None:
             server.kill()
-    assert server.returncode == 0, out + err
+    assert server.returncode == 5, out + err  # ExitCode.COMPLETED_WITH_FAILURES: every round, one job failed
+    assert "alpha round 1: failed: cancelled by the scheduler (scancel)" in out + err
 
     ledger = Ledger(run_dir / "ledger.sqlite")
     assert ledger.completed_rounds() == [0, 1, 2]
