@@ -9,7 +9,10 @@ edge where it asks (``importlib.util.find_spec``, ``/proc/cpuinfo``).
 from __future__ import annotations
 
 import importlib.util
+import json
 import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -148,6 +151,20 @@ def test_a_worker_without_bitsandbytes_says_what_to_install(monkeypatch: pytest.
     without_bitsandbytes(monkeypatch)
     with pytest.raises(ModelError, match=r"model\.quantize 'nf4' needs bitsandbytes.*pip install 'fedhpc\[qlora\]'"):
         worker_model.build_base_model(NF4)
+
+
+def test_a_job_that_does_not_quantize_never_imports_bitsandbytes(tmp_path: Path) -> None:
+    """peft would import it wherever it is installed (about 1.5 s of CPU at every rank's start).
+
+    The nf4 jobs of the quickstart test below still load it: they would fail without it.
+    """
+    task = tmp_path / "task.json"
+    task.write_text(json.dumps({"model": {"source": "tiny-llama", "quantize": "none"}}))
+    code = ("import sys; from pathlib import Path; from fedhpc.cli.worker import hide_bitsandbytes_unless_quantized; "
+            "hide_bitsandbytes_unless_quantized(Path(sys.argv[1])); import fedhpc.worker.main; "
+            "print(sys.modules.get('bitsandbytes') is not None)")
+    result = subprocess.run([sys.executable, "-c", code, str(task)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "False", result.stdout + result.stderr
 
 
 def test_quickstart_in_4_bits_trains_and_the_server_accepts_only_quantized_updates(tmp_path: Path) -> None:
