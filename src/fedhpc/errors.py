@@ -29,6 +29,12 @@ class ConfigError(FedhpcError):
         super().__init__(f"{where}: {message}" if where else message)
 
 
+class PrivacyRefused(ConfigError):
+    """A privacy setting the accountant cannot stand behind (e.g. adaptive clipping whose count noise leaves
+    no noise for the update itself); `key` names the setting to change. Raised before the run starts.
+    """
+
+
 class ExchangeError(FedhpcError):
     """An exchange directory (global model or update) is unreadable or malformed."""
 
@@ -102,6 +108,23 @@ class ModelError(FedhpcError):
 
 class DataError(FedhpcError):
     """A dataset file is missing, empty or has records of an unknown layout."""
+
+
+class SecAggError(FedhpcError):
+    """Secure aggregation (docs/secure-aggregation.md) could not go on; the branch says why."""
+
+
+class SecAggRangeError(SecAggError):
+    """A facility's update has a value outside the fixed-point range: refused there, never wrapped silently."""
+
+
+class SecAggRejected(SecAggError):
+    """A secure-aggregation message failed its checks: a bad signature, a key that differs from the pinned one,
+    a share that does not decrypt, or a message for another run, round or facility."""
+
+
+class SecAggThresholdError(SecAggError):
+    """Too few facilities answered the unmask request to remove the masks; the round fails, nothing is committed."""
 
 
 class ExitCode(enum.IntEnum):
