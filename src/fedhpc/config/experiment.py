@@ -21,6 +21,7 @@ from fedhpc.config.facility import FacilityConfig
 from fedhpc.config.launchers import LocalLauncherConfig, SimulatedLauncherConfig
 from fedhpc.config.model import ModelConfig, quantize_refusal
 from fedhpc.config.movers import FilesystemMoverConfig
+from fedhpc.config.privacy import PrivacyConfig, check_privacy
 from fedhpc.config.recipe import EffectiveRecipe, check_recipe, recipe_for
 from fedhpc.config.tracking import TrackingConfig
 from fedhpc.config.types import (
@@ -140,6 +141,7 @@ class Experiment(Frozen):
     checkpoint: CheckpointConfig = CheckpointConfig()
     evaluation: EvaluationConfig | None = None
     tracking: TrackingConfig = TrackingConfig()
+    privacy: PrivacyConfig | None = Field(None, description="facility-level differential privacy; unset: off")
     facilities: list[FacilityConfig] = Field(min_length=1)
 
     @field_validator("facilities")
@@ -160,6 +162,12 @@ class Experiment(Frozen):
                 f"is {self.algorithm.min_facilities} but only {len(self.facilities)} facilities are configured; "
                 "lower it or add facilities"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _privacy_accountable(self) -> Experiment:
+        if self.privacy is not None:
+            check_privacy(self.privacy, self.algorithm, len(self.facilities))
         return self
 
     @model_validator(mode="after")
