@@ -13,6 +13,12 @@ aggregates if at least `min_facilities` updates were accepted.
   whether it is cancelled (`drop`) or keeps running and its update counts in a
   later round (`next_round`), as a stale update.
 - When a job is cancelled regardless: `round_timeout` seconds after it started.
+
+With `privacy` on, `PoissonSyncPolicy` samples instead: each facility takes part
+independently with probability p (seed `algorithm.seed + round` again), which is
+the sampling the privacy accountant composes. A round may then ask few or none:
+its quorum is min(min_facilities, facilities asked), and a round that asked none
+still commits (DP-FedAvg releases a noise-only step over its fixed denominator).
 """
 
 from __future__ import annotations
@@ -67,3 +73,31 @@ class SyncPolicy:
 
     def quorum_met(self, accepted: int) -> bool:
         return accepted >= self.algorithm.min_facilities
+
+
+class PoissonSyncPolicy(SyncPolicy):
+    """Each facility asked with probability `participation`, independently: what the DP accountant assumes.
+
+    Topping the sample up to `min_facilities`, as `SyncPolicy` does, would make who takes part depend on
+    who else was drawn, and the subsampled accountant would no longer hold; the quorum shrinks instead.
+    """
+
+    def __init__(self, algorithm: AlgorithmConfig, facilities: list[str]):
+        super().__init__(algorithm, facilities)
+        self._asked: int | None = None  # facilities asked in the round last assigned
+
+    def participants(self, round: int) -> list[str]:
+        if self.algorithm.participation >= 1.0:
+            return list(self.facilities)
+        draw = random.Random(self.algorithm.seed + round)
+        return [name for name in self.facilities if draw.random() < self.algorithm.participation]
+
+    def assignments(self, round: int) -> list[Assignment]:
+        assigned = super().assignments(round)
+        self._asked = len(assigned)
+        return assigned
+
+    def quorum_met(self, accepted: int) -> bool:
+        """At least min_facilities, or every facility the round asked if it asked fewer (none: a noise-only step)."""
+        asked = len(self.facilities) if self._asked is None else self._asked
+        return accepted >= min(self.algorithm.min_facilities, asked)

@@ -38,7 +38,9 @@ ENDED = ("job_finished", "job_cancelled", "late_dropped", "job_abandoned", "reje
 class SyncRounds:
     def __init__(
         self, context: RunContext, algorithm: AlgorithmConfig, launches: Launches, intake: Intake, chain: GlobalChain,
+        policy: SyncPolicy | None = None,
     ):
+        """`policy`: who takes part and when a round may close; by default `SyncPolicy` (privacy: Poisson's)."""
         self.context = context
         self.events = context.events
         self.clock = context.clock
@@ -47,7 +49,7 @@ class SyncRounds:
         self.launches = launches
         self.intake = intake
         self.chain = chain
-        self.policy = SyncPolicy(algorithm, list(launches.facilities))
+        self.policy = policy or SyncPolicy(algorithm, list(launches.facilities))
         self.carried: list[Attempt] = []  # late jobs of closed rounds whose updates count in the next (next_round)
         self.pending: list[Attempt] = []  # jobs of the current round still running
         self._restore_carried()
