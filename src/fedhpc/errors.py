@@ -110,6 +110,14 @@ class DataError(FedhpcError):
     """A dataset file is missing, empty or has records of an unknown layout."""
 
 
+class PrivacyBudgetReached(FedhpcError):
+    """The next round would spend more than `privacy.target_epsilon`: the run stops cleanly before launching it.
+
+    Not a failure: the run did what its budget allows. Running it again stops again (the budget is spent), unless
+    the experiment's privacy section is changed.
+    """
+
+
 class SecAggError(FedhpcError):
     """Secure aggregation (docs/secure-aggregation.md) could not go on; the branch says why."""
 
@@ -140,6 +148,7 @@ class ExitCode(enum.IntEnum):
     QUORUM_NOT_MET = 3  # a round closed with fewer accepted updates than algorithm.min_facilities
     BUDGET_REACHED = 4  # the run stopped at its time limit with rounds left
     COMPLETED_WITH_FAILURES = 5  # every round completed, but a job failed or an update was rejected on the way
+    PRIVACY_BUDGET_SPENT = 6  # stopped before a round that would spend more than privacy.target_epsilon
     INTERRUPTED = 130  # SIGINT (Ctrl-C), 128 + 2 as shells report it
     TERMINATED = 143  # SIGTERM (e.g. a batch system's scancel), 128 + 15
 
@@ -152,4 +161,6 @@ def exit_code(error: BaseException) -> ExitCode:
         return ExitCode.BAD_INPUT
     if isinstance(error, QuorumNotMet):
         return ExitCode.QUORUM_NOT_MET
+    if isinstance(error, PrivacyBudgetReached):
+        return ExitCode.PRIVACY_BUDGET_SPENT
     return ExitCode.ERROR
