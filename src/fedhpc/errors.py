@@ -44,12 +44,17 @@ class UpdateRejected(ExchangeError):
 
     Reasons: ``missing_manifest``, ``bad_manifest``, ``checksum``, ``unexpected_file``,
     ``missing_tensor``, ``unexpected_tensor``, ``shape``, ``dtype``, ``non_finite``,
-    ``fingerprint``, ``norm``, ``stale``, ``round``, ``num_samples``, ``local_steps``, ``bad_metrics``.
+    ``fingerprint``, ``norm``, ``stale``, ``round``, ``num_samples``, ``local_steps``, ``bad_metrics``,
+    ``codec`` (a compressed tensor whose codec, params or stored parts are not what an encoder writes).
     """
 
     def __init__(self, reason: str, message: str):
         self.reason = reason
         super().__init__(f"{reason}: {message}")
+
+
+class CodecError(ExchangeError):
+    """A compressed tensor's params or stored parts are not what its codec writes (the reader names the tensor)."""
 
 
 class SubmitError(FedhpcError):
