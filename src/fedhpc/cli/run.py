@@ -81,7 +81,8 @@ def run(
         if exit_code(e) is ExitCode.QUORUM_NOT_MET:  # which facilities failed, and why, is the next question
             for line in recorded_failures(exp.resolved_run_dir()):
                 console.print(f"failed: {line}", markup=False, highlight=False, soft_wrap=True)
-        console.print(f"[red]{'stopped' if exit_code(e) >= ExitCode.INTERRUPTED else 'error'}:[/red] {e}",
+        stopped = exit_code(e) >= ExitCode.INTERRUPTED or exit_code(e) is ExitCode.PRIVACY_BUDGET_SPENT
+        console.print(f"[red]{'stopped' if stopped else 'error'}:[/red] {e}",
                       highlight=False, soft_wrap=True)
         raise typer.Exit(exit_code(e)) from e
 
@@ -156,6 +157,8 @@ def status(
     line = f"{found.run_dir}: {found.name or '?'} {found.state}, {found.rounds_complete} of {planned} rounds complete"
     if found.best_round is not None:
         line += f", best round {found.best_round}"
+    if found.delta is not None:  # privacy on (an epsilon of None: no noise, unbounded)
+        line += f", epsilon {'inf' if found.epsilon is None else f'{found.epsilon:.3g}'} at delta {found.delta:g}"
     out.print(line + (f" ({found.reason})" if found.reason else ""), markup=False, highlight=False, soft_wrap=True)
     table = Table(header_style="bold")
     for column in ("facility", "state", "round", "last loss", "last failure"):

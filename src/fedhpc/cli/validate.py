@@ -35,6 +35,7 @@ def validate(
     ] = None,
 ) -> None:
     """Check an experiment file without running anything; print each facility's recipe and memory plan per GPU."""
+    from fedhpc.cli.privacy_lines import describe_privacy
     from fedhpc.globus.facilities import describe
     from fedhpc.memory_plan import describe_memory
 
@@ -62,6 +63,8 @@ def validate(
         raise typer.Exit(2)
     for line in describe_memory(exp, shape, gpus=gpus, gpu_memory=memory):
         out.print(line)
+    for line in describe_privacy(exp):
+        out.print(line, style="yellow" if "WARNING" in line else None)
     if online:
         try:
             checks = globus_module("online_checks").run_online_checks(exp)

@@ -19,6 +19,7 @@ from fedhpc.errors import FedhpcError
 from fedhpc.report.evaluation_section import evaluation_section
 from fedhpc.report.metrics_log import read_events
 from fedhpc.report.plots import color_for
+from fedhpc.report.privacy_section import privacy_section
 from fedhpc.report.sections import (
     config_section,
     data_section,
@@ -60,6 +61,7 @@ def render(run: RunSummary, *, config: str | None, source: str = "") -> str:
         ("summary", "Summary", summary_section(run)),
         ("loss", "Training loss", loss_section(run, colors)),
         ("eval", "Evaluation", evaluation_section(run)),
+        *([("privacy", "Privacy", privacy_section(run))] if run.privacy else []),
         ("timeline", "Timeline", timeline_section(run)),
         ("data", "Data moved", data_section(run)),
         ("problems", "Rejected updates and failed jobs", problems_section(run)),
@@ -69,8 +71,9 @@ def render(run: RunSummary, *, config: str | None, source: str = "") -> str:
     body = "".join(f'<section id="{key}"><h2>{escape(title)}</h2>{html}</section>' for key, title, html in sections)
     status = run.status
     notes = {"finished": "", "incomplete": " — no run_finished event: still running, or killed"}
-    note = notes.get(status, f" — {run.stop_reason.splitlines()[0] if run.stop_reason else status}; run the same "
-                             "command again to resume")
+    reason = run.stop_reason.splitlines()[0] if run.stop_reason else status
+    again = "" if reason.startswith("privacy budget reached") else "; run the same command again to resume"
+    note = notes.get(status, f" — {reason}{again}")
     badge = "finished" if status == "finished" else "incomplete"  # (style.py colours those two)
     generated = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     return (

@@ -158,6 +158,7 @@ class ProgressView:
         self._rounds_done = 0
         self._last_round: tuple[int, float, float | None] | None = None
         self._round_seconds: list[float] = []
+        self._epsilon: dict[int, str] = {}  # privacy: each round's ε spent so far, as shown
         self._last_round_at: float | None = None
         self._failure_log = failure_log
         self._phase: tuple[str, float, Path | None] | None = None
@@ -241,6 +242,11 @@ class ProgressView:
                 where = f" round {row.round}" if row.round is not None else ""
                 self._line(f"{facility}{where}: step {step}/{local_steps} loss {_fmt_loss(loss)}")
 
+    def privacy_spent(self, round: int, epsilon: float | None, delta: float) -> None:
+        """Privacy on: after round `round` the run has spent `epsilon` (None: unbounded, no noise) at `delta`."""
+        with self._lock:
+            self._epsilon[round] = f"epsilon {'inf' if epsilon is None else f'{epsilon:.3g}'} (delta {delta:g})"
+
     def round_done(self, round: int, seconds: float, mean_loss: float | None) -> None:
         """Round `round` was aggregated after `seconds`; `mean_loss` over the accepted updates."""
         with self._lock:
@@ -250,6 +256,7 @@ class ProgressView:
             self._round_seconds.append(seconds)
             self._last_round_at = self._clock()
             text = f"round {round}/{self.rounds} done in {_fmt_seconds(seconds)}, mean loss {_fmt_loss(mean_loss)}"
+            text += f", {self._epsilon[round]}" if round in self._epsilon else ""
             eta = self.eta()
             if eta is not None and self._rounds_done < self.rounds:
                 text += f"; ETA {_fmt_seconds(eta)}"
@@ -353,6 +360,7 @@ class ProgressView:
             if self._last_round is not None:
                 r, seconds, loss = self._last_round
                 header.append(f"   last round {r}: {_fmt_seconds(seconds)}, loss {_fmt_loss(loss)}", "dim")
+                header.append(f", {self._epsilon[r]}" if r in self._epsilon else "", "dim")
             eta = self.eta()
             if eta is not None and self._rounds_done < self.rounds:
                 header.append(f"   ETA {_fmt_seconds(eta)}", "bold")

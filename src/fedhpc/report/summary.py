@@ -21,6 +21,8 @@ from typing import Any
 from fedhpc.report.sessions import FATES, Session, SessionLog, ended_text
 from fedhpc.report.spans import Span, describe, split_job
 
+#: what an `aggregated` event of a private run says of its round (run/privacy_budget.py)
+PRIVACY_FIELDS = ("epsilon", "delta", "noise_multiplier", "clip_norm", "clipped", "next_clip_norm", "noise_std")
 # Eval keys that count examples rather than score them: shown nowhere as a metric.
 COUNT_KEYS = frozenset({"n", "examples"})
 
@@ -80,6 +82,7 @@ class RunSummary:
     spans: list[Span] = field(default_factory=list)
     samples: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     tokens: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    privacy: dict[int, dict[str, Any]] = field(default_factory=dict)  # privacy on: each round's ε, δ, clipping
 
     @property
     def status(self) -> str:
@@ -237,6 +240,8 @@ def summarize(events: list[dict[str, Any]]) -> RunSummary:
         elif kind == "aggregated":
             if r is not None and integer(event.get("bytes")) is not None:
                 run.global_bytes[r] = integer(event.get("bytes"))  # type: ignore[assignment]
+            if r is not None and "delta" in event:  # privacy on (docs/privacy.md)
+                run.privacy[r] = {key: event.get(key) for key in PRIVACY_FIELDS}
             if r == 0:  # the initial global, built by one worker process: no update was aggregated
                 init = span("server", "init", event)
                 if init is not None:

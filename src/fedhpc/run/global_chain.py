@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -34,6 +35,9 @@ from fedhpc.run.best_round import protected_rounds
 from fedhpc.run.context import RunContext
 from fedhpc.run.server_command import run_server_command
 
+if TYPE_CHECKING:  # imported by the orchestrator only when privacy is on: dp-accounting loads scipy
+    from fedhpc.run.privacy_budget import PrivacyBudget
+
 
 @dataclass(frozen=True)
 class Committed:
@@ -50,8 +54,9 @@ class GlobalChain:
 
     def __init__(
         self, context: RunContext, aggregator: Aggregator, algorithm: AlgorithmConfig, model: ModelConfig,
-        data: DataConfig, exchange: ExchangeConfig, keep_last: int,
+        data: DataConfig, exchange: ExchangeConfig, keep_last: int, privacy: PrivacyBudget | None = None,
     ):
+        """`privacy`: the run's budget when `privacy:` is on (its `wrap` of `aggregator` is what aggregates)."""
         self.context = context
         self.events = context.events
         self.clock = context.clock
@@ -62,6 +67,7 @@ class GlobalChain:
         self.data = data
         self.exchange = exchange
         self.keep_last = keep_last
+        self.privacy = privacy
         self.server_state: dict[str, torch.Tensor] | None = None  # None: read it from the run directory
 
     def get(self, round: int) -> ExchangeDir:
@@ -139,8 +145,12 @@ class GlobalChain:
     ) -> Committed:
         """Aggregate `updates` into global `round - 1`, publish global `round` and commit it to the ledger.
 
-        `extra_meta` (a scheduler's state) is committed in the same transaction as the round.
+        `extra_meta` (a scheduler's state) is committed in the same transaction as the round. With privacy on,
+        a round past `privacy.target_epsilon` is refused before anything is aggregated (`PrivacyBudgetReached`),
+        and the round's ε, δ and clipping go into its ledger row and `aggregated` event.
         """
+        if self.privacy is not None:
+            self.privacy.check_before(round)
         started = self.clock.now()
         global_ = self.get(round - 1)
         destination = self.context.run_dir.global_dir(round)
@@ -158,6 +168,8 @@ class GlobalChain:
         self._save_server_state(round, state, meta.base_fingerprint)
         self.server_state = state
         size = sum(f.bytes for f in manifest.files.values())
+        if self.privacy is not None:
+            detail = {**detail, **self.privacy.round_fields(round)}
         fields = dict(
             algorithm=self.algorithm.name,
             seconds=self.clock.now() - started,
@@ -168,6 +180,8 @@ class GlobalChain:
         )
         event_id = self.events.ledger.complete_round(round, str(destination), len(updates), meta=extra_meta, **fields)
         self.events.emit("aggregated", round=round, num_updates=len(updates), ledger_id=event_id, **fields)
+        if self.privacy is not None:
+            self.progress.privacy_spent(round, fields.get("epsilon"), self.privacy.privacy.delta)
         return Committed(round, self.clock.now() - started, size)
 
     def prune(self, latest: int) -> None:

@@ -20,6 +20,7 @@ import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedhpc.aggregate import make_aggregator
 from fedhpc.config import Experiment
@@ -41,10 +42,15 @@ from fedhpc.run.ledger import Ledger
 from fedhpc.run.rundir import RunDir, check_same_experiment, experiment_document
 from fedhpc.run.server_command import run_server_command
 from fedhpc.run.status import failure_lines
+from fedhpc.run.scheduling import PoissonSyncPolicy, SyncPolicy, sampling_key
 from fedhpc.run.sync_rounds import SyncRounds
 from fedhpc.tracking import TrackingSession, start_tracking
 
+if TYPE_CHECKING:
+    from fedhpc.run.privacy_budget import PrivacyBudget
+
 log = logging.getLogger(__name__)
+SAMPLING_KEY = "privacy_sampling_key"  # ledger meta: the secret the Poisson sample of a private run is drawn from
 
 
 @dataclass(frozen=True)
@@ -108,10 +114,13 @@ class Orchestrator:
         if algorithm.is_async:  # a stale update is applied against the global it was trained from
             keep_last = max(keep_last, algorithm.max_staleness + 1)
         aggregator = make_aggregator(algorithm, len(facilities))
+        privacy = self._privacy_budget(len(facilities))
+        if privacy is not None:
+            aggregator = privacy.wrap(aggregator)
         context = RunContext(self.run_dir, events, self.clock, self.progress, stop)
         experiment = self.experiment
         chain = GlobalChain(context, aggregator, algorithm, experiment.model, experiment.data, experiment.exchange,
-                            keep_last)
+                            keep_last, privacy)
         events.record(
             "run_started",
             name=self.experiment.name,
@@ -137,9 +146,12 @@ class Orchestrator:
                 loop.committed_hook = lambda version: self._after_round(events, version)
                 loop.run(last, stop_at)
             else:
-                loop = SyncRounds(context, algorithm, launches, intake, chain)
+                policy = self._sync_policy(list(facilities))
+                loop = SyncRounds(context, algorithm, launches, intake, chain, policy)
                 for round in range(last + 1, algorithm.rounds + 1):
                     stop.check()
+                    if privacy is not None:  # before its jobs are launched: no allocation is spent on it
+                        privacy.check_before(round)
                     loop.run_round(round)
                     self._after_round(events, round)
                     if stop_at is not None and self.clock.now() >= stop_at:
@@ -166,6 +178,23 @@ class Orchestrator:
                           seconds=self.clock.now() - started)
         return RunSummary(self._ledger.completed_rounds(), self.run_dir.global_dir(last), self.clock.now() - started,
                           complete, failure_lines(self._ledger, self.run_dir, this_server=True))
+
+    def _sync_policy(self, facilities: list[str]) -> SyncPolicy:
+        """Who takes part in each round: with privacy on, a Poisson sample drawn from the run's secret key."""
+        privacy, algorithm = self.experiment.privacy, self.experiment.algorithm
+        if privacy is None:
+            return SyncPolicy(algorithm, facilities)
+        key = sampling_key(self._ledger.get_meta(SAMPLING_KEY), privacy.noise_seed)
+        self._ledger.set_meta(SAMPLING_KEY, key.hex())
+        return PoissonSyncPolicy(algorithm, facilities, key)
+
+    def _privacy_budget(self, num_facilities: int) -> PrivacyBudget | None:
+        """The run's privacy budget when `privacy:` is on (imported only then: dp-accounting loads scipy)."""
+        if self.experiment.privacy is None:
+            return None
+        from fedhpc.run.privacy_budget import PrivacyBudget
+
+        return PrivacyBudget(self.experiment.privacy, self.experiment.algorithm, num_facilities)
 
     def _interrupted(
         self, error: RunInterrupted, events: EventLog, launches: Launches | None,

@@ -15,7 +15,7 @@ aggregates if at least `min_facilities` updates were accepted.
 - When a job is cancelled regardless: `round_timeout` seconds after it started.
 
 With `privacy` on, `PoissonSyncPolicy` samples instead: each facility takes part
-independently with probability p (seed `algorithm.seed + round` again), which is
+independently with probability p (from a secret kept in the run directory), which is
 the sampling the privacy accountant composes. A round may then ask few or none:
 its quorum is min(min_facilities, facilities asked), and a round that asked none
 still commits (DP-FedAvg releases a noise-only step over its fixed denominator).
@@ -23,8 +23,11 @@ still commits (DP-FedAvg releases a noise-only step over its fixed denominator).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
 import random
+import secrets
 from dataclasses import dataclass
 from typing import Literal
 
@@ -80,17 +83,24 @@ class PoissonSyncPolicy(SyncPolicy):
 
     Topping the sample up to `min_facilities`, as `SyncPolicy` does, would make who takes part depend on
     who else was drawn, and the subsampled accountant would no longer hold; the quorum shrinks instead.
+    Amplification by sampling also needs the sample to be secret from whoever sees the globals, so it is
+    drawn from `key` (kept in the run directory, `sampling_key`), not from the public `algorithm.seed`:
+    HMAC-SHA256 of the round and facility, the same draw for a resumed round.
     """
 
-    def __init__(self, algorithm: AlgorithmConfig, facilities: list[str]):
+    def __init__(self, algorithm: AlgorithmConfig, facilities: list[str], key: bytes):
         super().__init__(algorithm, facilities)
+        self._key = key
         self._asked: int | None = None  # facilities asked in the round last assigned
 
     def participants(self, round: int) -> list[str]:
         if self.algorithm.participation >= 1.0:
             return list(self.facilities)
-        draw = random.Random(self.algorithm.seed + round)
-        return [name for name in self.facilities if draw.random() < self.algorithm.participation]
+        return [name for name in self.facilities if self._uniform(round, name) < self.algorithm.participation]
+
+    def _uniform(self, round: int, facility: str) -> float:
+        digest = hmac.new(self._key, f"{round}\0{facility}".encode(), hashlib.sha256).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
 
     def assignments(self, round: int) -> list[Assignment]:
         assigned = super().assignments(round)
@@ -101,3 +111,15 @@ class PoissonSyncPolicy(SyncPolicy):
         """At least min_facilities, or every facility the round asked if it asked fewer (none: a noise-only step)."""
         asked = len(self.facilities) if self._asked is None else self._asked
         return accepted >= min(self.algorithm.min_facilities, asked)
+
+
+def sampling_key(stored: str | None, noise_seed: int | None) -> bytes:
+    """The secret the Poisson sample is drawn from: the run's stored one (hex), else a new one.
+
+    With `privacy.noise_seed` (testing only) it is derived from that seed, so two runs sample alike.
+    """
+    if stored is not None:
+        return bytes.fromhex(stored)
+    if noise_seed is not None:
+        return hashlib.sha256(f"fedhpc sampling {noise_seed}".encode()).digest()
+    return secrets.token_bytes(32)

@@ -59,6 +59,8 @@ class RunStatus:
     rounds_planned: int | None
     best_round: int | None
     reason: str | None
+    epsilon: float | None = None  # privacy on: ε spent after the last complete round, at `delta`
+    delta: float | None = None
     facilities: list[FacilityStatus] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -124,6 +126,7 @@ def run_status(run_root: Path) -> RunStatus:
         events = ledger.events()
         completed = ledger.last_complete_round() or 0
         best = ledger.get_meta("best_round")  # run/best_round.py: {"round": ..., "score": ..., ...}
+        privacy = ledger.round_detail(completed) or {}  # its ε and δ, when privacy is on
     finally:
         ledger.close()
     starts = [event for event in events if event.event == "run_started"]
@@ -148,6 +151,8 @@ def run_status(run_root: Path) -> RunStatus:
         rounds_planned=start.detail.get("rounds") if start is not None else None,
         best_round=json.loads(best).get("round") if best is not None else None,
         reason=one_line(str(end.detail["reason"])) if end is not None and end.detail.get("reason") else None,
+        epsilon=privacy.get("epsilon"),
+        delta=privacy.get("delta"),
         facilities=list(facilities.values()),
     )
 
