@@ -16,12 +16,14 @@ from typing import Annotated, Literal
 from pydantic import ByteSize, Field, field_validator, model_validator
 
 from fedhpc.config.algorithm import AlgorithmConfig
+from fedhpc.config.compression import CompressionConfig, check_compression, compression_for
 from fedhpc.config.data import DataConfig
 from fedhpc.config.facility import FacilityConfig
 from fedhpc.config.launchers import LocalLauncherConfig, SimulatedLauncherConfig
 from fedhpc.config.model import ModelConfig, quantize_refusal
 from fedhpc.config.movers import FilesystemMoverConfig
 from fedhpc.config.privacy import PrivacyConfig, check_privacy
+from fedhpc.config.secure_aggregation import SecureAggregationConfig, check_secure_aggregation
 from fedhpc.config.recipe import EffectiveRecipe, check_recipe, recipe_for
 from fedhpc.config.tracking import TrackingConfig
 from fedhpc.config.types import (
@@ -50,6 +52,9 @@ class ExchangeConfig(Frozen):
     update_dtype: DType = "float32"
     update_form: Literal["weights", "delta"] = Field(
         "weights", description="what a facility sends: its trained tensors, or trained minus the global it started from"
+    )
+    compression: CompressionConfig = Field(
+        CompressionConfig(), description="how a facility encodes its delta update (docs/compression.md)"
     )
 
     @field_validator("shard_size")
@@ -142,6 +147,9 @@ class Experiment(Frozen):
     evaluation: EvaluationConfig | None = None
     tracking: TrackingConfig = TrackingConfig()
     privacy: PrivacyConfig | None = Field(None, description="facility-level differential privacy; unset: off")
+    secure_aggregation: SecureAggregationConfig | None = Field(
+        None, description="the server learns only the sum of each round's updates; unset: off"
+    )
     facilities: list[FacilityConfig] = Field(min_length=1)
 
     @field_validator("facilities")
@@ -171,9 +179,27 @@ class Experiment(Frozen):
         return self
 
     @model_validator(mode="after")
+    def _secure_aggregation_workable(self) -> Experiment:
+        if self.secure_aggregation is not None:
+            names = [f.name for f in self.facilities]
+            persistent = [f.name for f in self.facilities if f.mode == "persistent"]
+            check_secure_aggregation(self.secure_aggregation, self.algorithm, names, self.privacy is not None,
+                                     persistent)
+        return self
+
+    @model_validator(mode="after")
     def _recipes_consistent(self) -> Experiment:
         for index, facility in enumerate(self.facilities):
             check_recipe(index, facility, self.algorithm, self.model)
+        return self
+
+    @model_validator(mode="after")
+    def _compression_workable(self) -> Experiment:
+        for index, facility in enumerate(self.facilities):
+            model = self.recipe_for(facility).model
+            sharded = model.peft == "none" and facility.launcher.resources().ranks > 1 and model.full.sharding != "ddp"
+            compression = compression_for(self.exchange.compression, facility.compression)
+            check_compression(index, compression, facility.compression is not None, self.exchange.update_form, sharded)
         return self
 
     @model_validator(mode="after")

@@ -34,6 +34,7 @@ from fedhpc.config.movers import (
     MoverConfig,
     ProxyStoreMoverConfig,
 )
+from fedhpc.config.compression import CompressionConfig
 from fedhpc.config.recipe import FacilityTrainConfig
 from fedhpc.config.types import (
     NAME_PATTERN,
@@ -120,6 +121,9 @@ class FacilityConfig(Frozen):
     )
     train: FacilityTrainConfig = Field(
         FacilityTrainConfig(), description="this facility's own training keys over algorithm's (docs/recipes.md)"
+    )
+    compression: CompressionConfig | None = Field(
+        None, description="this facility's own update codec over exchange.compression (docs/compression.md)"
     )
 
     @field_validator("mode")

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from fedhpc.atomic_files import atomic_write_text
 from fedhpc.config import DataConfig, Device, DType, ModelConfig
+from fedhpc.config.compression import CompressionConfig
 
 
 class LrSchedule(BaseModel):
@@ -76,6 +77,10 @@ class WorkerTask(BaseModel):
     train: TrainSettings | None = None
     update_dtype: DType = "float32"
     update_form: Literal["weights", "delta"] = "weights"
+    compression: CompressionConfig = Field(CompressionConfig(), description="how the delta update is encoded")
+    residual_dir: Path | None = Field(
+        None, description="error feedback: the facility's own directory of residuals (never staged back)"
+    )
     shard_bytes: PositiveInt = 2 * 1024**3
     device: Device = "auto"
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fedhpc.config import AlgorithmConfig, ExchangeConfig, FacilityConfig
+from fedhpc.config.compression import compression_for
 from fedhpc.config.recipe import EffectiveRecipe
 from fedhpc.exchange import LrSchedule, TrainSettings, WorkerTask
 from fedhpc.facility.base import JobHandle, JobSpec, JobState, Launcher, Mover
@@ -259,6 +260,8 @@ class Launches:
             ),
             update_dtype=self.exchange.update_dtype,
             update_form=self.exchange.update_form,
+            compression=compression_for(self.exchange.compression, config.compression),
+            residual_dir=Path(mover.facility_path(f"error_feedback/{config.name}")),
             shard_bytes=int(self.exchange.shard_size),
             device=config.launcher.device,
         )
