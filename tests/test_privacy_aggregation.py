@@ -17,13 +17,13 @@ import torch
 from fedhpc.aggregate import FedAvg, FedBuff, FedOpt, Update
 from fedhpc.config import AlgorithmConfig, StalenessConfig
 from fedhpc.config.privacy import PrivacyConfig
+from fedhpc.errors import PrivacyRefused
 from fedhpc.exchange import ExchangeDir, ExchangeMeta, write_state_dict
 from fedhpc.privacy import (
     CLIP_NORM_KEY,
     GENERATOR_KEY,
     NoiseSource,
     PrivateAggregation,
-    expected_participants,
     make_private,
     refusal,
 )
@@ -74,8 +74,7 @@ def round_updates(algorithm: str, global_: dict[str, torch.Tensor], round: int =
 
 
 def private(algorithm: str, participants: float = 3, **privacy) -> PrivateAggregation:
-    staleness = StalenessConfig() if algorithm == "fedbuff" else None
-    return PrivateAggregation(inner(algorithm), PrivacyConfig(**privacy), participants, staleness)
+    return PrivateAggregation(inner(algorithm), PrivacyConfig(**privacy), participants)  # FedBuff: its own s(τ)
 
 
 def run(aggregator, global_: dict[str, torch.Tensor], updates: list[Update], state=None) -> dict[str, torch.Tensor]:
@@ -231,26 +230,26 @@ def test_unseeded_runs_draw_different_noise() -> None:
 
 
 @pytest.mark.parametrize(
-    ("algorithm", "reason"),
+    ("algorithm", "key", "reason"),
     [
-        ({"name": "fedasync", "weighting": "equal"}, "no fixed denominator"),
-        ({"name": "fedcompass", "weighting": "equal"}, "no fixed denominator"),
-        ({"name": "fedavg", "weighting": "samples"}, "set algorithm.weighting: equal"),
-        ({"name": "fedadam", "weighting": "tokens"}, "set algorithm.weighting: equal"),
+        ({"name": "fedasync", "weighting": "equal"}, "algorithm.name", "no fixed denominator"),
+        ({"name": "fedcompass", "weighting": "equal"}, "algorithm.name", "no fixed denominator"),
+        ({"name": "fedavg", "weighting": "samples"}, "algorithm.weighting", "must be equal with privacy"),
+        ({"name": "fedadam", "weighting": "tokens"}, "algorithm.weighting", "must be equal with privacy"),
     ],
 )
-def test_combinations_that_cannot_be_accounted_are_refused_with_the_reason(algorithm: dict, reason: str) -> None:
+def test_combinations_that_cannot_be_accounted_are_refused_with_the_reason(algorithm: dict, key: str, reason: str):
     config = AlgorithmConfig(**algorithm)
-    assert reason in refusal(config)
-    with pytest.raises(ValueError, match=reason):
+    assert refusal(config).startswith(key) and reason in refusal(config)
+    with pytest.raises(PrivacyRefused, match=reason) as raised:
         make_private(FedAvg("equal"), config, PrivacyConfig(noise_multiplier=1.0), 4)
+    assert raised.value.key == key
 
 
-def test_make_private_uses_the_round_sample_or_the_buffer_as_the_denominator() -> None:
+def test_make_private_divides_by_the_expected_participants_and_discounts_fedbuffs_stale_updates() -> None:
     assert refusal(AlgorithmConfig(name="fedyogi", weighting="equal")) is None
-    assert expected_participants(AlgorithmConfig(weighting="equal"), 4) == 4
-    assert expected_participants(AlgorithmConfig(weighting="equal", participation=0.3), 10) == 3
-    assert expected_participants(AlgorithmConfig(weighting="equal", participation=0.1, min_facilities=2), 10) == 2
-    fedbuff = AlgorithmConfig(name="fedbuff", weighting="equal", buffer_size=5)
+    sampled = AlgorithmConfig(weighting="equal", participation=0.3)
+    assert make_private(FedAvg("equal"), sampled, PrivacyConfig(noise_multiplier=1.0), 10).expected == 3.0
+    fedbuff = AlgorithmConfig(name="fedbuff", weighting="equal", buffer_size=5, staleness={"a": 0.7})
     wrapped = make_private(FedBuff(1.0, fedbuff.staleness, "equal"), fedbuff, PrivacyConfig(noise_multiplier=1.0), 8)
     assert wrapped.expected == 5 and wrapped.staleness == fedbuff.staleness

@@ -8,7 +8,7 @@ from fedhpc.privacy.accountant import epsilon_after, noise_for_epsilon
 from fedhpc.privacy.adaptive import count_noise_multiplier, delta_noise_multiplier, next_clip_norm
 from fedhpc.privacy.aggregator import CLIP_NORM_KEY, GENERATOR_KEY, PrivacyRound, PrivateAggregation
 from fedhpc.privacy.clipping import clip_factor, delta_norm
-from fedhpc.privacy.compose import expected_participants, make_private, refusal
+from fedhpc.privacy.compose import make_private, refusal
 from fedhpc.privacy.noise import NoiseSource
 
 __all__ = [
@@ -22,7 +22,6 @@ __all__ = [
     "delta_noise_multiplier",
     "delta_norm",
     "epsilon_after",
-    "expected_participants",
     "make_private",
     "next_clip_norm",
     "noise_for_epsilon",

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from fedhpc.aggregate.base import Aggregator, TensorSource, Update
+from fedhpc.aggregate.fedbuff import FedBuff
 from fedhpc.aggregate.staleness import staleness_weight
 from fedhpc.aggregate.streaming import CAST_CHUNK
 from fedhpc.config import StalenessConfig
@@ -73,10 +74,14 @@ class PrivateAggregation:
         expected_participants: float,
         staleness: StalenessConfig | None = None,
     ):
+        """`staleness`: the discount s(τ) of each update; by default FedBuff's own when `inner` is FedBuff,
+        else none (the synchronous rules ignore staleness, and so does their private version)."""
         if expected_participants <= 0:
             raise ValueError(f"expected participants must be positive, got {expected_participants}")
         self.inner, self.privacy, self.expected = inner, privacy, float(expected_participants)
-        self.staleness = staleness  # FedBuff's discount; None for the synchronous rules, which ignore staleness
+        if staleness is None and isinstance(inner, FedBuff):
+            staleness = inner.staleness
+        self.staleness = staleness
         clipping = privacy.clipping
         self.adaptive = clipping.mode == "adaptive"
         self.count_noise = count_noise_multiplier(clipping.count_noise_multiplier, self.expected)
