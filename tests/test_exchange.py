@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,10 +23,11 @@ from safetensors.torch import load_file, save_file
 from fedhpc.errors import ExchangeError, UpdateRejected
 from fedhpc.exchange import MANIFEST_NAME, ExchangeDir, ExchangeMeta, TensorLayout, read_manifest, write_exchange
 from fedhpc.exchange import write_state_dict
-from fedhpc.exchange.safetensors_stream import sha256_of_file
+from fedhpc.exchange.safetensors_stream import digest_of_file
 from fedhpc.run.intake import verify_update
 
-GOLDEN = Path(__file__).resolve().parent / "golden" / "exchange_v1"
+GOLDEN = Path(__file__).resolve().parent / "golden" / "exchange_v3"
+GOLDEN_V1 = Path(__file__).resolve().parent / "golden" / "exchange_v1"  # sha256, written before version 3
 FINGERPRINT = "sha256:" + "ab" * 32
 
 
@@ -77,7 +79,8 @@ def test_round_trip_all_dtypes(tmp_path: Path):
     # The safetensors library reads the same files.
     (shard,) = shard_files(tmp_path / "u")
     assert_same(load_file(shard), state)
-    assert manifest.files[shard.name].sha256 == sha256_of_file(shard)
+    assert manifest.files[shard.name].blake3 == digest_of_file(shard, "blake3")
+    assert manifest.files[shard.name].sha256 is None and manifest.format_version == 3
     assert manifest.files[shard.name].bytes == shard.stat().st_size
 
 
@@ -151,7 +154,7 @@ def golden_meta() -> ExchangeMeta:
 
 
 def test_golden_files(tmp_path: Path):
-    """The bytes of format version 1 are pinned.
+    """The bytes of format version 3 (what the writer produces) are pinned.
 
     If this fails after an *intentional* change to the exchange format (bump
     FORMAT_VERSION in exchange/manifest.py and say so in docs/contracts.md), regenerate:
@@ -177,14 +180,48 @@ def test_golden_files(tmp_path: Path):
         assert (written / name).read_bytes() == (GOLDEN / name).read_bytes(), f"{name} differs from tests/golden"
 
 
-def test_golden_files_still_read(tmp_path: Path):
-    """What version 1 wrote stays readable: the committed directory verifies and yields the same tensors."""
-    exchange = ExchangeDir(GOLDEN)
+@pytest.mark.parametrize(("golden", "version", "digest"), [(GOLDEN_V1, 1, "sha256"), (GOLDEN, 3, "blake3")])
+def test_golden_files_still_read(golden: Path, version: int, digest: str):
+    """What versions 1 (sha256) and 3 (BLAKE3) wrote stays readable: each verifies and yields the same tensors.
+
+    Version 1 is what run directories from before version 3 hold; a resumed run reads its globals.
+    """
+    exchange = ExchangeDir(golden)
     exchange.verify(expected_shapes={k: v.shape for k, v in golden_state().items()}, fingerprint=golden_meta().base_fingerprint)
     assert_same({name: exchange.get(name) for name in exchange.names()}, golden_state())
-    manifest = json.loads((GOLDEN / MANIFEST_NAME).read_text())
-    assert manifest["format"] == "fedhpc-exchange" and manifest["format_version"] == 1
+    manifest = json.loads((golden / MANIFEST_NAME).read_text())
+    assert manifest["format"] == "fedhpc-exchange" and manifest["format_version"] == version
     assert manifest["metrics"]["loss"] == [2.5, 2.25]
+    assert all(set(entry) == {digest, "bytes"} for entry in manifest["files"].values())
+    assert exchange.manifest.to_json() == (golden / MANIFEST_NAME).read_text(), "re-serialising keeps the bytes"
+
+
+def test_a_damaged_version_1_file_is_still_caught_by_its_sha256(tmp_path: Path):
+    shutil.copytree(GOLDEN_V1, tmp_path / "u")
+    shard = tmp_path / "u" / "model-00002-of-00002.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0x01
+    shard.write_bytes(bytes(data))
+    with pytest.raises(UpdateRejected, match="does not match its sha256 digest") as info:
+        ExchangeDir(tmp_path / "u").verify()
+    assert info.value.reason == "checksum"
+
+
+@pytest.mark.parametrize(("version", "field"), [(1, "blake3"), (3, "sha256")])
+def test_a_digest_the_manifest_version_does_not_use_is_refused(tmp_path: Path, version: int, field: str):
+    """Version 1 and 2 files carry sha256, version 3 files BLAKE3: a mix is a malformed manifest, not a pass."""
+    write_update(tmp_path / "u")
+    path = tmp_path / "u" / MANIFEST_NAME
+    manifest = json.loads(path.read_text())
+    manifest["format_version"] = version
+    manifest["files"] = {
+        name: {field: digest_of_file(tmp_path / "u" / name, field), "bytes": entry["bytes"]}
+        for name, entry in manifest["files"].items()
+    }
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(UpdateRejected, match=f"format_version {version} files carry") as info:
+        ExchangeDir(tmp_path / "u")
+    assert info.value.reason == "bad_manifest"
 
 
 # --- atomicity -------------------------------------------------------------------------------
@@ -332,7 +369,7 @@ def test_garbage_manifest(tmp_path: Path, content: bytes):
 def test_manifest_with_unknown_field_or_version(tmp_path: Path):
     write_update(tmp_path / "u")
     manifest = json.loads((tmp_path / "u" / MANIFEST_NAME).read_text())
-    for key, value in (("format_version", 3), ("surprise", 1)):
+    for key, value in (("format_version", 4), ("surprise", 1)):
         (tmp_path / "u" / MANIFEST_NAME).write_text(json.dumps({**manifest, key: value}))
         assert rejection(lambda: read_manifest(tmp_path / "u")) == "bad_manifest"
 
@@ -370,7 +407,7 @@ def _forge_shard(directory: Path, header: object, data: bytes = b"") -> None:
     shard.write_bytes(struct.pack("<Q", len(body)) + body + data)
     path = directory / MANIFEST_NAME
     manifest = json.loads(path.read_text())
-    manifest["files"] = {shard.name: {"sha256": sha256_of_file(shard), "bytes": shard.stat().st_size}}
+    manifest["files"] = {shard.name: {"blake3": digest_of_file(shard), "bytes": shard.stat().st_size}}
     manifest["tensors"] = {"a.weight": {"shape": [3, 4], "dtype": "float32", "file": shard.name}}
     path.write_text(json.dumps(manifest))
 
@@ -420,7 +457,7 @@ def test_file_written_by_safetensors_library_reads(tmp_path: Path):
     save_file({"a.weight": values}, shard)
     path = tmp_path / "u" / MANIFEST_NAME
     manifest = json.loads(path.read_text())
-    manifest["files"] = {shard.name: {"sha256": sha256_of_file(shard), "bytes": shard.stat().st_size}}
+    manifest["files"] = {shard.name: {"blake3": digest_of_file(shard), "bytes": shard.stat().st_size}}
     manifest["tensors"] = {"a.weight": {"shape": [3, 4], "dtype": "float32", "file": shard.name}}
     path.write_text(json.dumps(manifest))
     update = ExchangeDir(tmp_path / "u")

@@ -59,7 +59,7 @@ def test_parts_written_by_each_rank_read_back_whole_and_by_rows(tmp_path: Path) 
     update = write_sharded(tmp_path / "u", world_size=3)
     update.verify()
     manifest = update.manifest
-    assert manifest.format_version == 2
+    assert manifest.format_version == 3 and all(entry.blake3 for entry in manifest.files.values())
     assert [part.rows for part in manifest.tensors["embed"].parts] == [(0, 3), (3, 6), (6, 7)]
     assert manifest.tensors["scale"].file == "rank-00000-of-00003.safetensors"
     for name, tensor in STATE.items():
@@ -122,7 +122,7 @@ def test_a_delta_reads_as_the_base_plus_the_change_in_fp32(tmp_path: Path) -> No
         assert weights.get(name).dtype == torch.float32
         assert torch.equal(weights.get(name), expected)
     manifest = json.loads((tmp_path / "d" / MANIFEST_NAME).read_text())
-    assert manifest["update_form"] == "delta" and manifest["format_version"] == 1
+    assert manifest["update_form"] == "delta" and manifest["format_version"] == 3
 
 
 def test_a_delta_must_name_its_base() -> None:
@@ -130,10 +130,11 @@ def test_a_delta_must_name_its_base() -> None:
         meta(update_form="delta", based_on_round=None)
 
 
-GOLDEN_V2 = Path(__file__).resolve().parent / "golden" / "exchange_v2"
+GOLDEN_V2 = Path(__file__).resolve().parent / "golden" / "exchange_v2"  # sha256, written before version 3
+GOLDEN_V3 = Path(__file__).resolve().parent / "golden" / "exchange_v3_sharded"
 
 
-def test_version_2_bytes_are_pinned_by_golden_files(tmp_path: Path) -> None:
+def test_sharded_bytes_are_pinned_by_golden_files(tmp_path: Path) -> None:
     """Two ranks' files byte for byte, and the manifest but for the ranks' write timings.
 
     Regenerate (after a deliberate format change) with FEDHPC_REGENERATE_GOLDEN=1.
@@ -144,16 +145,19 @@ def test_version_2_bytes_are_pinned_by_golden_files(tmp_path: Path) -> None:
     (written / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
     names = sorted(p.name for p in written.iterdir())
     if os.environ.get("FEDHPC_REGENERATE_GOLDEN"):
-        GOLDEN_V2.mkdir(parents=True, exist_ok=True)
+        GOLDEN_V3.mkdir(parents=True, exist_ok=True)
         for name in names:
-            (GOLDEN_V2 / name).write_bytes((written / name).read_bytes())
-    assert names == sorted(p.name for p in GOLDEN_V2.iterdir())
+            (GOLDEN_V3 / name).write_bytes((written / name).read_bytes())
+    assert names == sorted(p.name for p in GOLDEN_V3.iterdir())
     for name in names:
-        assert (written / name).read_bytes() == (GOLDEN_V2 / name).read_bytes(), f"{name} differs from tests/golden"
+        assert (written / name).read_bytes() == (GOLDEN_V3 / name).read_bytes(), f"{name} differs from tests/golden"
 
 
-def test_version_2_golden_files_still_read() -> None:
-    update = ExchangeDir(GOLDEN_V2)
+@pytest.mark.parametrize(("golden", "version"), [(GOLDEN_V2, 2), (GOLDEN_V3, 3)])
+def test_sharded_golden_files_still_read(golden: Path, version: int) -> None:
+    """Version 2 (sha256) is what sharded run directories from before version 3 hold."""
+    update = ExchangeDir(golden)
+    assert update.manifest.format_version == version
     update.verify(expected_shapes={name: tensor.shape for name, tensor in STATE.items()}, fingerprint=FINGERPRINT)
     for name, tensor in STATE.items():
         assert torch.equal(update.get(name), tensor)

@@ -42,7 +42,7 @@ def test_full_finetuning_quickstart_with_fsdp_deltas_and_kept_optimizer_state(tm
         for round in (1, 2):
             assert sorted(e.facility for e in ledger.events("accepted", round=round)) == ["alpha", "beta"]
     beta = ExchangeDir(per_round / "updates" / "r0002" / "beta")
-    assert (beta.manifest.format_version, beta.manifest.update_form) == (2, "delta")
+    assert (beta.manifest.format_version, beta.manifest.update_form) == (3, "delta")
     assert len(beta.manifest.files) == 2  # one file per FSDP rank, nothing gathered
     assert {entry.dtype for entry in beta.manifest.tensors.values()} == {"bfloat16"}
     assert {entry.dtype for entry in ExchangeDir(per_round / "global" / "r0002").manifest.tensors.values()} == {

@@ -177,7 +177,7 @@ def test_a_pulled_directory_that_does_not_match_its_manifest_is_refused(tmp_path
 
     back = tmp_path / "back"
     with pytest.raises(TransferError, match=r"/project/fedhpc/updates/r0001-a0/model-00001-of-00002\.safetensors "
-                                            r"does not match its sha256"):
+                                            r"does not match its blake3 digest"):
         mover.pull("updates/r0001-a0", back)
     assert not back.exists() and list((sites[SERVER] / "fedhpc").iterdir()) == []
 

@@ -75,7 +75,7 @@ def test_two_fsdp_ranks_send_the_update_one_process_sends(single: ExchangeDir, s
 
 def test_each_rank_writes_only_its_own_rows(sharded: ExchangeDir) -> None:
     manifest = sharded.manifest
-    assert manifest.format_version == 2
+    assert manifest.format_version == 3
     assert sorted(manifest.files) == ["rank-00000-of-00002.safetensors", "rank-00001-of-00002.safetensors"]
     total = sum(entry.shape[0] * _row_bytes(entry.shape) for entry in manifest.tensors.values())
     largest = max(entry.shape[0] * _row_bytes(entry.shape) for entry in manifest.tensors.values())
@@ -157,7 +157,7 @@ def test_fsdp_ranks_load_their_rows_of_a_pretrained_checkpoint(tmp_path: Path) -
     assert streamed.names() == list(built)
     assert all(torch.equal(streamed.get(name), tensor) for name, tensor in built.items())
     updates = [train(tmp_path, f"ranks{n}", n, batch_size=8 // n, model=model) for n in (1, 2)]
-    assert updates[1].manifest.format_version == 2
+    assert updates[1].manifest.format_version == 3
     for name in updates[0].names():
         torch.testing.assert_close(updates[1].get(name), updates[0].get(name), rtol=0, atol=1e-5)
 

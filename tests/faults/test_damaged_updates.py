@@ -26,7 +26,7 @@ import torch
 from fedhpc.config import FacilityConfig, load_experiment
 from fedhpc.errors import TransferError, UpdateRejected
 from fedhpc.exchange import MANIFEST_NAME, ExchangeDir, ExchangeMeta, write_state_dict
-from fedhpc.exchange.safetensors_stream import sha256_of_file
+from fedhpc.exchange.safetensors_stream import digest_of_file
 from fedhpc.facility.movers.filesystem import FilesystemMover
 from fedhpc.run.context import RunContext
 from fedhpc.run.intake import Intake
@@ -122,9 +122,9 @@ def shard(directory: Path) -> Path:
 
 
 def point_shard_at(directory: Path, name: str, target: Path) -> None:
-    """The manifest names `name` for every tensor, with the sha256 and size of the server's `target`."""
+    """The manifest names `name` for every tensor, with the digest and size of the server's `target`."""
     shard(directory).unlink()
-    entry = {"sha256": sha256_of_file(target), "bytes": target.stat().st_size}
+    entry = {"blake3": digest_of_file(target), "bytes": target.stat().st_size}
 
     def edit(manifest: dict) -> None:
         manifest["files"] = {name: entry}
@@ -216,7 +216,7 @@ def huge_header(server: Server) -> None:
     path = shard(publish(server))
     path.write_bytes(struct.pack("<Q", 2**40) + b"{}")
     edit_manifest(server.staged, lambda m: m["files"].update(
-        {path.name: {"sha256": sha256_of_file(path), "bytes": path.stat().st_size}}))
+        {path.name: {"blake3": digest_of_file(path), "bytes": path.stat().st_size}}))
 
 
 def metrics(**changed: object) -> Callable[[Server], None]:

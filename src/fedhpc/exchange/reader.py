@@ -18,7 +18,7 @@ import torch
 
 from fedhpc.errors import ExchangeError, UpdateRejected
 from fedhpc.exchange.manifest import MANIFEST_NAME, Manifest, TensorEntry, read_manifest
-from fedhpc.exchange.safetensors_stream import ShardReader, TensorLayout, dtype_from_name, open_regular, sha256_of_fd
+from fedhpc.exchange.safetensors_stream import ShardReader, TensorLayout, digest_of_fd, dtype_from_name, open_regular
 
 # The dtypes an exchange directory may hold: those of the fp32 global and of the updates a worker may
 # send (exchange.update_dtype). float64 is refused: a value finite in fp64 (1e300) would pass the
@@ -113,15 +113,16 @@ class ExchangeDir:
 
         With `expected_shapes` (the current global's), the tensor names and shapes
         must match it; with `fingerprint`, the base model must be the same one.
-        The files' sha256 is computed in a second thread while this one checks the
-        headers and reads every tensor for finiteness (hashlib and torch both release
-        the GIL), so verifying costs about the slower of the two, not their sum. A
+        The files' digests (BLAKE3, or sha256 for format versions 1 and 2) are computed in
+        a second thread while this one checks the headers and reads every tensor for
+        finiteness (both hashers and torch release the GIL), so verifying costs about the
+        slower of the two, not their sum. A
         checksum failure wins over any other reason: damaged bytes explain the rest.
         Before either, the directory must hold nothing but its manifest and the
         regular files it lists (`unexpected_file`), so nothing else is ever opened.
         """
         self._verify_listing()
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as hashing:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash") as hashing:
             files_checked = hashing.submit(self._verify_files)
             try:
                 self._verify_contents(expected_shapes, fingerprint, check_finite)
@@ -177,8 +178,10 @@ class ExchangeDir:
                 size = os.fstat(fd).st_size
                 if size != entry.bytes:
                     raise UpdateRejected("checksum", f"{path} has {size} bytes, manifest says {entry.bytes}")
-                if sha256_of_fd(fd) != entry.sha256:
-                    raise UpdateRejected("checksum", f"{path} does not match its sha256 (corrupted in transit?)")
+                if digest_of_fd(fd, entry.algorithm) != entry.digest:
+                    raise UpdateRejected(
+                        "checksum", f"{path} does not match its {entry.algorithm} digest (corrupted in transit?)"
+                    )
             finally:
                 os.close(fd)
 

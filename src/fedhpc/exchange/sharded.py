@@ -4,7 +4,7 @@ Under FSDP each rank holds rows [start, stop) of every parameter (dim-0 shards).
 Gathering them on one rank to write a single file would need the whole model in
 that rank's memory and serialise the write; instead each rank writes its own rows
 into its own safetensors file, and the manifest lists each tensor as parts
-(format version 2). Readers join parts (`ExchangeDir.get`) or read only the rows
+(format version 2 and later). Readers join parts (`ExchangeDir.get`) or read only the rows
 they need (`ExchangeDir.get_rows`), so the server's streaming aggregator and the
 next round's FSDP ranks read a sharded directory like any other.
 
@@ -36,7 +36,7 @@ import torch
 from fedhpc.errors import ExchangeError
 from fedhpc.exchange.manifest import (
     MANIFEST_NAME,
-    SHARDED_FORMAT_VERSION,
+    FORMAT_VERSION,
     ExchangeMeta,
     FileEntry,
     Manifest,
@@ -120,7 +120,7 @@ def write_rank_part(
     index = {
         "stats": dataclasses.asdict(stats),
         "file": file_name,
-        "sha256": writer.sha256,
+        "blake3": writer.digest,
         "bytes": writer.nbytes,
         "tensors": {
             part.name: {
@@ -151,7 +151,7 @@ def publish_sharded(dest: Path, world_size: int, meta: ExchangeMeta, dtype: torc
         except (OSError, ValueError) as e:
             raise ExchangeError(f"rank {rank} of {world_size} left no readable index {index_path}: {e}") from e
         rank_stats.append(index["stats"])
-        files[index["file"]] = FileEntry(sha256=index["sha256"], bytes=index["bytes"])
+        files[index["file"]] = FileEntry(blake3=index["blake3"], bytes=index["bytes"])
         for name, item in index["tensors"].items():
             if name not in whole and name not in pieces:
                 order.append(name)
@@ -176,7 +176,7 @@ def publish_sharded(dest: Path, world_size: int, meta: ExchangeMeta, dtype: torc
                 raise ExchangeError(f"the ranks' parts of {name!r} do not make up the tensor: {e}") from e
     fields = meta.model_dump()
     fields["metrics"] = {**fields["metrics"], "save": {key: [stats[key] for stats in rank_stats] for key in rank_stats[0]}}
-    manifest = Manifest(**fields, format_version=SHARDED_FORMAT_VERSION, tensors=tensors, files=files)
+    manifest = Manifest(**fields, format_version=FORMAT_VERSION, tensors=tensors, files=files)
     with open(staging / MANIFEST_NAME, "wb") as handle:
         handle.write(manifest.to_json().encode())
         handle.flush()

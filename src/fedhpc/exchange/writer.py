@@ -102,7 +102,7 @@ def _write_shards(
                 tensor_entries[item.name] = TensorEntry(
                     shape=list(item.shape), dtype=str(item.dtype).removeprefix("torch."), file=file_name
                 )
-        file_entries[file_name] = FileEntry(sha256=writer.sha256, bytes=writer.nbytes)
+        file_entries[file_name] = FileEntry(blake3=writer.digest, bytes=writer.nbytes)
     leftover = next(tensors, None)
     if leftover is not None:
         raise ExchangeError(f"tensor {leftover[0]!r} was produced but not declared in the layout")
