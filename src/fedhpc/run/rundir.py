@@ -28,8 +28,9 @@ from fedhpc.redaction import redact
 log = logging.getLogger(__name__)
 
 # Keys a user may change between a run and its resume: extending a run is normal, and the mode applies
-# only when the directory is made. (A changed secret never shows: documents compare redacted.)
-RESUMABLE_CHANGES = ("algorithm.rounds", "run_dir_mode")
+# only when the directory is made; a privacy budget is a stop rule, not part of the mechanism (ε stays
+# accounted over every round released). (A changed secret never shows: documents compare redacted.)
+RESUMABLE_CHANGES = ("algorithm.rounds", "run_dir_mode", "privacy.target_epsilon")
 
 
 class RunDir:
