@@ -29,6 +29,11 @@ SHARDED_FORMAT_VERSION = 2  # some tensor is stored as row ranges in several fil
 # or a verify waits for. Versions 1 and 2 (sha256) stay readable, so older run directories resume.
 BLAKE3_FORMAT_VERSION = 3
 FORMAT_VERSION = BLAKE3_FORMAT_VERSION  # what the writers produce, with or without parts
+# Version 4: some tensor is stored encoded by a codec (`TensorEntry.codec`): a compressed delta update
+# (docs/compression.md). Only compressed updates carry it; everything else is still written as version 3.
+COMPRESSED_FORMAT_VERSION = 4
+#: Between a tensor's name and its part's in a compressed tensor's stored names: ``<name>::codes``.
+STORED_SEPARATOR = "::"
 
 
 class _Strict(BaseModel):
@@ -61,6 +66,22 @@ class PartEntry(_Strict):
     rows: tuple[int, int]
 
 
+class StoredPart(_Strict):
+    """One tensor a codec stored for a compressed tensor, under ``<tensor>::<part>`` in `file`."""
+
+    file: FileName
+    shape: list[int]
+    dtype: str
+
+
+class CodecEntry(_Strict):
+    """How a compressed tensor is stored: the codec's name, its JSON params and its stored parts by part name."""
+
+    name: str
+    params: dict[str, int | float]
+    stored: dict[str, StoredPart]
+
+
 class TensorEntry(_Strict):
     """A tensor held whole in `file`, or (format version 2) as `parts` written by the ranks that own them.
 
@@ -73,9 +94,14 @@ class TensorEntry(_Strict):
     dtype: str
     file: FileName | None = None
     parts: list[PartEntry] | None = None
+    codec: CodecEntry | None = None  # format version 4: `shape` and `dtype` are what decoding yields
 
     @model_validator(mode="after")
     def _one_place(self) -> TensorEntry:
+        if self.codec is not None:
+            if self.file is not None or self.parts is not None or self.dtype != "float32":
+                raise ValueError("a compressed tensor's files are its codec's stored parts and it decodes to float32")
+            return self
         if (self.file is None) == (self.parts is None):
             raise ValueError("a tensor entry names either one file or its parts, not both or neither")
         if self.parts is not None:
@@ -95,9 +121,11 @@ class TensorEntry(_Strict):
     def _omit_unused_place(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         """Version-1 entries keep exactly their v1 bytes: no `parts: null`."""
         data = handler(self)
-        return {key: value for key, value in data.items() if not (key in ("file", "parts") and value is None)}
+        return {key: value for key, value in data.items() if not (key in ("file", "parts", "codec") and value is None)}
 
     def files(self) -> list[str]:
+        if self.codec is not None:
+            return [part.file for part in self.codec.stored.values()]
         return [self.file] if self.file is not None else [part.file for part in self.parts or []]
 
 
@@ -160,7 +188,7 @@ class ExchangeMeta(_Strict):
 
 class Manifest(ExchangeMeta):
     format: Literal["fedhpc-exchange"] = FORMAT_NAME
-    format_version: Literal[1, 2, 3] = FORMAT_VERSION
+    format_version: Literal[1, 2, 3, 4] = FORMAT_VERSION
     tensors: dict[str, TensorEntry]
     files: dict[FileName, FileEntry]
 
@@ -169,6 +197,10 @@ class Manifest(ExchangeMeta):
         sharded = any(entry.parts is not None for entry in self.tensors.values())
         if sharded and self.format_version < SHARDED_FORMAT_VERSION:
             raise ValueError(f"tensors stored in parts need format_version {SHARDED_FORMAT_VERSION}")
+        compressed = any(entry.codec is not None for entry in self.tensors.values())
+        if compressed != (self.format_version == COMPRESSED_FORMAT_VERSION):
+            raise ValueError(f"format_version {COMPRESSED_FORMAT_VERSION} is exactly the compressed updates: tensors "
+                             f"that name a codec need it, and it needs one")
         wanted = "blake3" if self.format_version >= BLAKE3_FORMAT_VERSION else "sha256"
         for name, entry in self.files.items():
             if entry.algorithm != wanted:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from fedhpc.errors import ExchangeError, UpdateRejected
+from fedhpc.exchange.codecs.stored import StoredPlace, decode_entry, stored_places
 from fedhpc.exchange.manifest import MANIFEST_NAME, Manifest, TensorEntry, read_manifest
 from fedhpc.exchange.safetensors_stream import ShardReader, TensorLayout, digest_of_fd, dtype_from_name, open_regular
 
@@ -59,8 +60,10 @@ class ExchangeDir:
         ]
 
     def get(self, name: str) -> torch.Tensor:
-        """The whole tensor; one held in parts is joined into one fresh tensor."""
+        """The whole tensor; one held in parts is joined into one fresh tensor, a compressed one decoded (fp32)."""
         entry = self._entry(name)
+        if entry.codec is not None:
+            return decode_entry(self.path, name, entry, lambda file, stored: self._handle(file).read(stored))
         if entry.file is not None:
             return self._handle(entry.file).read(name)
         return self.get_rows(name, 0, entry.shape[0])
@@ -74,6 +77,8 @@ class ExchangeDir:
         entry = self._entry(name)
         if not entry.shape or not 0 <= start <= stop <= entry.shape[0]:
             raise ExchangeError(f"{self.path}: {name!r} {entry.shape} has no rows [{start}, {stop})")
+        if entry.codec is not None:  # only updates are compressed, and the server reads them whole
+            return self.get(name)[start:stop].clone()
         out = torch.empty([stop - start, *entry.shape[1:]], dtype=dtype_from_name(entry.dtype))
         if entry.file is not None:
             self._handle(entry.file).read_rows(name, start, out)
@@ -83,6 +88,22 @@ class ExchangeDir:
             if first < last:
                 self._handle(part.file).read_rows(name, first - part.rows[0], out[first - start : last - start])
         return out
+
+    def flat_layout(self, name: str) -> tuple[list[int], torch.dtype] | None:
+        """Shape and dtype of `name` when it is stored whole in one file, so `read_elements` can serve it
+        in pieces; None for a tensor held in parts or encoded (read those with `get`)."""
+        entry = self._entry(name)
+        if entry.file is None or getattr(entry, "codec", None) is not None:
+            return None
+        self._handle(entry.file)  # opened here, once: `read_elements` may run on several threads
+        return entry.shape, dtype_from_name(entry.dtype)
+
+    def read_elements(self, name: str, start: int, out: torch.Tensor) -> None:
+        """Elements [start, start + out.numel()) of `name` flattened, into `out` (see `flat_layout`)."""
+        entry = self._entry(name)
+        if entry.file is None:
+            raise ExchangeError(f"{self.path}: {name!r} is not stored whole in one file; read it with get()")
+        self._handle(entry.file).read_elements(name, start, out)
 
     def _entry(self, name: str) -> TensorEntry:
         entry = self.manifest.tensors.get(name)
@@ -186,35 +207,36 @@ class ExchangeDir:
                 os.close(fd)
 
     def _verify_headers(self) -> None:
-        held: dict[str, dict[str, list[int]]] = {}  # file -> tensor name -> the shape it must have there
+        held: dict[str, dict[str, tuple[list[int], str]]] = {}  # file -> stored name -> its shape and dtype there
         for name, entry in self.manifest.tensors.items():
             if entry.dtype not in FLOAT_DTYPES:
                 raise UpdateRejected(
                     "dtype", f"{self.path}: tensor {name!r} has dtype {entry.dtype}; an exchange directory holds "
                     f"{', '.join(FLOAT_DTYPES)} only (float64 values can overflow the float32 global)",
                 )
-            places = [(entry.file, entry.shape)] if entry.file is not None else [
-                (part.file, [part.rows[1] - part.rows[0], *entry.shape[1:]]) for part in entry.parts or []
-            ]
-            for file_name, shape in places:
+            places = [StoredPlace(entry.file, name, entry.shape, entry.dtype)] if entry.file is not None else [
+                StoredPlace(part.file, name, [part.rows[1] - part.rows[0], *entry.shape[1:]], entry.dtype)
+                for part in entry.parts or []
+            ] if entry.codec is None else stored_places(self.path, name, entry)
+            for file_name, stored, shape, dtype in places:
                 if file_name not in self.manifest.files:
                     raise UpdateRejected("bad_manifest", f"{self.path}: tensor {name!r} names unknown file {file_name}")
-                if name in held.setdefault(file_name, {}):
-                    raise UpdateRejected("bad_manifest", f"{self.path}: tensor {name!r} has two parts in {file_name}")
-                held[file_name][name] = shape
+                if stored in held.setdefault(file_name, {}):
+                    raise UpdateRejected("bad_manifest", f"{self.path}: tensor {stored!r} has two parts in {file_name}")
+                held[file_name][stored] = (shape, dtype)
         for file_name in self.manifest.files:
             handle = self._handle(file_name)
             expected = held.get(file_name, {})
             for name in handle.keys():
                 if name not in expected:
                     raise UpdateRejected("unexpected_tensor", f"{self.path}/{file_name}: {name!r} is not in the manifest")
-                entry = self.manifest.tensors[name]
+                shape, dtype = expected[name]
                 actual_dtype, actual_shape = handle.dtype_name(name), handle.shape(name)
-                if actual_shape != expected[name] or actual_dtype != entry.dtype:
+                if actual_shape != shape or actual_dtype != dtype:
                     raise UpdateRejected(
-                        "shape" if actual_shape != expected[name] else "dtype",
+                        "shape" if actual_shape != shape else "dtype",
                         f"{self.path}: {name!r} is {actual_dtype}{actual_shape} in {file_name} "
-                        f"but {entry.dtype}{expected[name]} in the manifest",
+                        f"but {dtype}{shape} in the manifest",
                     )
             present = set(handle.keys())
             for name in expected:

@@ -46,11 +46,14 @@ def write_exchange(
     tensors: Iterable[tuple[str, torch.Tensor]],
     meta: ExchangeMeta,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
+    finish: Callable[[Manifest], Manifest] | None = None,
 ) -> Manifest:
     """Write `tensors` (yielded in `layout` order) to `dest` atomically; return the manifest.
 
     `tensors` may be a generator: each tensor is written as it arrives and then
-    dropped, so the caller never needs the whole model in memory.
+    dropped, so the caller never needs the whole model in memory. `finish` may
+    rewrite the manifest's tensor table before it is written (a compressed update
+    lists each tensor over its codec's stored parts: `fedhpc.exchange.codecs.write`).
     """
     dest = Path(dest)
     if dest.exists():
@@ -61,6 +64,8 @@ def write_exchange(
     staging.mkdir()
     try:
         manifest = _write_shards(staging, layout, iter(tensors), meta, shard_bytes)
+        if finish is not None:
+            manifest = finish(manifest)
         _write_durably(staging / MANIFEST_NAME, manifest.to_json().encode())
         fsync_path(staging)
         os.rename(staging, dest)

@@ -30,6 +30,7 @@ from fedhpc.exchange import ExchangeDir, ExchangeMeta, Manifest, WorkerTask, dty
 from fedhpc.exchange.sharded import prepare_sharded, publish_sharded, write_rank_part
 from fedhpc.worker.compiled import compile_decoder_layers, keep_compiled_kernels, wants_compile
 from fedhpc.worker.distributed import RankEnv, barrier
+from fedhpc.worker.error_feedback import write_compressed_update
 from fedhpc.worker.fsdp import (
     all_ranks_agree,
     apply_global_rows,
@@ -82,9 +83,13 @@ class LoadedWhole(LoadedModel):
             assert task.global_dir is not None
             global_ = ExchangeDir(task.global_dir)
             try:
-                state = {name: (value - global_.get(name).float()).to(dtype) for name, value in state.items()}
+                # a codec encodes the fp32 delta itself (`update_dtype` is what uncompressed updates carry)
+                cast = torch.float32 if task.compression.enabled else dtype
+                state = {name: (value - global_.get(name).float()).to(cast) for name, value in state.items()}
             finally:
                 global_.close()
+        if task.compression.enabled:
+            return write_compressed_update(task, state, meta)
         return write_state_dict(task.update_dir, state, meta, shard_bytes=task.shard_bytes)
 
 
@@ -103,6 +108,9 @@ class LoadedSharded(LoadedModel):
         write makes every rank raise instead of leaving the others in a barrier.
         """
         dest = task.update_dir
+        if task.compression.enabled:  # the config refuses this; a task written by hand gets the same answer
+            raise ExchangeError(f"codec {task.compression.codec!r} cannot compress a sharded (FSDP) update: compressed "
+                                "updates are written whole by one rank")
         if env.is_main:
             prepare_sharded(dest)
         barrier()
