@@ -22,22 +22,30 @@ import logging
 import os
 import re
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
 
 from fedhpc.errors import ExchangeError
 from fedhpc.exchange import ExchangeMeta, Manifest, WorkerTask
 from fedhpc.exchange.codecs import Codec, Encoded, codec_for
 from fedhpc.exchange.codecs.write import write_compressed
+from fedhpc.exchange.safetensors_stream import StreamingShardWriter, TensorLayout
 
 logger = logging.getLogger(__name__)
 _RESIDUAL_FILE = re.compile(r"r(\d{4,})\.safetensors")
+Shapes = dict[str, tuple[int, ...]]
 
 
 class ResidualStore:
-    """The facility's error-feedback residuals, one safetensors file per round, in `directory`."""
+    """The facility's error-feedback residuals, one safetensors file per round, in `directory`.
+
+    Read tensor by tensor and written as the update is encoded, so the worker holds
+    no more than one residual tensor at a time beside its delta.
+    """
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
@@ -54,29 +62,36 @@ class ResidualStore:
         earlier = [r for r in self._rounds() if r < round]
         return earlier[-1] if earlier else None
 
-    def load(self, round: int, shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-        """The residual saved by `round`, checked against this update's tensors (a stale file names itself)."""
+    @contextmanager
+    def reader(self, round: int, shapes: Shapes) -> Iterator[Any]:
+        """The residual saved by `round`, opened lazily, checked against this update's tensors (a stale file names
+        itself)."""
         path = self.path(round)
-        residual = load_file(path)
-        wrong = [n for n in shapes if n not in residual or tuple(residual[n].shape) != shapes[n]] + [
-            n for n in residual if n not in shapes
-        ]
-        if wrong:
-            raise ExchangeError(
-                f"{path}: the error-feedback residual does not fit this model's trainable tensors (e.g. {wrong[0]!r}); "
-                "it belongs to another model or run: delete the directory to start error feedback afresh"
-            )
-        return residual
+        with safe_open(path, framework="pt") as handle:
+            held = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+            wrong = [n for n in shapes if held.get(n) != shapes[n]] + [n for n in held if n not in shapes]
+            if wrong:
+                raise ExchangeError(
+                    f"{path}: the error-feedback residual does not fit this model's trainable tensors (e.g. "
+                    f"{wrong[0]!r}); it belongs to another model or run: delete the directory to start error feedback "
+                    "afresh"
+                )
+            yield handle
 
-    def save(self, round: int, residual: dict[str, torch.Tensor], keep_from: int | None) -> None:
-        """Write round `round`'s residual atomically; drop rounds before `keep_from` (the one this round read)."""
+    def load(self, round: int, shapes: Shapes) -> dict[str, torch.Tensor]:
+        with self.reader(round, shapes) as handle:
+            return {name: handle.get_tensor(name) for name in shapes}
+
+    def writer(self, round: int, shapes: Shapes) -> StreamingShardWriter:
+        """A hidden file that `commit` renames to round `round`'s residual; removed if writing fails."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.path(round)
-        temp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-        save_file({name: value.contiguous() for name, value in residual.items()}, temp)
-        with open(temp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
+        temp = self.directory / f".{self.path(round).name}.partial-{os.getpid()}"
+        return StreamingShardWriter(temp, [TensorLayout(n, torch.float32, s) for n, s in shapes.items()])
+
+    def commit(self, written: StreamingShardWriter, round: int, keep_from: int | None) -> None:
+        """Make round `round`'s residual the one a later round reads; drop rounds before `keep_from` (the one this
+        round read, which a relaunch of this round reads again)."""
+        os.replace(written.path, self.path(round))
         for old in self._rounds():
             if old < round and (keep_from is None or old < keep_from):
                 self.path(old).unlink(missing_ok=True)
@@ -87,26 +102,27 @@ def write_compressed_update(task: WorkerTask, delta: dict[str, torch.Tensor], me
     codec = codec_for(task.compression)
     assert codec is not None, "write_compressed_update needs a codec"
     shapes = {name: tuple(value.shape) for name, value in delta.items()}
-    store = ResidualStore(task.residual_dir) if task.compression.feedback and task.residual_dir else None
-    read_round = store.latest_before(task.round) if store is not None else None
-    previous = store.load(read_round, shapes) if store is not None and read_round is not None else {}
-    residual: dict[str, torch.Tensor] = {}
+    if not (task.compression.feedback and task.residual_dir is not None):
+        return write_compressed(task.update_dir, shapes, delta.items(), meta, codec, task.shard_bytes)
+    store = ResidualStore(task.residual_dir)
+    read_round = store.latest_before(task.round)
+    with ExitStack() as stack:
+        previous = stack.enter_context(store.reader(read_round, shapes)) if read_round is not None else None
+        residual = stack.enter_context(store.writer(task.round, shapes))
 
-    def keep_residual(name: str, corrected: torch.Tensor, encoded: Encoded) -> None:
-        residual[name] = corrected - _decoded(codec, encoded, shapes[name])
+        def corrected() -> Iterator[tuple[str, torch.Tensor]]:
+            for name, value in delta.items():
+                yield name, value + previous.get_tensor(name) if previous is not None else value
 
-    def corrected() -> Iterator[tuple[str, torch.Tensor]]:
-        for name, value in delta.items():
-            yield name, value + previous[name] if name in previous else value
+        def keep_residual(name: str, value: torch.Tensor, encoded: Encoded) -> None:
+            residual.write(name, value - _decoded(codec, encoded, shapes[name]))
 
-    manifest = write_compressed(
-        task.update_dir, shapes, corrected(), meta, codec, task.shard_bytes,
-        observe=keep_residual if store is not None else None,
-    )  # fmt: skip
-    if store is not None:
-        store.save(task.round, residual, keep_from=read_round)
-        logger.info("error feedback: residual of round %d kept in %s (read round %s)", task.round, store.directory,
-                    read_round)
+        manifest = write_compressed(
+            task.update_dir, shapes, corrected(), meta, codec, task.shard_bytes, observe=keep_residual
+        )
+    store.commit(residual, task.round, keep_from=read_round)
+    logger.info("error feedback: round %d's residual kept in %s (round %s's read)", task.round, store.directory,
+                read_round)
     return manifest
 
 
