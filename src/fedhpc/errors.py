@@ -123,6 +123,14 @@ class PrivacyBudgetReached(FedhpcError):
     """
 
 
+class ExampleBudgetSpent(FedhpcError):
+    """A facility's example-level ε (all its rounds, `example_privacy.target_epsilon`) would pass its target.
+
+    Raised by the worker before it trains, so the job fails with nothing released; or when the facility's
+    accountant file cannot be read (a lost or corrupt file would restart its ε from zero).
+    """
+
+
 class SecAggError(FedhpcError):
     """Secure aggregation (docs/secure-aggregation.md) could not go on; the branch says why."""
 

@@ -18,6 +18,7 @@ from pydantic import ByteSize, Field, field_validator, model_validator
 from fedhpc.config.algorithm import AlgorithmConfig
 from fedhpc.config.compression import CompressionConfig, check_compression, compression_for
 from fedhpc.config.data import DataConfig
+from fedhpc.config.example_privacy import ExamplePrivacyConfig, check_example_privacy
 from fedhpc.config.facility import FacilityConfig
 from fedhpc.config.launchers import LocalLauncherConfig, SimulatedLauncherConfig
 from fedhpc.config.model import ModelConfig, quantize_refusal
@@ -146,6 +147,7 @@ class Experiment(Frozen):
     evaluation: EvaluationConfig | None = None
     tracking: TrackingConfig = TrackingConfig()
     privacy: PrivacyConfig | None = Field(None, description="facility-level differential privacy; unset: off")
+    example_privacy: ExamplePrivacyConfig | None = Field(None, description="DP-SGD in every facility; unset: off")
     facilities: list[FacilityConfig] = Field(min_length=1)
 
     @field_validator("facilities")
@@ -172,6 +174,12 @@ class Experiment(Frozen):
     def _privacy_accountable(self) -> Experiment:
         if self.privacy is not None:
             check_privacy(self.privacy, self.algorithm, len(self.facilities))
+        return self
+
+    @model_validator(mode="after")
+    def _example_privacy_workable(self) -> Experiment:
+        if self.example_privacy is not None:
+            check_example_privacy([self.recipe_for(f) for f in self.facilities], self.algorithm.proximal_mu)
         return self
 
     @model_validator(mode="after")
@@ -250,7 +258,7 @@ class Experiment(Frozen):
 
     def recipe_for(self, facility: FacilityConfig) -> EffectiveRecipe:
         """What `facility`'s jobs train with (config/recipe.py): the one answer launches, validate and plans use."""
-        return recipe_for(facility, self.algorithm, self.model, self.data)
+        return recipe_for(facility, self.algorithm, self.model, self.data, self.example_privacy)
 
     def facility(self, name: str) -> FacilityConfig:
         for facility in self.facilities:

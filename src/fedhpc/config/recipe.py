@@ -18,6 +18,7 @@ from pydantic import Field
 
 from fedhpc.config.algorithm import AlgorithmConfig
 from fedhpc.config.data import DataConfig
+from fedhpc.config.example_privacy import ExamplePrivacyConfig
 from fedhpc.config.model import ModelConfig
 from fedhpc.config.types import BatchSize, Frozen, KeyedValueError, PositiveFloat, PositiveInt, SeqLen, Steps
 
@@ -73,6 +74,7 @@ class EffectiveRecipe:
     model: ModelConfig
     data: DataConfig
     overridden: tuple[str, ...]
+    example_privacy: ExamplePrivacyConfig | None = None  # DP-SGD in the facility's jobs; None: off
 
     @property
     def seq_len(self) -> int:
@@ -114,7 +116,8 @@ def check_recipe(index: int, facility: FacilityConfig, algorithm: AlgorithmConfi
 
 
 def recipe_for(
-    facility: FacilityConfig, algorithm: AlgorithmConfig, model: ModelConfig, data: DataConfig
+    facility: FacilityConfig, algorithm: AlgorithmConfig, model: ModelConfig, data: DataConfig,
+    example_privacy: ExamplePrivacyConfig | None = None,
 ) -> EffectiveRecipe:
     """`facility`'s recipe: its `train` keys, else the experiment's.
 
@@ -144,4 +147,5 @@ def recipe_for(
         model=model,
         data=data,
         overridden=tuple(train.given()),
+        example_privacy=example_privacy,
     )

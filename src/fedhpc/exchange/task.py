@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from fedhpc.atomic_files import atomic_write_text
 from fedhpc.config import DataConfig, Device, DType, ModelConfig
 from fedhpc.config.compression import CompressionConfig
+from fedhpc.config.example_privacy import ExamplePrivacyJob
 
 
 class LrSchedule(BaseModel):
@@ -83,6 +84,9 @@ class WorkerTask(BaseModel):
     )
     shard_bytes: PositiveInt = 2 * 1024**3
     device: Device = "auto"
+    example_privacy: ExamplePrivacyJob | None = Field(
+        None, description="example-level DP (DP-SGD): its settings and the facility's own accountant file; None: off"
+    )
 
     def write(self, path: Path) -> None:
         atomic_write_text(path, self.model_dump_json(indent=1), make_parents=True)

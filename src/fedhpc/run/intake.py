@@ -60,6 +60,8 @@ KNOWN_METRICS: dict[str, tuple[str, Any]] = {
     "world_size": ("a positive integer", lambda value: type(value) is int and value >= 1),
     "device": ("a short string", lambda value: isinstance(value, str) and len(value) <= 64),
     "sharded": ("true or false", lambda value: type(value) is bool),
+    # example-level DP (fedhpc.worker.dp_sgd): the facility's ε over every round it trained, shown by the server
+    "example_epsilon": ("a non-negative finite number", _seconds),
 }
 # The per-step series the worker writes: one finite number per optimizer step, so they grow with the
 # job's steps and are bounded by them, not by MAX_OTHER_METRICS_BYTES (a 5,000-step job's lr list alone

@@ -21,6 +21,7 @@ from typing import Any
 
 from fedhpc.config import AlgorithmConfig, ExchangeConfig, FacilityConfig
 from fedhpc.config.compression import compression_for
+from fedhpc.config.example_privacy import ExamplePrivacyJob
 from fedhpc.config.recipe import EffectiveRecipe
 from fedhpc.exchange import LrSchedule, TrainSettings, WorkerTask
 from fedhpc.facility.base import JobHandle, JobSpec, JobState, Launcher, Mover
@@ -264,6 +265,10 @@ class Launches:
             residual_dir=Path(mover.facility_path(f"error_feedback/{config.name}")),
             shard_bytes=int(self.exchange.shard_size),
             device=config.launcher.device,
+            example_privacy=None if recipe.example_privacy is None else ExamplePrivacyJob(
+                settings=recipe.example_privacy,  # its ledger stays at the facility: never pulled
+                accountant_file=Path(mover.facility_path(f"example_privacy/{config.name}/accountant.json")),
+            ),
         )
         task_dir = self.context.run_dir.log_dir(attempt.round) / f"{attempt.facility}-{attempt.attempt_id}-task"
         shutil.rmtree(task_dir, ignore_errors=True)

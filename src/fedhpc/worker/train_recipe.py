@@ -41,6 +41,8 @@ class TrainRecipe(Recipe):
     fresh optimizer unless `model.keep_optimizer_state`.
     """
 
+    private_metrics: dict[str, float] = {}  # example-level DP's (fedhpc.worker.dp_sgd); replaced, never mutated
+
     def __init__(
         self, task: WorkerTask, env: RankEnv, loaded: LoadedModel | None = None, store: FacilityStore | None = None
     ):
@@ -98,6 +100,7 @@ class TrainRecipe(Recipe):
         self.num_samples = len(examples)
         self.local_steps = epoch_steps(task.train, len(examples), env.world_size)
         shard = [examples[i] for i in shard_indices(len(examples), env.rank, env.world_size, task.train.seed)]
+        self.shard = shard  # DP-SGD samples its batches from it (one rank: all the facility's examples)
         multiple = length_multiple(self.device)
         self.batches = batches(shard, loaded.tokenizer, task.data_config, task.train.batch_size, multiple)
         logger.info("%d examples at this facility, %d on rank 0", len(examples), len(shard))
@@ -115,6 +118,15 @@ class TrainRecipe(Recipe):
         self._progress("training")
         keep = self.task.model.keep_optimizer_state
         dtype = training_dtype(self.task.model, self.device)
+        if self.task.example_privacy is not None:  # example-level DP: fedhpc.worker.dp_sgd
+            from fedhpc.worker.dp_sgd import train_private  # here: only DP jobs load opacus (and scipy)
+
+            self.result, self.private_metrics = train_private(
+                self.task, loaded, self.shard, self.device, dtype, self.local_steps,
+                lambda step, loss: self._progress("training", step=step, loss=loss), loaded.optimizer if keep else None,
+            )  # fmt: skip
+            loaded.optimizer = self.result.optimizer if keep else None
+            return
         self.result = train_local_steps(
             loaded.model, self.batches, settings, self.device, self.env, dtype, on_step, loss=loaded.loss,
             sharded=loaded.sharded, optimizer=loaded.optimizer if keep else None, steps=self.local_steps,
@@ -124,7 +136,7 @@ class TrainRecipe(Recipe):
     def save(self) -> None:
         """Publish the update (atomically, manifest last): rank 0 alone, or every FSDP rank its rows."""
         assert self.loaded is not None and self.result is not None, "train first"
-        last_loss = self.result.losses[-1]
+        last_loss = self.result.losses[-1] if self.result.losses else None  # none released under example DP
         self._progress("saving", step=self.local_steps, loss=last_loss)
         manifest = self.loaded.write_update(self.task, self._meta(), self.env, self.device)
         if manifest is None:  # the other ranks: rank 0 has the manifest and speaks for the job
@@ -159,6 +171,7 @@ class TrainRecipe(Recipe):
                 "world_size": self.env.world_size,
                 "device": describe(self.device),
                 "sharded": loaded.sharded,
+                **self.private_metrics,
             },
         )
 
