@@ -95,8 +95,7 @@ class PrivateAggregation:
     def aggregate(
         self, global_: TensorSource, updates: list[Update], state: dict[str, torch.Tensor]
     ) -> Iterator[tuple[str, torch.Tensor]]:
-        if not updates:
-            raise ValueError("cannot aggregate zero updates")
+        """No update at all (a Poisson round that asked nobody) still releases a step: the noise alone over m."""
         names = global_.names()
         clip = float(state[CLIP_NORM_KEY]) if self.adaptive and CLIP_NORM_KEY in state else self.privacy.clipping.clip_norm
         bases = [global_ if update.base is None else update.base for update in updates]
@@ -118,7 +117,7 @@ class PrivateAggregation:
         mean = NoisyMean(global_, names, terms, noise, std, self.expected)
         synthetic = Update(
             facility=SYNTHETIC_FACILITY, source=mean, num_samples=1, local_steps=1,
-            based_on_round=max(update.based_on_round for update in updates), tokens=1,
+            based_on_round=max((update.based_on_round for update in updates), default=0), tokens=1,
         )
         yield from self.inner.aggregate(global_, [synthetic], state)
         mean.finish()
