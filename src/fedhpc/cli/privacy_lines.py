@@ -34,8 +34,8 @@ def describe_privacy(exp: Experiment) -> list[str]:
              f"delta {privacy.delta:g}"]
     unit = "server steps" if algorithm.is_async else "rounds"
     if algorithm.name == "fedbuff":
-        lines.append(f"  sampling: none; each server step averages K = {m:g} updates, accounted at multiplier "
-                     f"{z:.3g} (z/K: one facility may fill the whole buffer)")
+        lines.append(f"  sampling: none; each server step averages K = {m:g} buffered updates (a facility's "
+                     "several updates in one step are clipped to C together), accounted per step at q = 1")
     elif q < 1:
         lines.append(f"  sampling: Poisson, each facility asked with probability q = {q:g} each round (expected "
                      f"m = {m:g} of {len(exp.facilities)}; the noisy mean divides by m)")
@@ -57,27 +57,26 @@ def describe_privacy(exp: Experiment) -> list[str]:
     elif z > 0:
         lines.append(f"  noise: std {per_coordinate:.3g} per value of the mean change (z·C/m)")
     if privacy.target_epsilon is not None:
-        lines += _target_lines(privacy.target_epsilon, z, q, rounds, privacy.delta, unit,
-                               privacy.noise_multiplier / z if z > 0 else 1.0)
+        lines += _target_lines(privacy.target_epsilon, z, q, rounds, privacy.delta, unit)
     if planned > SANE_EPSILON:
-        needed = noise_for_epsilon(SANE_EPSILON, q, rounds, privacy.delta) * (privacy.noise_multiplier / z if z else 1)
+        needed = noise_for_epsilon(SANE_EPSILON, q, rounds, privacy.delta)
         lines.append(f"  WARNING: epsilon {shown} exceeds {SANE_EPSILON:g}: at this scale facility-level DP protects "
                      f"almost nothing; see docs/privacy.md (epsilon {SANE_EPSILON:g} over {rounds} {unit} needs noise "
                      f"multiplier {needed:.3g})")
     return lines
 
 
-def _target_lines(target: float, z: float, q: float, rounds: int, delta: float, unit: str, scale: float) -> list[str]:
+def _target_lines(target: float, z: float, q: float, rounds: int, delta: float, unit: str) -> list[str]:
     """The calibrated multiplier for `target` over the planned rounds, and where the configured one stops."""
     from fedhpc.privacy import epsilon_after, noise_for_epsilon
 
-    needed = noise_for_epsilon(target, q, rounds, delta) * scale  # scale: configured z per accounted z (FedBuff K)
+    needed = noise_for_epsilon(target, q, rounds, delta)
     lines = [f"  target epsilon {target:g}: the planned {rounds} {unit} need noise multiplier {needed:.3g} or more"]
     lo, hi = 0, rounds  # the most rounds within the target, by bisection (ε grows with the rounds)
     while lo < hi:
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if epsilon_after(z, q, mid, delta) <= target else (lo, mid - 1)
     if lo < rounds:
-        lines.append(f"  with noise multiplier {z * scale:g} the run stops after {lo} of {rounds} {unit} (exit 6): "
+        lines.append(f"  with noise multiplier {z:g} the run stops after {lo} of {rounds} {unit} (exit 6): "
                      f"{unit[:-1]} {lo + 1} would spend epsilon {epsilon_after(z, q, lo + 1, delta):.3g}")
     return lines

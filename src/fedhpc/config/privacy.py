@@ -86,11 +86,10 @@ def expected_participants(algorithm: AlgorithmConfig, num_facilities: int) -> fl
 def accounted_noise_multiplier(privacy: PrivacyConfig, algorithm: AlgorithmConfig) -> float:
     """The noise multiplier the accountant composes: noise std over one facility's largest influence on the sum.
 
-    Synchronous rounds: a facility sends at most one update per round, clipped to C, so it is z. FedBuff: a fast
-    facility may fill the whole buffer of K updates before a step (its worst case, K·C), so z/K.
+    z for every rule allowed: a facility sends at most one update per synchronous round, clipped to C, and a
+    FedBuff facility that fills k places of one buffer has each of its k updates clipped to C/k
+    (`fedhpc.privacy.PrivateAggregation`), so its whole influence on a server step is C too.
     """
-    if algorithm.name == "fedbuff":
-        return privacy.noise_multiplier / algorithm.fedbuff_k()
     return privacy.noise_multiplier
 
 
@@ -103,6 +102,10 @@ def check_privacy(privacy: PrivacyConfig, algorithm: AlgorithmConfig, num_facili
         raise KeyedValueError("privacy.target_epsilon", "cannot be met with privacy.noise_multiplier 0 (clipping "
                               "only spends an infinite epsilon); set a noise multiplier or remove target_epsilon")
     clipping = privacy.clipping
+    if clipping.mode == "adaptive" and algorithm.name == "fedbuff":
+        raise KeyedValueError("privacy.clipping.mode", "adaptive cannot be used with fedbuff: one facility may "
+                              "send several of a server step's updates, so its share of the noisy unclipped count "
+                              "is not bounded by one; use clipping.mode fixed")
     if clipping.mode != "adaptive" or privacy.noise_multiplier == 0:
         return
     count_noise = clipping.count_noise_multiplier
