@@ -4,11 +4,14 @@
 
 One Llama-shaped state dict of about --gb GB (1 by default; 1 to 4 is the
 size of a full fine-tuning update's shard) is built in memory once, then each
-format writes it and reads it back, --repeat times (the best time counts):
+format writes it and reads it back, --repeat rounds with the formats interleaved
+(fedhpc, torch, safetensors, fedhpc, ...) so that a slow spell of a shared machine
+hits every format alike; the best and the median of each time are reported, and the
+ratio to raw safetensors is taken round by round (a pair from the same moment):
 
-    fedhpc       write_state_dict (streaming writer, sha256 while writing, fsync,
+    fedhpc       write_state_dict (streaming writer, BLAKE3 while writing, fsync,
                  manifest last, atomic rename); read = ExchangeDir(...).verify()
-                 (sha256 of every shard, headers against the manifest, every
+                 (BLAKE3 of every shard, headers against the manifest, every
                  tensor read and checked finite), the gate every update passes
     torch        torch.save; read = torch.load(weights_only=True) + the same finiteness check
     safetensors  safetensors.torch.save_file; read = load_file + the same finiteness check
@@ -24,8 +27,10 @@ of what it wrote: `write_s`; the raw formats also report `write_nofsync_s`.
 By default reads come from the page cache (the file was just written, as a
 just-pulled update is); --cold evicts it first. Prints one JSON line (GB = 1e9 bytes):
 
-    {"bench": "exchange", "gb": ..., "formats": {"fedhpc": {"write_s", "read_s"}, ...},
-     "fedhpc_over_safetensors": (fedhpc write+read) / (safetensors write+read), like for like,
+    {"bench": "exchange", "gb": ..., "formats": {"fedhpc": {"write_s", "read_s"}, ...},  (best of the rounds)
+     "median": the same fields, median of the rounds,
+     "fedhpc_over_safetensors": (fedhpc write+read) / (safetensors write+read), like for like, best times,
+     "fedhpc_over_safetensors_pairs": {"min", "median"} of that ratio taken round by round,
      "fedhpc_over_safetensors_alone": (fedhpc write+read) / (save_file + load_file, no fsync, no check),
      "fedhpc_write_over_torch_save": fedhpc write_s / torch write_s (both fsynced)}
 """
@@ -37,6 +42,7 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -156,12 +162,18 @@ def one_cycle(name: str, state: State, work: Path, cold: bool) -> dict[str, floa
     return times
 
 
-def best_of(name: str, state: State, work: Path, repeat: int, cold: bool) -> dict[str, float]:
-    """The fastest of `repeat` cycles, field by field (noise on a shared machine only ever adds time)."""
-    cycles = [one_cycle(name, state, work, cold) for _ in range(repeat)]
-    best = {key: round(min(c[key] for c in cycles), 3) for key in cycles[0]}
-    log.info("%s: %s", name, best)
-    return best
+def interleaved(state: State, work: Path, repeat: int, cold: bool) -> dict[str, list[dict[str, float]]]:
+    """`repeat` rounds of one cycle per format, in turn: each round's cycles ran at about the same moment."""
+    cycles: dict[str, list[dict[str, float]]] = {name: [] for name in FORMATS}
+    for round_index in range(repeat):
+        for name in FORMATS:
+            cycles[name].append(one_cycle(name, state, work, cold))
+            log.info("round %d %s: %s", round_index, name, cycles[name][-1])
+    return cycles
+
+
+def summary(cycles: list[dict[str, float]], pick: Callable[[list[float]], float]) -> dict[str, float]:
+    return {key: round(pick([c[key] for c in cycles]), 3) for key in cycles[0]}
 
 
 def main() -> None:
@@ -182,11 +194,17 @@ def main() -> None:
     try:
         if shutil.disk_usage(work).free < 2 * nbytes:
             sys.exit(f"error: {work} has too little space for a {nbytes / 1e9:.1f} GB update (use --tmp)")
-        formats = {name: best_of(name, state, work, args.repeat, args.cold) for name in FORMATS}
+        cycles = interleaved(state, work, args.repeat, args.cold)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(report(formats, nbytes, args) | {"loadavg_1min": [round(load_before, 2),
-                                                                       round(os.getloadavg()[0], 2)]}))
+    pairs = [(ours["write_s"] + ours["read_s"]) / (raw["write_s"] + raw["read_s"])
+             for ours, raw in zip(cycles["fedhpc"], cycles["safetensors"], strict=True)]
+    line = report({name: summary(c, min) for name, c in cycles.items()}, nbytes, args) | {
+        "median": {name: summary(c, statistics.median) for name, c in cycles.items()},
+        "fedhpc_over_safetensors_pairs": {"min": round(min(pairs), 2), "median": round(statistics.median(pairs), 2)},
+        "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
+    print(json.dumps(line))
 
 
 def report(formats: dict[str, dict[str, float]], nbytes: int, args: argparse.Namespace) -> dict[str, object]:

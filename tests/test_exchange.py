@@ -522,3 +522,18 @@ def test_all_finite_finds_one_bad_value_anywhere(dtype: torch.dtype, bad: float)
         damaged = values.clone()
         damaged.view(-1)[index] = bad
         assert not all_finite(damaged), (index, bad)
+
+
+@pytest.mark.parametrize("where", [0, 5, 11])
+def test_verify_finds_a_nan_in_any_piece_of_its_single_pass(tmp_path: Path, monkeypatch, where: int):
+    """verify reads each file once in pieces (hash + finiteness per piece); pieces of 16 bytes here put the
+    NaN in the first, a middle or the last piece of the tensor, and a good tensor after it still verifies."""
+    monkeypatch.setattr("fedhpc.exchange.safetensors_stream._HASH_CHUNK", 16)
+    state = {"a.weight": torch.linspace(-1, 1, 12).reshape(3, 4), "b.weight": torch.ones(3, 4, dtype=torch.bfloat16)}
+    clean = write_update(tmp_path / "clean", state)
+    clean.verify()
+    state["a.weight"].view(-1)[where] = float("nan")
+    update = write_update(tmp_path / "u", state)
+    with pytest.raises(UpdateRejected, match="'a.weight' holds NaN") as info:
+        update.verify()
+    assert info.value.reason == "non_finite"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -19,26 +18,14 @@ import torch
 from fedhpc.errors import ExchangeError, UpdateRejected
 from fedhpc.exchange.codecs.stored import StoredPlace, decode_entry, stored_places
 from fedhpc.exchange.manifest import MANIFEST_NAME, Manifest, TensorEntry, read_manifest
-from fedhpc.exchange.safetensors_stream import ShardReader, TensorLayout, digest_of_fd, dtype_from_name, open_regular
+from fedhpc.exchange.safetensors_stream import ShardReader, TensorLayout, all_finite, dtype_from_name, open_regular
+from fedhpc.exchange.safetensors_stream import digest_of_fd, scan_fd
 
 # The dtypes an exchange directory may hold: those of the fp32 global and of the updates a worker may
 # send (exchange.update_dtype). float64 is refused: a value finite in fp64 (1e300) would pass the
 # finiteness check and then become infinite in the fp32 global; every float16/bfloat16 or float32
 # value that is finite stays finite in the fp32 accumulator.
 FLOAT_DTYPES = ("float32", "bfloat16", "float16")
-
-
-def all_finite(tensor: torch.Tensor) -> bool:
-    """No NaN or ±Inf in `tensor`.
-
-    One min/max pass (NaN propagates through both, an infinity becomes one of
-    them) instead of `isfinite(t).all()`, which builds a boolean tensor of the
-    same size: on a CPU about 8x faster for bf16 and with no extra memory.
-    """
-    if tensor.numel() == 0:
-        return True
-    low, high = torch.aminmax(tensor)
-    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
 
 
 class ExchangeDir:
@@ -134,26 +121,24 @@ class ExchangeDir:
 
         With `expected_shapes` (the current global's), the tensor names and shapes
         must match it; with `fingerprint`, the base model must be the same one.
-        The files' digests (BLAKE3, or sha256 for format versions 1 and 2) are computed in
-        a second thread while this one checks the headers and reads every tensor for
-        finiteness (both hashers and torch release the GIL), so verifying costs about the
-        slower of the two, not their sum. A
-        checksum failure wins over any other reason: damaged bytes explain the rest.
-        Before either, the directory must hold nothing but its manifest and the
-        regular files it lists (`unexpected_file`), so nothing else is ever opened.
+        Each file is read once, front to back, in pieces that are hashed (BLAKE3 on
+        every core, or sha256 for format versions 1 and 2) and checked for NaN/Inf
+        while in cache (`scan_fd`). A checksum failure wins over any other reason:
+        damaged bytes explain the rest. Before either, the directory must hold nothing
+        but its manifest and the regular files it lists (`unexpected_file`), so nothing
+        else is ever opened.
         """
         self._verify_listing()
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash") as hashing:
-            files_checked = hashing.submit(self._verify_files)
-            try:
-                self._verify_contents(expected_shapes, fingerprint, check_finite)
-            except Exception:
-                files_checked.result()  # a checksum failure, if any, is the reason to report
-                raise
-            files_checked.result()
+        scanned, non_finite = self._verify_files(check_finite)
+        self._verify_contents(expected_shapes, fingerprint, check_finite, scanned, non_finite)
 
     def _verify_contents(
-        self, expected_shapes: Mapping[str, Sequence[int]] | None, fingerprint: str | None, check_finite: bool
+        self,
+        expected_shapes: Mapping[str, Sequence[int]] | None,
+        fingerprint: str | None,
+        check_finite: bool,
+        scanned: set[str],
+        non_finite: set[str],
     ) -> None:
         self._verify_headers()
         if fingerprint is not None and self.manifest.base_fingerprint != fingerprint:
@@ -165,8 +150,9 @@ class ExchangeDir:
         if expected_shapes is not None:
             self._verify_against(expected_shapes)
         if check_finite:
-            for name in self.names():
-                if not all_finite(self.get(name)):
+            for name, entry in self.manifest.tensors.items():
+                whole_scan = entry.codec is None and all(file in scanned for file in entry.files())
+                if name in non_finite or not (whole_scan or all_finite(self.get(name))):
                     raise UpdateRejected("non_finite", f"{self.path}: tensor {name!r} holds NaN or Inf values")
 
     def _verify_listing(self) -> None:
@@ -186,7 +172,11 @@ class ExchangeDir:
                     raise UpdateRejected("unexpected_file", f"{entry.path} is not a regular file (a link, FIFO or "
                                          "directory); an exchange directory holds only regular files")
 
-    def _verify_files(self) -> None:
+    def _verify_files(self, check_finite: bool) -> tuple[set[str], set[str]]:
+        """Check every file's size and digest; return the files whose tensors were scanned for finiteness
+        on the way and the tensors found holding NaN/Inf (a file laid out unusually is only hashed)."""
+        scanned: set[str] = set()
+        non_finite: set[str] = set()
         for file_name, entry in self.manifest.files.items():
             path = self.path / file_name
             try:
@@ -199,12 +189,33 @@ class ExchangeDir:
                 size = os.fstat(fd).st_size
                 if size != entry.bytes:
                     raise UpdateRejected("checksum", f"{path} has {size} bytes, manifest says {entry.bytes}")
-                if digest_of_fd(fd, entry.algorithm) != entry.digest:
+                handle = self._scannable(file_name) if check_finite else None
+                plan = handle.tiling() if handle is not None else None
+                if handle is not None and plan is not None:
+                    digest, found = scan_fd(fd, entry.algorithm, handle.data_start, plan)
+                else:
+                    digest, found = digest_of_fd(fd, entry.algorithm), set()
+                if digest != entry.digest:
                     raise UpdateRejected(
                         "checksum", f"{path} does not match its {entry.algorithm} digest (corrupted in transit?)"
                     )
+            except UpdateRejected:
+                raise
+            except ExchangeError as e:
+                raise UpdateRejected("checksum", f"{path}: unreadable: {e}") from e
             finally:
                 os.close(fd)
+            if plan is not None:
+                scanned.add(file_name)
+                non_finite |= found
+        return scanned, non_finite
+
+    def _scannable(self, file_name: str) -> ShardReader | None:
+        """The file's reader if its header parses; a bad header is reported by `_verify_headers` later."""
+        try:
+            return self._handle(file_name)
+        except UpdateRejected:
+            return None
 
     def _verify_headers(self) -> None:
         held: dict[str, dict[str, tuple[list[int], str]]] = {}  # file -> stored name -> its shape and dtype there
