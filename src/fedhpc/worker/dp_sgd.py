@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -162,7 +163,9 @@ def train_dp_steps(
                                 max_length=max_length)
                 with autocast(device, dtype):
                     per_example = net(**batch.model_inputs(device))
-                per_example.sum().backward()
+                with warnings.catch_warnings():  # Opacus's hooks on the first layer, whose input (token ids)
+                    warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+                    per_example.sum().backward()  # has no gradient: expected, and said once per job otherwise
                 step_loss += float(per_example.detach().sum())
                 tokens += batch.num_tokens
                 samples += batch.num_examples
