@@ -15,7 +15,7 @@ from fedhpc.secagg.masking import MaskedRound
 from fedhpc.secagg.signed import b64, sign, unb64
 from fedhpc.secagg.unmask_reply import unmask_reply
 from fedhpc.secagg.unmasking import Unmasker
-from tests.secagg_federation import facility_names, make_keys, make_roster, masked_uploads, updates
+from secagg_federation import facility_names, make_keys, make_roster, masked_uploads, updates
 
 # chi2.isf(1e-6, 255) (scipy): a uniform byte histogram exceeds it once in a million tries
 CHI2_255_AT_1E6 = 377.08

@@ -14,7 +14,7 @@ from fedhpc.errors import SecAggRejected, SecAggThresholdError
 from fedhpc.secagg.fixed_point import FixedPoint
 from fedhpc.secagg.unmask_reply import unmask_reply
 from fedhpc.secagg.unmasking import Unmasker
-from tests.secagg_federation import SHAPES, facility_names, make_keys, make_roster, masked_uploads, secure_sum, updates
+from secagg_federation import SHAPES, facility_names, make_keys, make_roster, masked_uploads, secure_sum, updates
 
 
 def _assert_sums(sums: dict[str, np.ndarray], plain: dict[str, dict[str, np.ndarray]], fixed: FixedPoint) -> None:

@@ -24,6 +24,7 @@ from fedhpc.config.launchers import LocalLauncherConfig, SimulatedLauncherConfig
 from fedhpc.config.model import ModelConfig, quantize_refusal
 from fedhpc.config.movers import FilesystemMoverConfig
 from fedhpc.config.privacy import PrivacyConfig, check_privacy
+from fedhpc.config.secure_aggregation import SecureAggregationConfig, check_secure_aggregation
 from fedhpc.config.recipe import EffectiveRecipe, check_recipe, recipe_for
 from fedhpc.config.tracking import TrackingConfig
 from fedhpc.config.types import (
@@ -148,6 +149,9 @@ class Experiment(Frozen):
     tracking: TrackingConfig = TrackingConfig()
     privacy: PrivacyConfig | None = Field(None, description="facility-level differential privacy; unset: off")
     example_privacy: ExamplePrivacyConfig | None = Field(None, description="DP-SGD in every facility; unset: off")
+    secure_aggregation: SecureAggregationConfig | None = Field(
+        None, description="the server learns only the sum of each round's updates; unset: off"
+    )
     facilities: list[FacilityConfig] = Field(min_length=1)
 
     @field_validator("facilities")
@@ -174,6 +178,15 @@ class Experiment(Frozen):
     def _privacy_accountable(self) -> Experiment:
         if self.privacy is not None:
             check_privacy(self.privacy, self.algorithm, len(self.facilities))
+        return self
+
+    @model_validator(mode="after")
+    def _secure_aggregation_workable(self) -> Experiment:
+        if self.secure_aggregation is not None:
+            names = [f.name for f in self.facilities]
+            persistent = [f.name for f in self.facilities if f.mode == "persistent"]
+            check_secure_aggregation(self.secure_aggregation, self.algorithm, names, self.privacy is not None,
+                                     persistent)
         return self
 
     @model_validator(mode="after")

@@ -8,7 +8,7 @@ Nothing else about the run crosses to the facility.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
@@ -66,7 +66,9 @@ class WorkerTask(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    mode: Literal["init", "train"] = "train"
+    mode: Literal["init", "train", "secagg-keys", "secagg-unmask"] = Field(
+        "train", description="secagg-*: a short secure-aggregation job (fedhpc.worker.secure_jobs), no training"
+    )
     round: int = Field(ge=0)
     facility: str
     global_dir: Path | None = Field(None, description="train: the staged global to start from")
@@ -81,6 +83,9 @@ class WorkerTask(BaseModel):
     compression: CompressionConfig = Field(CompressionConfig(), description="how the delta update is encoded")
     residual_dir: Path | None = Field(
         None, description="error feedback: the facility's own directory of residuals (never staged back)"
+    )
+    secure_aggregation: dict[str, Any] | None = Field(
+        None, description="secure aggregation's part of the job (fedhpc.secagg.job_task): keys directory, roster, ..."
     )
     shard_bytes: PositiveInt = 2 * 1024**3
     device: Device = "auto"

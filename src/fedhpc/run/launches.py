@@ -15,6 +15,7 @@ import logging
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,8 @@ class Launches:
         self.exchange = exchange
         self._bad_progress: set[str] = set()  # facilities whose progress.json was unreadable (logged once)
         self._ids: dict[str, set[str]] = {}  # attempt ids each facility has used: the ledger's, read once
+        # secure aggregation's part of a training task, by round and facility (run/secure_rounds.py); None: off
+        self.secure_part: Callable[[int, str], dict[str, Any] | None] | None = None
 
     # --- launching -------------------------------------------------------------------------------
 
@@ -269,6 +272,7 @@ class Launches:
                 settings=recipe.example_privacy,  # its ledger stays at the facility: never pulled
                 accountant_file=Path(mover.facility_path(f"example_privacy/{config.name}/accountant.json")),
             ),
+            secure_aggregation=self.secure_part(attempt.round, attempt.facility) if self.secure_part else None,
         )
         task_dir = self.context.run_dir.log_dir(attempt.round) / f"{attempt.facility}-{attempt.attempt_id}-task"
         shutil.rmtree(task_dir, ignore_errors=True)

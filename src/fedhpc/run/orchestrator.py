@@ -139,6 +139,13 @@ class Orchestrator:
                 self._evaluate(events, 0)
             launches = Launches(context, facilities, algorithm, experiment.exchange)
             intake = Intake(context, facilities, self._ledger.get_meta("base_fingerprint"), algorithm.max_update_norm)
+            secure = None
+            if experiment.secure_aggregation is not None:  # imported only then: it loads cryptography
+                from fedhpc.run.secure_rounds import SecureIntake, SecureRounds
+
+                secure = SecureRounds(experiment.secure_aggregation, launches)
+                launches.secure_part = secure.task_part
+                intake = SecureIntake(context, facilities, self._ledger.get_meta("base_fingerprint"), secure)
             stop_at = started + time_limit if time_limit is not None else None
             last = self._ledger.last_complete_round() or 0
             if algorithm.is_async:
@@ -147,7 +154,7 @@ class Orchestrator:
                 loop.run(last, stop_at)
             else:
                 policy = self._sync_policy(list(facilities))
-                loop = SyncRounds(context, algorithm, launches, intake, chain, policy)
+                loop = SyncRounds(context, algorithm, launches, intake, chain, policy, secure)
                 for round in range(last + 1, algorithm.rounds + 1):
                     stop.check()
                     if privacy is not None:  # before its jobs are launched: no allocation is spent on it

@@ -18,6 +18,7 @@ without an end: a resumed server takes them in before it launches anything.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from fedhpc.aggregate import Update
 from fedhpc.config import AlgorithmConfig
@@ -29,6 +30,9 @@ from fedhpc.run.intake import Intake
 from fedhpc.run.launches import Attempt, Launches, attempt_from_record
 from fedhpc.run.scheduling import SyncPolicy
 
+if TYPE_CHECKING:
+    from fedhpc.run.secure_rounds import SecureRounds
+
 
 CARRIED_KEY = "sync_carried"
 ENDED = ("job_finished", "job_cancelled", "late_dropped", "job_abandoned", "rejected", "accepted")
@@ -38,9 +42,12 @@ ENDED = ("job_finished", "job_cancelled", "late_dropped", "job_abandoned", "reje
 class SyncRounds:
     def __init__(
         self, context: RunContext, algorithm: AlgorithmConfig, launches: Launches, intake: Intake, chain: GlobalChain,
-        policy: SyncPolicy | None = None,
+        policy: SyncPolicy | None = None, secure: SecureRounds | None = None,
     ):
-        """`policy`: who takes part and when a round may close; by default `SyncPolicy` (privacy: Poisson's)."""
+        """`policy`: who takes part and when a round may close; by default `SyncPolicy` (privacy: Poisson's).
+
+        `secure`: secure aggregation's part of each round (keys, roster, the unmask round); None: off.
+        """
         self.context = context
         self.events = context.events
         self.clock = context.clock
@@ -50,6 +57,7 @@ class SyncRounds:
         self.intake = intake
         self.chain = chain
         self.policy = policy or SyncPolicy(algorithm, list(launches.facilities))
+        self.secure = secure
         self.carried: list[Attempt] = []  # late jobs of closed rounds whose updates count in the next (next_round)
         self.pending: list[Attempt] = []  # jobs of the current round still running
         self._restore_carried()
@@ -62,6 +70,8 @@ class SyncRounds:
         assignments = self.policy.assignments(round)
         participants = [a.facility for a in assignments]
         self.events.record("round_started", round, participants=participants, carried=sorted(busy))
+        if self.secure is not None:  # the participants' keys and the roster every task of the round carries
+            self.secure.prepare(round, participants)
         for name in self.launches.facilities:
             if name not in participants and name not in busy:
                 self.progress.facility_state(name, "idle", round)
@@ -100,7 +110,10 @@ class SyncRounds:
                 "again to resume."
             )
         carried = json.dumps([attempt.record() for attempt in self.carried])
-        self.chain.commit(round, list(accepted.values()), extra_meta={CARRIED_KEY: carried})
+        updates, detail = list(accepted.values()), {}
+        if self.secure is not None:  # one extra message round, then the round's sum as its one update
+            updates, detail = self.secure.aggregate(round, accepted, previous)
+        self.chain.commit(round, updates, extra_meta={CARRIED_KEY: carried}, **detail)
         losses = [loss for u in accepted.values() if (loss := self._mean_loss(round, u.facility)) is not None]
         mean_loss = sum(losses) / len(losses) if losses else None
         self.events.record("round_complete", round, seconds=self.clock.now() - round_started, mean_loss=mean_loss,

@@ -121,6 +121,9 @@ class KeyPins:
         self._pinned[facility] = claimed
         return claimed
 
+    def __contains__(self, facility: object) -> bool:
+        return facility in self._pinned
+
     def get(self, facility: str) -> PublicKeys:
         if facility not in self._pinned:
             raise SecAggRejected(f"no pinned keys for facility {facility!r}: its key advertisement never arrived")

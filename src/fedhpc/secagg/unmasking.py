@@ -65,6 +65,10 @@ class Unmasker:
         self._pair_seeds.update(pair)
         self._answered.append(sender)
 
+    def check(self) -> None:
+        """Rebuild the seeds now: a round that cannot be unmasked fails before anything is aggregated."""
+        self._seeds()
+
     def _seeds(self) -> dict[str, bytes]:
         """Every survivor's self-mask seed, rebuilt once; SecAggThresholdError when too few answered."""
         if self._self_seeds is not None:

@@ -35,6 +35,7 @@ from fedhpc.worker.init_recipe import InitRecipe
 from fedhpc.worker.initial_global import streams_from_checkpoint, write_initial_global
 from fedhpc.worker.loaded import LoadedModel
 from fedhpc.worker.recipe import Recipe
+from fedhpc.worker.secure_jobs import SECURE_JOB_MODES, private_task, publish_masked, run_secure_job
 from fedhpc.worker.object_staging import FacilityStore
 from fedhpc.worker.train_recipe import TrainRecipe
 
@@ -73,14 +74,24 @@ def execute_task(task_path: Path, env: RankEnv, store: FacilityStore | None = No
     if store is not None:  # every rank: the task names the device, which the process group needs first
         store.fetch(task_path.parent)
     task = read_task(task_path)
+    if task.mode in SECURE_JOB_MODES:  # a short secure-aggregation job: keys and one JSON file, no model
+        if env.is_main:  # one answer per facility, whatever its rank count
+            run_secure_job(task)
+        return
     if task.mode == "init" and streams_from_checkpoint(task.model):
         manifest = write_initial_global(task)
         logger.info("wrote %s: %d tensors streamed from the checkpoint", task.update_dir, len(manifest.tensors))
         return  # the server runs init itself, never through a store
-    recipe = recipe_for(task, env, store=store)
+    masked = task.mode == "train" and task.secure_aggregation is not None
+    if masked and store is not None:
+        raise ConfigError("secure aggregation does not travel through a proxystore mover yet", key="secure_aggregation")
+    trained = private_task(task) if masked else task  # masked: the plain update stays with the facility
+    recipe = recipe_for(trained, env, store=store)
     recipe.setup()
     recipe.train()
     recipe.save()
+    if masked and env.is_main:
+        publish_masked(task, trained)
     recipe.cleanup()
 
 
