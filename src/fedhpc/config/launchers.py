@@ -17,6 +17,7 @@ from uuid import UUID
 from pydantic import Field, field_validator, model_validator
 
 from fedhpc.config.distributions import Distribution
+from fedhpc.config.transfer import TransferConfig
 from fedhpc.config.ranks import (
     BINDING_LAUNCHERS,
     Device,
@@ -64,7 +65,8 @@ class SimulatedLauncherConfig(BackendConfig):
 
     A job takes queue_wait + startup + local_steps × seconds_per_step virtual seconds, each
     part drawn per job and seeded by (seed, the job's name), so hour-long runs of heterogeneous
-    facilities replay in seconds with the real orchestrator and aggregators.
+    facilities replay in seconds with the real orchestrator and aggregators; with `transfer`,
+    plus the staged global's and its update's bytes over the link's bandwidth.
     """
 
     remote: ClassVar[bool] = False
@@ -74,6 +76,7 @@ class SimulatedLauncherConfig(BackendConfig):
     queue_wait: Distribution = Field(0.0, description="virtual seconds a job waits in the queue before it starts")
     startup: Distribution = Field(0.0, description="virtual seconds a job takes to start and load the model")
     failure_rate: float = Field(0.0, ge=0.0, lt=1.0, description="probability that a job fails partway (seeded)")
+    transfer: TransferConfig | None = Field(None, description="the facility's link; None: transfers take no time")
     seed: Seed = 0
     device: Literal["cpu"] = Field("cpu", description="the worker trains in the server's process, on its CPU")
     nprocs: Literal[1] = Field(1, description="one rank: the in-process worker")

@@ -5,7 +5,8 @@ flaky nodes) studied in seconds with the real orchestrator, aggregators and
 exchange format. `submit` runs the worker task at once, in this process and
 on one rank, so the update directory is exactly what a local job writes; the
 job then *appears* to take queue_wait + startup + local_steps × seconds_per_step
-virtual seconds, and `poll` reports QUEUED, RUNNING and DONE as the clock
+virtual seconds (plus, with `transfer.bandwidth`, the bytes of the staged global
+and of the published update over that bandwidth), and `poll` reports QUEUED, RUNNING and DONE as the clock
 passes those times (announced with `VirtualClock.schedule`).
 
 Every draw comes from its own `random.Random`, seeded by a SHA-256 of
@@ -43,7 +44,7 @@ from fedhpc.config import (
     UniformDistribution,
 )
 from fedhpc.errors import ConfigError, FedhpcError, SubmitError
-from fedhpc.exchange import WorkerTask
+from fedhpc.exchange import MANIFEST_NAME, WorkerTask, read_manifest
 from fedhpc.facility.base import JobHandle, JobSpec, JobState, JobStatus, Launcher
 from fedhpc.worker.distributed import RankEnv
 
@@ -157,13 +158,13 @@ class SimulatedLauncher(Launcher):
             outcome = JobStatus(JobState.FAILED, reason=plan.failure)
             with open(err_path, "a") as err:
                 err.write(f"{plan.failure}\n")
+        transfer = transfer_seconds(self.config, task_path, outcome.state == JobState.DONE)
         starts_at = submitted_at + plan.queue_wait
-        native = SimulatedJob(starts_at, starts_at + plan.run_seconds, outcome)
+        native = SimulatedJob(starts_at, starts_at + plan.run_seconds + transfer, outcome)
         self.clock.schedule(native.starts_at)
         self.clock.schedule(native.ends_at)
-        logger.info(
-            "%s: queued %g s, runs %g s, then %s", job.name, plan.queue_wait, plan.run_seconds, outcome.state.value
-        )
+        logger.info("%s: queued %g s, runs %g s, transfers %g s, then %s",
+                    job.name, plan.queue_wait, plan.run_seconds, transfer, outcome.state.value)  # fmt: skip
         return JobHandle(job_id=f"sim-{job.name}", spec=job, submitted_at=submitted_at, native=native)
 
     def poll(self, handle: JobHandle) -> JobStatus:
@@ -197,6 +198,33 @@ def simulated_launchers(facilities: Sequence[FacilityConfig], clock: VirtualCloc
                               "runs every facility on the virtual clock", key="facilities")
         launchers[facility.name] = SimulatedLauncher(facility.launcher, clock)
     return launchers
+
+
+def transfer_seconds(config: SimulatedLauncherConfig, task_path: Path, published: bool) -> float:
+    """Virtual seconds the job's bytes spend on the facility's link: the staged global down, the update up.
+
+    The sizes are those of the real files (a compressed update counts its encoded
+    bytes); the update only when the job published one. 0 without `transfer`.
+    """
+    if config.transfer is None:
+        return 0.0
+    try:
+        task = WorkerTask.read(task_path)
+    except (OSError, ValueError):  # the worker reports an unreadable task; nothing moved
+        return 0.0
+    nbytes = exchange_bytes(task.global_dir) if task.global_dir is not None else 0
+    if published:
+        nbytes += exchange_bytes(task.update_dir)
+    return config.transfer.seconds(nbytes)
+
+
+def exchange_bytes(directory: Path) -> int:
+    """Bytes a mover copies for an exchange directory: its manifest and every file the manifest lists."""
+    try:
+        manifest = read_manifest(directory)
+        return (directory / MANIFEST_NAME).stat().st_size + sum(entry.bytes for entry in manifest.files.values())
+    except (OSError, FedhpcError):  # nothing there (an init job's global): nothing to move
+        return 0
 
 
 def worker_task_path(argv: list[str]) -> Path:
