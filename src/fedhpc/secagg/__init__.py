@@ -9,9 +9,12 @@ states the protocol, its threat model and its costs. The modules, one job each:
 - `roster.py`: one round's participants and parameters, and the per-round secrets two facilities agree on;
 - `fixed_point.py`: floats to the ring Z_2^64 and back, with the range that keeps a sum from wrapping;
 - `prg.py`: a seed expanded, tensor by tensor, into a uint64 mask (ChaCha20);
-- `masking.py`: the facility's masked update and its encrypted, signed shares of its self-mask seed;
+- `masking.py`: the facility's masked update (self mask and pair masks);
+- `shares.py`: the self-mask seed's Shamir shares, encrypted to each participant, signed, checked;
+- `upload.py`: the masked update as it crosses to the server, and the server's check of it;
 - `unmask_reply.py`: the facility's answer to the server's unmask request;
-- `unmasking.py`: the server's side: check the answers, rebuild the seeds, strip the masks off the sum.
+- `unmasking.py`: the server's side: check the answers, rebuild the seeds, strip the masks off the sum;
+- `job_task.py`: secure aggregation's part of a worker task and the files its short jobs publish.
 
 Torch-free on purpose (numpy and `cryptography` only), so a short unmask job starts fast.
 """
