@@ -10,8 +10,11 @@ writes a Llama-shaped fp32 global and max(K) updates with bench/aggregate.py's
 generator, plus the same tensors torch.save'd for APPFL; then, for each K,
 every contender (bench/aggregate_contenders.py says what each one does) runs in
 its own process on the first K updates, with those inputs read once beforehand
-so all of them start from the page cache; with --repeat N the fastest of N
-runs counts (the highest peak is kept). Peak RSS is the child's ru_maxrss
+so all of them start from the page cache; with --repeat N the contenders run in
+turn N times (fedhpc, fedhpc-reduce, ..., numpy, fedhpc, ...), so a slow spell of
+the shared machine hits them alike; the fastest run counts, `median_seconds` is
+the median, the highest peak is kept, and `over_numpy` gives fedhpc's and
+fedhpc-reduce's time over the numpy floor taken round by round (min, median). Peak RSS is the child's ru_maxrss
 (os.wait4), so it is that contender's alone, imports included; baseline_rss_gb
 is the child's RSS after its imports. A contender whose estimated peak exceeds
 80% of MemAvailable is skipped with that reason rather than pushing the machine
@@ -35,6 +38,7 @@ import math
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -172,6 +176,28 @@ def summarize(updates: int, params: int, dtype: str, contenders: dict[str, dict[
     return row
 
 
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A contender's interleaved runs: the fastest one, with the median time and the highest peak."""
+    timed = [run for run in runs if "seconds" in run]
+    if not timed:
+        return runs[0]
+    best = dict(min(timed, key=lambda run: run["seconds"]))
+    best["median_seconds"] = round(statistics.median(run["seconds"] for run in timed), 3)
+    best["peak_rss_gb"] = max(run["peak_rss_gb"] for run in timed)
+    return best
+
+
+def over_numpy(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    """fedhpc's (and fedhpc-reduce's) seconds over numpy's from the same round: min and median of the ratios."""
+    ratios: dict[str, dict[str, float]] = {}
+    for name in ("fedhpc", "fedhpc-reduce"):
+        pairs = [ours["seconds"] / floor["seconds"] for ours, floor in zip(runs.get(name, []), runs.get("numpy", []))
+                 if "seconds" in ours and "seconds" in floor]  # fmt: skip
+        if pairs:
+            ratios[name] = {"min": round(min(pairs), 2), "median": round(statistics.median(pairs), 2)}
+    return ratios
+
+
 def sweep(args: argparse.Namespace, params: float, dtype: str) -> list[dict[str, Any]]:
     """All K for one (P, dtype), on one generated set of max(K) updates (the first K are used for each K)."""
     root = Path(tempfile.mkdtemp(prefix="fedhpc-bench-compare-", dir=args.tmp))
@@ -183,8 +209,12 @@ def sweep(args: argparse.Namespace, params: float, dtype: str) -> list[dict[str,
         exact = parameter_count(root)
         rows = []
         for updates in sorted(args.updates):
-            contenders = {name: measure(name, root, updates, exact, dtype, args.repeat) for name in args.contenders}
-            rows.append(summarize(updates, exact, dtype, contenders))
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in args.contenders}
+            for _ in range(args.repeat):
+                for name in args.contenders:
+                    runs[name].append(measure(name, root, updates, exact, dtype, 1))
+            contenders = {name: combine(results) for name, results in runs.items()}
+            rows.append(summarize(updates, exact, dtype, contenders) | {"over_numpy": over_numpy(runs)})
         return rows
     finally:
         shutil.rmtree(root, ignore_errors=True)

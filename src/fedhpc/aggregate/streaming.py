@@ -23,7 +23,7 @@ from, so all of them are `weighted_sum` with different terms.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, runtime_checkable
 
@@ -89,29 +89,62 @@ def _tensorwise_sum(name: str, terms: Sequence[Term]) -> torch.Tensor:
 
 def _piecewise_sum(name: str, terms: Sequence[Term], dtypes: list[torch.dtype], shape: list[int]) -> torch.Tensor:
     accumulator = torch.empty(shape, dtype=torch.float32)
-    flat = accumulator.view(-1)
+    sources = [(origin, weight) for _, origin, weight in terms]
+
+    def reduce_piece(start: int, target: torch.Tensor, buffers: Buffers) -> None:
+        target.zero_()
+        for (origin, weight), dtype in zip(sources, dtypes, strict=True):
+            piece = buffers.get(dtype, target.numel())
+            origin.read_elements(name, start, piece)  # type: ignore[attr-defined]
+            target.add_(piece, alpha=weight)
+
+    for_each_piece(accumulator.view(-1), reduce_piece)
+    return accumulator
+
+
+class Buffers:
+    """One thread's scratch pieces, one per dtype, reused for every piece it reduces."""
+
+    def __init__(self) -> None:
+        self._by_dtype: dict[torch.dtype, torch.Tensor] = {}
+
+    def get(self, dtype: torch.dtype, count: int) -> torch.Tensor:
+        buffer = self._by_dtype.get(dtype)
+        if buffer is None:
+            buffer = self._by_dtype[dtype] = torch.empty(PIECE, dtype=dtype)
+        return buffer[:count]
+
+
+def for_each_piece(flat: torch.Tensor, work: Callable[[int, torch.Tensor, Buffers], None]) -> None:
+    """Call `work(start, flat[start:start + PIECE], buffers)` for every piece of `flat`, pieces shared out
+    round-robin to THREADS threads (each with its own `Buffers`); the first error is raised."""
     starts = range(0, flat.numel(), PIECE)
 
-    def reduce_pieces(worker: int) -> None:
-        buffers: dict[torch.dtype, torch.Tensor] = {}
+    def run(worker: int) -> None:
+        buffers = Buffers()
         for start in starts[worker::THREADS]:
-            target = flat[start : start + PIECE]
-            target.zero_()
-            for (_, origin, weight), dtype in zip(terms, dtypes, strict=True):
-                buffer = buffers.get(dtype)
-                if buffer is None:
-                    buffer = buffers[dtype] = torch.empty(PIECE, dtype=dtype)
-                piece = buffer[: target.numel()]
-                origin.read_elements(name, start, piece)  # type: ignore[attr-defined]
-                target.add_(piece, alpha=weight)
+            work(start, flat[start : start + PIECE], buffers)
 
     if THREADS == 1:
-        reduce_pieces(0)
-    else:
-        with ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="reduce") as pool:
-            for done in [pool.submit(reduce_pieces, worker) for worker in range(THREADS)]:
-                done.result()
-    return accumulator
+        run(0)
+        return
+    with ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="reduce") as pool:
+        for done in [pool.submit(run, worker) for worker in range(THREADS)]:
+            done.result()
+
+
+def flat_dtypes(name: str, sources: Sequence[TensorSource], shape: Sequence[int]) -> list[torch.dtype] | None:
+    """Each source's dtype for `name` when all can serve it in pieces with exactly `shape` and it is large
+    enough to be worth it; None: reduce it whole."""
+    if _numel(shape) < PIECEWISE_MIN:
+        return None
+    dtypes = []
+    for source in sources:
+        layout = source.flat_layout(name) if isinstance(source, FlatSource) else None
+        if layout is None or list(layout[0]) != list(shape):
+            return None
+        dtypes.append(layout[1])
+    return dtypes
 
 
 def _numel(shape: Sequence[int]) -> int:
