@@ -24,6 +24,7 @@ from fedhpc.privacy import (
     clip_factor,
     delta_noise_multiplier,
     delta_norm,
+    delta_norms,
     epsilon_after,
     next_clip_norm,
     noise_for_epsilon,
@@ -55,6 +56,22 @@ def test_delta_norm_is_the_joint_l2_norm_over_all_tensors(monkeypatch, chunk: in
     names = list(base)
     assert delta_norm(DictSource(update), DictSource(base), names) == pytest.approx(expected, rel=1e-6)  # differences in fp32, sums in fp64
     assert delta_norm(DictSource(base), DictSource(base), names) == 0.0
+
+
+def test_norms_of_a_round_read_a_shared_base_once_per_tensor() -> None:
+    reads: list[str] = []
+
+    class Counted(DictSource):
+        def get(self, name: str) -> torch.Tensor:
+            reads.append(name)
+            return super().get(name)
+
+    base, other_base = Counted(random_model(0)), DictSource(random_model(9))
+    updates = [DictSource(random_model(seed, torch.bfloat16 if seed == 2 else torch.float32)) for seed in (1, 2, 3)]
+    pairs = [(updates[0], base), (updates[1], other_base), (updates[2], base)]
+    norms = delta_norms(pairs, list(base.tensors))
+    assert reads == list(base.tensors)  # once per tensor for two updates
+    assert norms == [delta_norm(u, b, list(base.tensors)) for u, b in pairs]
 
 
 def test_delta_norm_names_a_tensor_whose_shape_differs() -> None:

@@ -7,7 +7,7 @@ docs/privacy.md says what is protected, from whom, and what ε is worth at this 
 from fedhpc.privacy.accountant import epsilon_after, noise_for_epsilon
 from fedhpc.privacy.adaptive import count_noise_multiplier, delta_noise_multiplier, next_clip_norm
 from fedhpc.privacy.aggregator import CLIP_NORM_KEY, GENERATOR_KEY, PrivacyRound, PrivateAggregation
-from fedhpc.privacy.clipping import clip_factor, delta_norm
+from fedhpc.privacy.clipping import clip_factor, delta_norm, delta_norms
 from fedhpc.privacy.compose import make_private, refusal
 from fedhpc.privacy.noise import NoiseSource
 
@@ -21,6 +21,7 @@ __all__ = [
     "count_noise_multiplier",
     "delta_noise_multiplier",
     "delta_norm",
+    "delta_norms",
     "epsilon_after",
     "make_private",
     "next_clip_norm",

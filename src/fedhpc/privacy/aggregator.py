@@ -39,7 +39,7 @@ from fedhpc.aggregate.streaming import CAST_CHUNK
 from fedhpc.config import StalenessConfig
 from fedhpc.config.privacy import PrivacyConfig
 from fedhpc.privacy.adaptive import count_noise_multiplier, delta_noise_multiplier, next_clip_norm
-from fedhpc.privacy.clipping import clip_factor, delta_norm
+from fedhpc.privacy.clipping import clip_factor, delta_norms, subtract_into
 from fedhpc.privacy.noise import NoiseSource
 
 # Server-state keys. Saved state passes the exchange's checks, which admit float tensors only, so the
@@ -99,7 +99,7 @@ class PrivateAggregation:
         names = global_.names()
         clip = float(state[CLIP_NORM_KEY]) if self.adaptive and CLIP_NORM_KEY in state else self.privacy.clipping.clip_norm
         bases = [global_ if update.base is None else update.base for update in updates]
-        norms = [delta_norm(update.source, base, names) for update, base in zip(updates, bases, strict=True)]
+        norms = delta_norms([(update.source, base) for update, base in zip(updates, bases, strict=True)], names)
         shares = Counter(update.facility for update in updates)
         factors = [clip_factor(norm, clip / shares[update.facility]) for update, norm in zip(updates, norms, strict=True)]
         scales = [factor * self._discount(update) for update, factor in zip(updates, factors, strict=True)]
@@ -159,6 +159,7 @@ class NoisyMean:
         self._global, self._names, self._terms = global_, names, terms
         self._noise, self._std, self._denominator = noise, std, denominator
         self._next = 0
+        self._change = torch.empty(CAST_CHUNK, dtype=torch.float32)  # one chunk of u − b, reused for every chunk
         self._current: tuple[str, torch.Tensor] | None = None
 
     def names(self) -> list[str]:
@@ -180,6 +181,7 @@ class NoisyMean:
         if self._next != len(self._names):
             raise RuntimeError(f"the inner aggregator read {self._next} of {len(self._names)} tensors")
         self._current = None
+        self._change = torch.empty(0)
 
     def _compute(self, name: str) -> torch.Tensor:
         current = self._global.get(name)
@@ -193,8 +195,8 @@ class NoisyMean:
             flat_tensor = tensor.reshape(-1)
             flat_base = flat_current if base is self._global else base.get(name).reshape(-1)
             for start in range(0, flat_sum.numel(), CAST_CHUNK):
-                stop = start + CAST_CHUNK
-                change = flat_tensor[start:stop].to(torch.float32) - flat_base[start:stop].to(torch.float32)
+                stop = min(start + CAST_CHUNK, flat_sum.numel())
+                change = subtract_into(self._change[: stop - start], flat_tensor[start:stop], flat_base[start:stop])
                 flat_sum[start:stop].add_(change, alpha=scale)
             del tensor, flat_tensor, flat_base
         if self._std > 0.0:
