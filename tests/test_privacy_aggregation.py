@@ -253,3 +253,15 @@ def test_make_private_divides_by_the_expected_participants_and_discounts_fedbuff
     fedbuff = AlgorithmConfig(name="fedbuff", weighting="equal", buffer_size=5, staleness={"a": 0.7})
     wrapped = make_private(FedBuff(1.0, fedbuff.staleness, "equal"), fedbuff, PrivacyConfig(noise_multiplier=1.0), 8)
     assert wrapped.expected == 5 and wrapped.staleness == fedbuff.staleness
+
+
+def test_a_round_nobody_was_sampled_for_releases_the_noise_alone() -> None:
+    """Poisson sampling can ask no facility: the fixed-denominator mean is then N(0, (zC)²)/m around the global."""
+    quiet = run(private("fedavg", participants=2, noise_multiplier=0.0, clipping={"clip_norm": 1.0}), GLOBAL, [])
+    assert all(torch.equal(quiet[name], GLOBAL[name]) for name in GLOBAL)
+    aggregator = private("fedavg", participants=2, noise_multiplier=1.0, clipping={"clip_norm": 1.0}, noise_seed=4)
+    noisy = run(aggregator, GLOBAL, [])
+    expected = NoiseSource(None, seed=4)
+    for name in GLOBAL:  # the tensors' noise in the global's order, each N(0, (zC)²) then divided by m
+        torch.testing.assert_close(noisy[name], GLOBAL[name] + expected.gaussian(GLOBAL[name].shape, 1.0) / 2)
+    assert aggregator.last_round.norms == [] and aggregator.last_round.clipped == 0
