@@ -16,7 +16,8 @@ from fedhpc.cli import app
 from fedhpc.errors import ExitCode
 from fedhpc.run.ledger import Ledger
 
-STATUS_KEYS = {"run_dir", "name", "state", "rounds_complete", "rounds_planned", "best_round", "reason", "facilities"}
+STATUS_KEYS = {"run_dir", "name", "state", "rounds_complete", "rounds_planned", "best_round", "reason", "epsilon",
+               "delta", "facilities"}
 FACILITY_KEYS = {"name", "state", "round", "loss", "failure", "failure_round", "log"}
 
 
@@ -49,8 +50,9 @@ def test_status_says_each_facilitys_state_round_loss_and_last_failure(tmp_path: 
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert set(document) == STATUS_KEYS and all(set(f) == FACILITY_KEYS for f in document["facilities"])
-    assert {k: document[k] for k in ("name", "state", "rounds_complete", "rounds_planned", "best_round")} == {
-        "name": "demo", "state": "running", "rounds_complete": 1, "rounds_planned": 3, "best_round": None}
+    assert {k: document[k] for k in ("name", "state", "rounds_complete", "rounds_planned", "best_round", "epsilon")} == {
+        "name": "demo", "state": "running", "rounds_complete": 1, "rounds_planned": 3, "best_round": None,
+        "epsilon": None}
     rows = {f["name"]: f for f in document["facilities"]}
     assert [rows[n]["state"] for n in ("alpha", "beta", "gamma", "delta")] == ["training", "failed", "queued", "idle"]
     assert rows["alpha"]["round"] == 2 and rows["alpha"]["loss"] == 1.5  # the last step of its latest update
