@@ -49,6 +49,10 @@ def worker(
         console.print(f"[red]error:[/red] {problem}", highlight=False)
         raise typer.Exit(2)
     if task is not None:
+        from fedhpc.worker.secure_jobs import run_secure_task_file
+
+        if run_secure_task_file(task):  # a secure-aggregation key or unmask job: no torch, no model
+            return
         hide_bitsandbytes_unless_quantized(task)
         from fedhpc.worker.main import run_task
 

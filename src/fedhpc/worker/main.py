@@ -35,7 +35,8 @@ from fedhpc.worker.init_recipe import InitRecipe
 from fedhpc.worker.initial_global import streams_from_checkpoint, write_initial_global
 from fedhpc.worker.loaded import LoadedModel
 from fedhpc.worker.recipe import Recipe
-from fedhpc.worker.secure_jobs import SECURE_JOB_MODES, private_task, publish_masked, run_secure_job
+from fedhpc.worker.masked_update import private_task, publish_masked
+from fedhpc.worker.secure_jobs import SECURE_JOB_MODES, run_secure_job
 from fedhpc.worker.object_staging import FacilityStore
 from fedhpc.worker.train_recipe import TrainRecipe
 
@@ -76,7 +77,7 @@ def execute_task(task_path: Path, env: RankEnv, store: FacilityStore | None = No
     task = read_task(task_path)
     if task.mode in SECURE_JOB_MODES:  # a short secure-aggregation job: keys and one JSON file, no model
         if env.is_main:  # one answer per facility, whatever its rank count
-            run_secure_job(task)
+            run_secure_job(task.mode, task.facility, task.update_dir, task.secure_aggregation)
         return
     if task.mode == "init" and streams_from_checkpoint(task.model):
         manifest = write_initial_global(task)
