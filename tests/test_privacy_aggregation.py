@@ -265,3 +265,14 @@ def test_a_round_nobody_was_sampled_for_releases_the_noise_alone() -> None:
     for name in GLOBAL:  # the tensors' noise in the global's order, each N(0, (zC)²) then divided by m
         torch.testing.assert_close(noisy[name], GLOBAL[name] + expected.gaussian(GLOBAL[name].shape, 1.0) / 2)
     assert aggregator.last_round.norms == [] and aggregator.last_round.clipped == 0
+
+
+def test_an_inner_rule_reading_tensors_out_of_order_is_an_error_not_different_noise() -> None:
+    class Backwards:
+        def aggregate(self, global_, updates, state):
+            for name in reversed(global_.names()):
+                yield name, updates[0].source.get(name)
+
+    aggregator = PrivateAggregation(Backwards(), PrivacyConfig(noise_multiplier=1.0, noise_seed=0), 3)
+    with pytest.raises(RuntimeError, match="reads tensors in the global's order: asked 'head', next is embed"):
+        run(aggregator, GLOBAL, round_updates("fedavg", GLOBAL))
