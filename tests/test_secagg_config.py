@@ -35,6 +35,11 @@ def test_a_combination_secure_aggregation_cannot_serve_is_refused_at_its_key(ove
     assert key in str(caught.value) and words in str(caught.value)
 
 
+def test_server_side_privacy_is_refused_with_why():
+    with pytest.raises(ConfigError, match="privacy: server-side differential privacy clips each update"):
+        load_experiment(EXAMPLE, ["privacy.noise_multiplier=0.05", "privacy.clipping.clip_norm=2.0"])
+
+
 def test_asynchronous_algorithms_are_refused():
     with pytest.raises(ConfigError, match="algorithm.name.*needs synchronous rounds"):
         load_experiment(EXAMPLE, ["algorithm.name=fedasync"])
