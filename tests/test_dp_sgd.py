@@ -25,6 +25,7 @@ from fedhpc.train_examples import Example
 from fedhpc.worker.data import Tokenized, collate, encode_example
 from fedhpc.worker.dp_ledger import FacilityLedger
 from fedhpc.worker.dp_sgd import PerExampleLoss, sample_rate, train_dp_steps
+from fedhpc.worker.loss import CausalLMLoss
 from fedhpc.worker.model import add_trainable, build_base_model
 from conftest import QUICKSTART
 
@@ -73,6 +74,12 @@ def test_per_example_gradients_of_lora_match_one_backward_per_example(lora_model
     model, tokenizer = lora_model
     items = _examples(tokenizer, 4)  # of different lengths: the batch is padded, the references are not
     reference = _per_example_grads(model, items, tokenizer.pad_token_id)
+    # each row's loss is that example's own token mean: what the worker's loss gives for it alone
+    batch = collate([[item] for item in items], tokenizer.pad_token_id, packed=False).model_inputs(CPU)
+    together = PerExampleLoss(model)(**batch)
+    for i, item in enumerate(items):
+        alone = collate([[item]], tokenizer.pad_token_id, packed=False).model_inputs(CPU)
+        torch.testing.assert_close(together[i], CausalLMLoss(model)(**alone), atol=1e-5, rtol=1e-5)
     net = GradSampleModule(PerExampleLoss(model), batch_first=True, loss_reduction="sum")
     try:
         batch = collate([[item] for item in items], tokenizer.pad_token_id, packed=False)
