@@ -6,7 +6,7 @@ A child process first writes a Llama-shaped fp32 global and K updates of P
 parameters (in --dtype) with fedhpc's exchange writer, so its memory does not
 count here. Then this process opens them and times exactly what the server
 does after verification: `write_exchange(dest, layout, FedAvg().aggregate(...))`,
-i.e. read every update tensor by tensor, accumulate in fp32, write and sha256
+i.e. read every update tensor by tensor, accumulate in fp32, write and hash (BLAKE3)
 the new global, fsync, rename. It prints one JSON line (GB = 1e9 bytes):
 
     {"bench": "aggregate", "updates": K, "params": P, "dtype": ..., "seconds": ...,

@@ -12,7 +12,7 @@ before any benchmark work) and the L2 norm of the new global's last tensor (the
 parent checks that all contenders computed the same mean).
 
     fedhpc   FedAvg("samples") streamed tensor by tensor into a new fp32 global
-             exchange directory (write_exchange: sha256, fsync, rename); runs in
+             exchange directory (write_exchange: BLAKE3, fsync, rename); runs in
              the project's .venv
     fedhpc-reduce  the same reduction, the new tensors dropped instead of
              written: the difference is what writing the global durably costs
