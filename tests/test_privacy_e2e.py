@@ -94,6 +94,20 @@ def test_the_run_stops_before_the_round_that_would_pass_target_epsilon_and_a_res
     assert recorded == pytest.approx(spent[:1], rel=1e-12)
 
 
+def test_fedbuff_stops_before_committing_the_server_step_past_the_budget(tmp_path: Path) -> None:
+    """Asynchronously there is no round to hold back: the step that would pass the target is never committed."""
+    spent = [epsilon_after(1.0, 1.0, r, 1e-5) for r in (1, 2, 3)]
+    path = private_scenario(tmp_path, {"name": "fedbuff", "rounds": 4, "buffer_size": 2},
+                            {"noise_multiplier": 1.0, "noise_seed": 3, "target_epsilon": (spent[1] + spent[2]) / 2})
+    with pytest.raises(PrivacyBudgetReached, match=f"round 3 would spend epsilon {spent[2]:.3g}"):
+        run(path)
+    ledger = Ledger(tmp_path / "run" / "ledger.sqlite")
+    assert ledger.completed_rounds() == [0, 1, 2]
+    steps = [e.detail for e in ledger.events("aggregated") if e.round]
+    assert [step["epsilon"] for step in steps] == pytest.approx(spent[:2], rel=1e-12)
+    assert all(len(step["update_norms"]) == 2 for step in steps)
+
+
 def test_a_private_fedadam_run_with_adaptive_clipping_resumed_is_bit_identical_to_an_uninterrupted_one(
     tmp_path: Path,
 ) -> None:
