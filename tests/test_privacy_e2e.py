@@ -7,7 +7,6 @@ lines, the ledger, metrics.jsonl, `fedhpc status` and the report, then the budge
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from fedhpc.exchange import ExchangeDir
 from fedhpc.privacy import epsilon_after
 from fedhpc.run.ledger import Ledger
 from fedhpc.run.scheduling import PoissonSyncPolicy, sampling_key
+from fedhpc.run.status import run_status
 from test_async_e2e import run, scenario
 
 EXAMPLE = ROOT / "examples" / "privacy" / "experiment.yaml"
@@ -161,7 +161,7 @@ def test_the_privacy_example_reports_epsilon_per_round_everywhere_and_stops_at_i
     report = (run_dir / "report.html").read_text()
     assert '<section id="privacy"><h2>Privacy</h2>' in report
     assert f"ε = {expected[2]:.3g}" in report or f"ε = {expected[2]:.4g}" in report
-    status = json.loads(run_fedhpc("status", "--json", str(run_dir)).stdout)
+    status = run_status(run_dir).as_dict()  # what `fedhpc status --json` prints (tests/test_cli_status.py)
     assert status["epsilon"] == pytest.approx(expected[2]) and status["delta"] == delta
 
     # A fourth round would pass a budget between rounds 3 and 4: the extended run stops before launching it.
@@ -171,5 +171,5 @@ def test_the_privacy_example_reports_epsilon_per_round_everywhere_and_stops_at_i
     assert f"stopped: privacy budget reached: round 4 would spend epsilon {expected[3]:.3g}" in " ".join(
         stopped.stderr.split())
     assert not Ledger(run_dir / "ledger.sqlite").events("round_started", round=4)
-    status = json.loads(run_fedhpc("status", "--json", str(run_dir)).stdout)
+    status = run_status(run_dir).as_dict()
     assert status["state"] == "stopped" and "privacy budget reached" in status["reason"]
