@@ -47,3 +47,8 @@ def test_quickstart_with_example_privacy_learns_and_reports_each_facilitys_epsil
         ledger = json.loads((run_dir / "staging" / facility / "example_privacy" / facility / "accountant.json").read_text())
         assert ledger["rounds"] == [1, 2] and ledger["mechanism"] == "rdp"
     assert mean_loss[2] < mean_loss[1] - 0.1, mean_loss  # noised, and it still learns
+    # the server records each accepted update's ε in metrics.jsonl (and the ledger)
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    shown = {(e["round"], e["facility"]): e["example_epsilon"] for e in events if e["event"] == "accepted"}
+    assert shown[2, "beta"] == pytest.approx(_epsilon(BATCH / EXAMPLES["beta"], 2 * STEPS), rel=1e-9)
+    assert len(shown) == 4

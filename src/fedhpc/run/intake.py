@@ -209,6 +209,8 @@ class Intake:
             staleness=update.staleness,
             attempt=attempt.attempt_id,
             path=str(destination),
+            # example-level DP: the facility's ε over its rounds, in the ledger and metrics.jsonl (absent: off)
+            **{key: metrics[key] for key in ("example_epsilon",) if key in metrics},
         )
         return update
 
