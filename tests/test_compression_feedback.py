@@ -23,6 +23,7 @@ from fedhpc.exchange import ExchangeDir, ExchangeMeta, WorkerTask
 from fedhpc.exchange.codecs import codec_for
 from fedhpc.worker.error_feedback import ResidualStore, write_compressed_update
 from fedhpc.config import ModelConfig
+from fedhpc.memory_plan import describe_memory, format_bytes
 
 SHAPES = {"lora_A": (16, 40), "lora_B": (40, 16), "bias": (7,)}
 
@@ -162,3 +163,12 @@ def test_what_cannot_work_is_refused_naming_the_key(project: Path, overrides, ke
 
 def _args(argv: list[str]) -> tuple[str, list[str]]:
     return argv[0], argv[1:]
+
+
+def test_validate_states_the_compressed_size_of_an_update(project: Path):
+    exp = load_experiment(*_args(experiment(project, "exchange.update_form=delta", "exchange.compression.codec=nf4",
+                                            "model.lora.r=8")))  # fmt: skip
+    line = describe_memory(exp)[0]
+    trainable = int(line.split(" trainable")[0].rsplit(" ", 1)[1].replace(",", ""))
+    assert f"about {format_bytes((trainable + 1) // 2 + 4 * -(-trainable // 256))} compressed by nf4" in line
+    assert "compressed" not in describe_memory(load_experiment(*_args(experiment(project))))[0]

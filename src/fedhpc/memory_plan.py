@@ -60,6 +60,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from fedhpc.config import Experiment, FacilityConfig
+from fedhpc.config.compression import compressed_bytes
 from fedhpc.config.model import NF4_BYTES_PER_PARAMETER
 from fedhpc.errors import ModelError
 from fedhpc.model_shape import ModelShape, model_shape, trainable_params
@@ -315,6 +316,8 @@ def describe_memory(
         f"({shape.layers} layers, hidden {shape.hidden}, vocab {shape.vocab}); "
         f"{'full fine-tuning' if exp.model.peft == 'none' else 'LoRA'}, {format_count(trainable)} trainable: "
         f"an update is {format_bytes(trainable * DTYPE_BYTES[dtype])} in {dtype}"
+        + (f", about {format_bytes(compressed_bytes(trainable, codec))} compressed by {codec.codec}"
+           if (codec := exp.exchange.compression).enabled else "")
     ]
     for facility, plan in plans:
         job = facility.launcher.resources()

@@ -10,6 +10,7 @@ each round, with no residual to correct it (docs/compression.md).
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -80,3 +81,18 @@ def check_compression(
             "fine-tuning sharded by FSDP over several ranks, each writing its own rows, and compressed updates are "
             "written whole by one rank; use codec: none there, one rank, or model.full.sharding: ddp"
         )
+
+
+def compressed_bytes(values: int, compression: CompressionConfig) -> int:
+    """About how many bytes of tensor data `values` update values take under `compression` (for `fedhpc validate`).
+
+    Exact for one tensor; a model's tensors each round their last block (and top-k's k) up.
+    """
+    blocks = -(-values // compression.block_size)
+    if compression.codec == "int8":
+        return values + 4 * blocks
+    if compression.codec == "nf4":
+        return (values + 1) // 2 + 4 * blocks
+    if compression.codec == "topk":
+        return 8 * math.ceil(values * compression.fraction)
+    raise ValueError(f"codec {compression.codec!r} does not compress")
