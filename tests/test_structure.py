@@ -29,6 +29,10 @@ FORBIDDEN = {
     "chem": ("fedhpc.run", "fedhpc.facility", "fedhpc.worker", "fedhpc.config", "fedhpc.cli"),
     # trackers are fed the server's events; they never drive the run or load the worker
     "tracking": ("fedhpc.run", "fedhpc.facility", "fedhpc.worker", "fedhpc.simulate", "fedhpc.cli"),
+    # the privacy maths sits beside the aggregation rules it wraps: nothing that moves, schedules or runs
+    "privacy": ("fedhpc.run", "fedhpc.facility", "fedhpc.worker", "fedhpc.exchange", "fedhpc.report", "fedhpc.cli"),
+    # the protocol is shared by both sides, so it can depend on neither
+    "secagg": ("fedhpc.run", "fedhpc.facility", "fedhpc.worker", "fedhpc.aggregate", "fedhpc.report", "fedhpc.cli"),
 }
 
 
