@@ -1,4 +1,4 @@
-"""The quickstart with example-level DP (DP-SGD in each worker), end to end: real workers, real files, the real server."""
+"""The quickstart with example-level DP (DP-SGD in each worker), end to end: real workers, files and server."""
 
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def test_quickstart_with_example_privacy_learns_and_reports_each_facilitys_epsil
             assert sorted(p.name for p in update.iterdir()) == ["manifest.json", "model-00001-of-00001.safetensors"]
         mean_loss[round_] = sum(losses) / len(losses)
     for facility in EXAMPLES:
-        ledger = json.loads((run_dir / "staging" / facility / "example_privacy" / facility / "accountant.json").read_text())
+        kept = run_dir / "staging" / facility / "example_privacy" / facility / "accountant.json"
+        ledger = json.loads(kept.read_text())
         assert ledger["rounds"] == [1, 2] and ledger["mechanism"] == "rdp"
     assert mean_loss[2] < mean_loss[1] - 0.1, mean_loss  # noised, and it still learns
     # the server records each accepted update's ε in metrics.jsonl (and the ledger)
