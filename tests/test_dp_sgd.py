@@ -222,3 +222,17 @@ def test_what_example_privacy_cannot_protect_is_refused_at_its_key(change: str, 
         load_experiment(QUICKSTART, [*DP, change])
     experiment = load_experiment(QUICKSTART, DP)
     assert all(experiment.recipe_for(f).example_privacy == experiment.example_privacy for f in experiment.facilities)
+
+
+def test_the_servers_token_bound_admits_the_poisson_batches_of_an_honest_job() -> None:
+    """A Poisson batch runs over its mean about half the time: the bound must not reject those updates."""
+    experiment = load_experiment(QUICKSTART, DP)
+    recipe = experiment.recipe_for(experiment.facilities[0])
+    steps, mean_rows = 12, recipe.global_batch
+    cap_rows = recipe.max_tokens(steps) // recipe.seq_len
+    draws = torch.distributions.Binomial(steps * 400, torch.tensor(mean_rows / 400)).sample((20000,))
+    assert (draws > steps * mean_rows).float().mean() > 0.3  # the plain bound would reject these
+    assert int(draws.max()) <= cap_rows
+    plain_experiment = load_experiment(QUICKSTART)
+    plain = plain_experiment.recipe_for(plain_experiment.facilities[0])
+    assert plain.max_tokens(steps) == steps * plain.global_batch * plain.seq_len
