@@ -193,6 +193,9 @@ def test_a_rank_dies_with_its_torchrun(tmp_path, processes):
     assert len(ranks) == 2
     os.kill(torchrun, signal.SIGKILL)
     wait_until(lambda: not processes.running(), GONE_WITHIN_S, f"ranks {processes.running()} outlived torchrun")
+    # A thread of the launcher may be reaping torchrun at this moment (Popen.poll then answers "unknown yet"),
+    # so the job is read as ended on the next poll or so, not necessarily on the first.
+    wait_until(lambda: launcher.poll(handle).state.finished, 10, "the launcher never saw torchrun end")
     assert launcher.poll(handle).returncode == -signal.SIGKILL
 
 
