@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from fedhpc.exchange import ExchangeDir
 from conftest import QUICKSTART, run_fedhpc
 
 
+@pytest.mark.slow  # tests/test_simulated_codecs_and_dp.py runs the same wiring in seconds
 def test_quickstart_with_int8_and_error_feedback(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     result = run_fedhpc(

@@ -21,6 +21,7 @@ def _epsilon(sample_rate: float, steps: int) -> float:
     return accountant.get_epsilon(delta=1e-5)
 
 
+@pytest.mark.slow  # tests/test_simulated_codecs_and_dp.py runs the same wiring in seconds
 def test_quickstart_with_example_privacy_learns_and_reports_each_facilitys_epsilon(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     result = run_fedhpc(
