@@ -168,6 +168,8 @@ def update_distance(update: ExchangeDir, global_: ExchangeDir) -> float:
 class Intake:
     """The server's gate for every facility's updates; `max_norm` is `algorithm.max_update_norm`."""
 
+    accepted_marks: dict[str, object] = {}  # fields every `accepted` event of this intake carries
+
     def __init__(
         self, context: RunContext, facilities: dict[str, Facility], base_fingerprint: str | None,
         max_norm: float | None,
@@ -195,7 +197,7 @@ class Intake:
         except (UpdateRejected, TransferError) as e:
             self.reject(attempt, round, e.reason if isinstance(e, UpdateRejected) else "transfer", str(e))
             return None
-        metrics = ExchangeDir(destination).manifest.metrics
+        metrics = self._metrics(update, destination)
         self.events.record(
             "accepted",
             round,
@@ -211,8 +213,13 @@ class Intake:
             path=str(destination),
             # example-level DP: the facility's ε over its rounds, in the ledger and metrics.jsonl (absent: off)
             **{key: metrics[key] for key in ("example_epsilon",) if key in metrics},
+            **self.accepted_marks,
         )
         return update
+
+    def _metrics(self, update: Update, destination: Path) -> dict[str, Any]:
+        """What the accepted update's worker reported: its manifest's metrics."""
+        return ExchangeDir(destination).manifest.metrics
 
     def _open_update(self, path: Path) -> ExchangeDir:
         """The update as the facility's weights; a delta is read on top of the global it names as its base."""

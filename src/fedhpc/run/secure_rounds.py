@@ -15,19 +15,19 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from fedhpc.aggregate import Update
 from fedhpc.config.secure_aggregation import SecureAggregationConfig
-from fedhpc.errors import SecAggError, SecAggRejected, TransferError, UpdateRejected
+from fedhpc.errors import SecAggError, SecAggRejected, UpdateRejected
 from fedhpc.exchange import ExchangeDir
 from fedhpc.run.intake import Intake
 from fedhpc.run.context import RunContext
-from fedhpc.run.launches import Attempt, Facility, Launches
+from fedhpc.run.launches import Facility, Launches
 from fedhpc.run.sample_caps import sample_cap
 from fedhpc.run.secure_jobs import SecureJobs
 from fedhpc.secagg.fixed_point import FixedPoint
@@ -141,28 +141,16 @@ class SecureSum:
 class SecureIntake(Intake):
     """The intake of a securely aggregated run: each update is a masked upload (`fedhpc.secagg.upload`)."""
 
+    accepted_marks = {"masked": True}
+
     def __init__(self, context: RunContext, facilities: dict[str, Facility], base_fingerprint: str | None,
                  secure: SecureRounds):
         super().__init__(context, facilities, base_fingerprint, max_norm=None)  # a masked update has no norm to see
         self.secure = secure
 
-    def collect(self, attempt: Attempt, round: int, global_: ExchangeDir, destination: Path) -> Update | None:
-        shutil.rmtree(destination, ignore_errors=True)
-        started = self.clock.now()
-        try:
-            moved = self.facilities[attempt.facility].mover.pull(attempt.update_rel, destination)
-            self.events.record("pulled", round, attempt.facility, bytes=moved, seconds=self.clock.now() - started,
-                               start=started, attempt=attempt.attempt_id)
-            update = self.verified(destination, attempt.facility, attempt.round, global_, attempt.local_steps)
-        except (UpdateRejected, TransferError) as e:
-            self.reject(attempt, round, e.reason if isinstance(e, UpdateRejected) else "transfer", str(e))
-            return None
-        metrics = update.source.metrics  # type: ignore[attr-defined]
-        self.events.record("accepted", round, attempt.facility, num_samples=update.num_samples,
-                           local_steps=update.local_steps, loss=metrics.get("loss", []), tokens=metrics.get("tokens"),
-                           train_seconds=metrics.get("train_seconds"), load_seconds=metrics.get("load_seconds"),
-                           staleness=0, attempt=attempt.attempt_id, path=str(destination), masked=True)
-        return update
+    def _metrics(self, update: Update, destination: Path) -> dict[str, Any]:
+        """What the masked upload's signed record says its worker reported."""
+        return update.source.metrics  # type: ignore[attr-defined]
 
     def verified(self, path: Path, facility: str | None, trained_round: int, global_: ExchangeDir,
                  asked_steps: int | None = None) -> Update:
