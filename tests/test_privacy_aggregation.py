@@ -27,20 +27,10 @@ from fedhpc.privacy import (
     make_private,
     refusal,
 )
+from test_fedopt import DictSource
 
 SHAPES = {"embed": (37, 16), "attn.q": (16, 16), "norm": (16,), "head": (3, 5, 7)}
 SERVER_LR = 0.7
-
-
-class DictSource:
-    def __init__(self, tensors: dict[str, torch.Tensor]):
-        self.tensors = tensors
-
-    def names(self) -> list[str]:
-        return list(self.tensors)
-
-    def get(self, name: str) -> torch.Tensor:
-        return self.tensors[name]
 
 
 def perturbed(base: dict[str, torch.Tensor], seed: int, scale: float, dtype=torch.float32) -> dict[str, torch.Tensor]:

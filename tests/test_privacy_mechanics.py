@@ -29,17 +29,7 @@ from fedhpc.privacy import (
     next_clip_norm,
     noise_for_epsilon,
 )
-
-
-class DictSource:
-    def __init__(self, tensors: dict[str, torch.Tensor]):
-        self.tensors = tensors
-
-    def names(self) -> list[str]:
-        return list(self.tensors)
-
-    def get(self, name: str) -> torch.Tensor:
-        return self.tensors[name]
+from test_fedopt import DictSource
 
 
 def random_model(seed: int, dtype=torch.float32) -> dict[str, torch.Tensor]:
